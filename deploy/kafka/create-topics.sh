@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# docker compose's kafka-init: creates the topics declared in topics.conf (the same file
+# `cryptomon services up` reads), then exits. Idempotent: existing topics get the declared config.
+set -euo pipefail
+BOOTSTRAP=${KAFKA_BOOTSTRAP:-kafka:29092}
+TOPICS_FILE=${TOPICS_FILE:-/cryptomon/topics.conf}
+BIN=${KAFKA_BIN:-/opt/kafka/bin}
+
+while read -r role name partitions configs || [ -n "${role:-}" ]; do
+  case "$role" in ''|'#'*) continue ;; esac
+  configs=${configs%%#*}
+  args=()
+  for kv in $configs; do args+=(--config "$kv"); done
+  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+    --topic "$name" --partitions "$partitions" --replication-factor 1 "${args[@]}"
+  if [ -n "${configs// /}" ]; then
+    "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --alter --entity-type topics \
+      --entity-name "$name" --add-config "$(echo $configs | tr ' ' ',')"
+  fi
+  echo "topic $name ($role): $partitions partitions"
+done <"$TOPICS_FILE"

@@ -1,0 +1,122 @@
+"""`cryptomon`: the one command-line entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cryptomon.settings import Settings, SettingsError, get_settings
+
+console = Console(stderr=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Real-time crypto market monitoring pipeline.")
+services_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka (KRaft) and TimescaleDB, no Docker.")
+db_app = typer.Typer(no_args_is_help=True, help="TimescaleDB schema.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
+app.add_typer(services_app, name="services")
+app.add_typer(db_app, name="db")
+app.add_typer(topics_app, name="topics")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+
+
+def settings() -> Settings:
+    s = get_settings()
+    setup_logging(s.log_level)
+    return s
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start Kafka and TimescaleDB (if not running), then create the topics and apply the schema."""
+    from cryptomon.services.local import ServiceError, stack_up
+
+    try:
+        with console.status("starting the local stack"):
+            stack_up(settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+    except ServiceError as exc:
+        raise fail(str(exc)) from None
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop Kafka and TimescaleDB cleanly (their data is kept)."""
+    from cryptomon.services.local import stack_down
+
+    with console.status("stopping the local stack"):
+        stack_down(settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show what runs where. Exit code 0 when everything runs, 3 otherwise."""
+    from cryptomon.services.local import services
+
+    table = Table("service", "state", "address", "pid", "data", "log")
+    for column in table.columns:
+        column.overflow = "fold"
+    all_up = True
+    for svc in services(settings()):
+        st = svc.status()
+        all_up &= st.running
+        table.add_row(st.name, "[green]running[/]" if st.running else "[red]stopped[/]", st.address,
+                      str(st.pid or "-"), str(st.data_dir), str(st.log_file))
+    Console().print(table)
+    if not all_up:
+        raise typer.Exit(3)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending schema migrations (idempotent)."""
+    from cryptomon.db.migrate import migrate
+
+    applied = migrate(settings().pg_dsn)
+    console.print(f"[green]✓[/] {'applied ' + str(applied) if applied else 'schema up to date'}")
+
+
+@topics_app.command("ensure")
+def topics_ensure() -> None:
+    """Create missing topics and apply their configuration (idempotent)."""
+    from cryptomon.kafka.topics import ensure_topics
+
+    for topic, result in ensure_topics(settings().kafka_bootstrap).items():
+        console.print(f"[green]✓[/] {topic}: {result}")
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (passwords masked)."""
+    from urllib.parse import urlsplit
+
+    s = settings()
+    table = Table("setting", "value")
+    for name, value in s.model_dump().items():
+        if name == "pg_dsn" and urlsplit(value).password:
+            value = value.replace(f":{urlsplit(value).password}@", ":***@")
+        table.add_row(f"CRYPTOMON_{name.upper()}", ",".join(value) if isinstance(value, tuple) else str(value))
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:
+        console.print(f"[bold red]invalid configuration:[/]\n{exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The one settings module: every knob of cryptomon, read from `CRYPTOMON_*` env vars or `.env`.
+
+Each field's description is the documentation; the README's configuration table lists them all
+(a unit test keeps the two in step). A bad value stops the program at start with a message that
+names the setting (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cryptomon.paths import default_deps_dir
+
+ENV_PREFIX = "CRYPTOMON_"
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("BTCUSDT", "ETHUSDT", "BNBUSDT"),
+        description="Comma-separated Binance symbols to follow (case-insensitive).",
+    )
+    binance_ws_url: str = Field(
+        "wss://stream.binance.com:9443/stream",
+        description="Binance combined-stream WebSocket endpoint (point it at `cryptomon feed sim` offline).",
+    )
+    binance_rest_url: str = Field(
+        "https://api.binance.com", description="Binance REST base URL, used to backfill missed trades."
+    )
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers; the local broker listens on the first one."
+    )
+    kafka_controller_port: int = Field(
+        9093, ge=1, le=65535, description="KRaft controller port of the local single-node broker."
+    )
+    kafka_heap: str = Field("512m", description="JVM heap (-Xmx) of the local Kafka broker.")
+    pg_dsn: str = Field(
+        "postgresql://cryptomon:cryptomon@127.0.0.1:5433/cryptomon",
+        description="TimescaleDB connection string. The password shown is the local-only default; "
+        "set your own outside a development machine.",
+    )
+    pg_bin_dir: Path = Field(
+        Path("/usr/lib/postgresql/15/bin"),
+        description="Where `initdb`, `pg_ctl` and `postgres` live for the local TimescaleDB.",
+    )
+    state_dir: Path = Field(
+        Path(".cryptomon"),
+        description="Folder holding the local stack's data and logs (Kafka log dirs, PostgreSQL cluster).",
+    )
+    deps_dir: Path = Field(
+        default_factory=default_deps_dir,
+        description="Folder where `scripts/setup.sh` put the Kafka and Spark connector jars.",
+    )
+    log_level: str = Field("INFO", description="Log level of every cryptomon process.")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            value = tuple(str(s).strip().upper() for s in value if str(s).strip())
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one symbol is required")
+        bad = [s for s in value if not _SYMBOL.match(s)]
+        if bad:
+            raise ValueError(f"not a Binance symbol: {', '.join(bad)}")
+        if len(set(value)) != len(value):
+            raise ValueError("symbols are listed twice")
+        return value
+
+    @field_validator("binance_ws_url")
+    @classmethod
+    def _check_ws_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("binance_rest_url")
+    @classmethod
+    def _check_rest_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    @field_validator("pg_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError("expected postgresql://user:password@host:port/dbname")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+        return value
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+        return host, int(port)
+
+
+class SettingsError(Exception):
+    """Raised with one line per bad setting, each naming its environment variable."""
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(describe_validation_error(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

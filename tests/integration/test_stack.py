@@ -1,0 +1,193 @@
+"""The local stack, for real: Kafka (KRaft) and TimescaleDB started by cryptomon itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from cryptomon.db.migrate import migrate
+from cryptomon.kafka.topics import ensure_topics, topics
+from tests.conftest import make_state_dir, stack_settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def cli(settings, *args, timeout=180):
+    env = {
+        **os.environ,
+        "CRYPTOMON_STATE_DIR": str(settings.state_dir),
+        "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CRYPTOMON_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+        "CRYPTOMON_PG_DSN": settings.pg_dsn,
+    }
+    return subprocess.run([sys.executable, "-m", "cryptomon.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_services_up_status_down_up_keeps_data():
+    """The whole lifecycle through the CLI, on ports and a state folder of its own."""
+    state = make_state_dir("cryptomon-test-lifecycle-")
+    settings = stack_settings_for(state, 29092, 25433)
+    try:
+        assert cli(settings, "services", "status").returncode == 3  # nothing runs yet
+
+        up = cli(settings, "services", "up")
+        assert up.returncode == 0, up.stderr
+        assert "kafka started" in up.stderr and "timescaledb started" in up.stderr
+        assert "applied migrations [1, 2]" in up.stderr
+
+        status = cli(settings, "services", "status")
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count("running") == 2
+
+        again = cli(settings, "services", "up")  # harmless second run
+        assert again.returncode == 0, again.stderr
+        assert "already running" in again.stderr and "schema: up to date" in again.stderr
+
+        # leave a row and a message behind, then restart everything
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO book_ticker VALUES (now(), 'BTCUSDT', 42, 1, 1, 2, 2)"
+            )
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+        producer.produce("binance.trades", key=b"BTCUSDT", value=b"kept")
+        assert producer.flush(30) == 0
+
+        down = cli(settings, "services", "down")
+        assert down.returncode == 0, down.stderr
+        assert "kafka stopped" in down.stderr and "timescaledb stopped" in down.stderr
+        assert cli(settings, "services", "status").returncode == 3
+
+        up2 = cli(settings, "services", "up")
+        assert up2.returncode == 0, up2.stderr
+        with psycopg.connect(settings.pg_dsn) as conn:
+            assert conn.execute("SELECT update_id FROM book_ticker").fetchall() == [(42,)]
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe(["binance.trades"])
+        try:
+            msg = None
+            for _ in range(100):
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error():
+                    break
+            assert msg is not None and msg.value() == b"kept"
+        finally:
+            consumer.close()
+    finally:
+        cli(settings, "services", "down")
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_topics_have_3_partitions_and_7_day_retention(stack):
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    md = admin.list_topics(timeout=10).topics
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in ("binance.trades", "binance.book_ticker")]
+    for resource, fut in admin.describe_configs(resources).items():
+        assert len(md[resource.name].partitions) == 3
+        assert fut.result()["retention.ms"].value == "604800000"
+    assert "binance.deadletter" in md
+    # idempotent: a second ensure changes nothing
+    assert set(ensure_topics(stack.kafka_bootstrap).values()) == {"ok"}
+
+
+def test_produced_message_is_consumed_back(stack):
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
+                         "compression.type": "lz4"})
+    delivered = []
+    payload = uuid.uuid4().hex.encode()
+    producer.produce("binance.book_ticker", key=b"ETHUSDT", value=payload,
+                     on_delivery=lambda err, msg: delivered.append((err, msg.partition(), msg.offset())))
+    assert producer.flush(30) == 0
+    [(err, partition, offset)] = delivered
+    assert err is None
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition("binance.book_ticker", partition, offset)])
+    try:
+        msg = None
+        for _ in range(60):
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                break
+        assert msg is not None and msg.error() is None
+        assert (msg.key(), msg.value()) == (b"ETHUSDT", payload)
+    finally:
+        consumer.close()
+
+
+def test_raw_tables_are_hypertables_with_1_day_chunks(db):
+    rows = db.execute(
+        "SELECT hypertable_name, column_name, time_interval FROM timescaledb_information.dimensions "
+        "WHERE hypertable_name IN ('trades', 'book_ticker') ORDER BY hypertable_name"
+    ).fetchall()
+    assert [(r[0], r[1], r[2].days) for r in rows] == [("book_ticker", "ingestion_ts", 1), ("trades", "event_time", 1)]
+    # a time_bucket query works on them
+    assert db.execute("SELECT count(*) FROM (SELECT time_bucket('1 minute', event_time) FROM trades) t").fetchone() == (0,)
+
+
+def test_migrations_run_twice_are_a_no_op(stack, db):
+    assert migrate(stack.pg_dsn) == []
+    assert [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+
+
+def test_same_row_twice_leaves_one_with_exact_decimals(db):
+    t = datetime(2026, 11, 24, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    row = (t, "BTCUSDT", "trade", 7, Decimal("97123.12345678"), Decimal("0.00000001"), True, t)
+    for _ in range(2):
+        db.execute(
+            "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ts)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
+    assert db.execute("SELECT price, quantity FROM trades").fetchall() == [
+        (Decimal("97123.12345678"), Decimal("0.00000001"))]
+    bt = (t, "BTCUSDT", 1, Decimal("1.5"), Decimal("2"), Decimal("1.6"), Decimal("3"))
+    for _ in range(2):
+        db.execute("INSERT INTO book_ticker VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", bt)
+    assert db.execute("SELECT count(*) FROM book_ticker").fetchone() == (1,)
+
+
+def test_compose_topic_init_script_creates_the_same_topics(stack, tmp_path):
+    """Run deploy/kafka/create-topics.sh (docker compose's kafka-init) against the real broker,
+    with Kafka's own TopicCommand/ConfigCommand standing in for the image's bin/ wrappers."""
+    from cryptomon.paths import project_root
+
+    root = project_root()
+    jars = stack.deps_dir / "kafka"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for script, cls in (("kafka-topics.sh", "org.apache.kafka.tools.TopicCommand"),
+                        ("kafka-configs.sh", "kafka.admin.ConfigCommand")):
+        (bin_dir / script).write_text(f'#!/bin/sh\nexec java -Xmx128m -cp "{jars}/*" {cls} "$@"\n')
+        (bin_dir / script).chmod(0o755)
+    suffix = uuid.uuid4().hex[:8]
+    conf = tmp_path / "topics.conf"
+    # the real file, with the topic names made unique to this test
+    conf.write_text("\n".join(
+        line.replace("binance.", f"compose-{suffix}.") for line in (root / "src/cryptomon/kafka/topics.conf").read_text().splitlines()
+    ))
+    env = {**os.environ, "KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "TOPICS_FILE": str(conf), "KAFKA_BIN": str(bin_dir)}
+    for _ in range(2):  # idempotent
+        proc = subprocess.run(["bash", str(root / "deploy/kafka/create-topics.sh")], env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    md = admin.list_topics(timeout=10).topics
+    for spec in topics().values():
+        name = spec.name.replace("binance.", f"compose-{suffix}.")
+        assert len(md[name].partitions) == spec.partitions
+        config = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
+        values = next(iter(config.values())).result()
+        for key, value in spec.config.items():
+            assert values[key].value == value, (name, key)
+    admin.delete_topics([n for n in md if n.startswith(f"compose-{suffix}.")])

@@ -1,0 +1,31 @@
+import pytest
+
+from cryptomon.db.migrate import discover
+from cryptomon.kafka.topics import parse_topics, topics
+
+
+def test_declared_topics_follow_the_spec():
+    t = topics()
+    assert t["trades"].name == "binance.trades" and t["trades"].partitions == 3
+    assert t["book_ticker"].name == "binance.book_ticker" and t["book_ticker"].partitions == 3
+    for role in ("trades", "book_ticker"):
+        assert t[role].config["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    assert t["deadletter"].name == "binance.deadletter"
+
+
+def test_parse_topics_rejects_bad_lines():
+    assert parse_topics("# only a comment\n\n") == {}
+    with pytest.raises(ValueError, match="line 2"):
+        parse_topics("a t 1\nb t2 zero\n")
+    with pytest.raises(ValueError, match="bad config"):
+        parse_topics("a t 1 retention.ms\n")
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_topics("a t 1\na u 1\n")
+
+
+def test_migrations_are_numbered_and_record_themselves():
+    found = discover()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    for m in found:
+        text = m.path.read_text()
+        assert f"VALUES ({m.version}, '{m.name}')" in text, f"{m.path.name} must record itself"
