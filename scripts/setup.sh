@@ -53,12 +53,12 @@ fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 is required ($(python3 --version))"
 
 # ---------------------------------------------------------------- TimescaleDB from source
-TSDB_SRC_VERSION=2.19.3
-step "TimescaleDB $TSDB_SRC_VERSION (Apache edition) for PostgreSQL $PG_MAJOR"
+step "TimescaleDB (Apache edition) for PostgreSQL $PG_MAJOR"
 PKGLIBDIR=$($PG_CONFIG --pkglibdir)
 SHAREDIR=$($PG_CONFIG --sharedir)
-if [ -f "$PKGLIBDIR/timescaledb-$TSDB_SRC_VERSION.so" ] && [ -f "$SHAREDIR/extension/timescaledb.control" ]; then
-  ok "already installed in $PKGLIBDIR"
+installed_tsdb() { ls "$PKGLIBDIR"/timescaledb-2.*.so 2>/dev/null | head -1; }
+if [ -n "$(installed_tsdb)" ] && [ -f "$SHAREDIR/extension/timescaledb.control" ]; then
+  ok "already installed: $(basename "$(installed_tsdb)")"
 else
   # Debian 12 has no timescaledb package; trixie's source package builds cleanly against PG 15.
   # A private apt configuration keeps the trixie source line out of the system's sources.
@@ -71,15 +71,16 @@ else
   apt-get "${APT_OPTS[@]}" update -q >/dev/null || die "could not read Debian trixie's source index"
   SRC="$DEPS/src/timescaledb"
   rm -rf "$SRC" && mkdir -p "$SRC"
-  (cd "$SRC" && apt-get "${APT_OPTS[@]}" source --download-only "timescaledb=$TSDB_SRC_VERSION*" >/dev/null) \
-    || die "apt-get source timescaledb=$TSDB_SRC_VERSION failed"
+  (cd "$SRC" && apt-get "${APT_OPTS[@]}" source --download-only timescaledb >/dev/null 2>&1) \
+    || die "apt-get source timescaledb (Debian trixie) failed"
   (cd "$SRC" && dpkg-source -x ./*.dsc tree >/dev/null) || die "dpkg-source -x failed"
-  ok "building (about a minute)"
+  ok "building $(basename "$SRC"/*.dsc .dsc) (under a minute)"
   (cd "$SRC/tree" && ./bootstrap -DAPACHE_ONLY=1 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
       -DPG_CONFIG="$PG_CONFIG" >"$SRC/build.log" 2>&1 \
     && make -j"$(nproc)" -C build >>"$SRC/build.log" 2>&1 \
     && $SUDO make -C build install >>"$SRC/build.log" 2>&1) || die "TimescaleDB build failed: see $SRC/build.log"
-  ok "installed $(ls "$PKGLIBDIR"/timescaledb-*.so | xargs -n1 basename | tr '\n' ' ')"
+  [ -n "$(installed_tsdb)" ] || die "TimescaleDB built but no timescaledb-2.*.so in $PKGLIBDIR"
+  ok "installed $(basename "$(installed_tsdb)")"
 fi
 
 # ---------------------------------------------------------------- jars from Maven Central
