@@ -19,6 +19,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(topics_app, name="topics")
+feed_app = typer.Typer(no_args_is_help=True, help="Exchange feeds: a Binance-compatible simulator, replay, record.")
+app.add_typer(feed_app, name="feed")
 
 
 def setup_logging(level: str) -> None:
@@ -94,6 +96,37 @@ def topics_ensure() -> None:
 
     for topic, result in ensure_topics(settings().kafka_bootstrap).items():
         console.print(f"[green]✓[/] {topic}: {result}")
+
+
+@app.command("ingest")
+def ingest() -> None:
+    """Binance WebSocket -> Kafka (health and metrics on CRYPTOMON_INGEST_HEALTH_PORT)."""
+    from cryptomon.ingestion.ws_consumer import main as ingest_main
+
+    ingest_main(settings())
+
+
+@feed_app.command("sim")
+def feed_sim(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(9443, help="Port for both the WebSocket and the REST API."),
+    rate: float = typer.Option(50.0, help="Market steps per second over all symbols (each step: 1-3 trades, "
+                                          "1 aggTrade, 1 bookTicker)."),
+    seed: int = typer.Option(1, help="Random seed: the same seed gives the same market."),
+    scenario: str = typer.Option("calm", help="calm, risk or faults (see cryptomon/feed/scenarios.py)."),
+    max_steps: int = typer.Option(0, help="Stop generating after this many steps per symbol (0: never)."),
+) -> None:
+    """Serve a Binance-compatible exchange: point CRYPTOMON_BINANCE_WS_URL at ws://HOST:PORT/stream and
+    CRYPTOMON_BINANCE_REST_URL at http://HOST:PORT."""
+    from cryptomon.feed.scenarios import SCENARIOS
+    from cryptomon.feed.sim import Simulator, run_forever
+
+    s = settings()
+    if scenario not in SCENARIOS:
+        raise fail(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}", 2)
+    sim = Simulator(s.symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None)
+    console.print(f"exchange simulator: ws://{host}:{port}/stream  http://{host}:{port}/api/v3  ({scenario})")
+    run_forever(sim, host, port)
 
 
 @app.command("settings")

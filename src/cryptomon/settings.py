@@ -63,6 +63,28 @@ class Settings(BaseSettings):
         description="Folder where `scripts/setup.sh` put the Kafka and Spark connector jars.",
     )
     log_level: str = Field("INFO", description="Log level of every cryptomon process.")
+    health_host: str = Field(
+        "127.0.0.1", description="Address the health/metrics endpoints bind to (0.0.0.0 to expose them)."
+    )
+    # ---- ingestion
+    binance_api_key: str = Field(
+        "", description="Optional Binance API key, sent with the REST backfill requests (never logged)."
+    )
+    ingest_health_port: int = Field(8081, ge=0, le=65535, description="Ingestion's /health and /metrics port.")
+    ws_stale_after: float = Field(
+        30.0, gt=0, description="Seconds without any frame after which the WebSocket is treated as dead."
+    )
+    ws_max_age: float = Field(
+        23 * 3600.0, gt=0,
+        description="Seconds after which a new connection replaces the current one (Binance cuts at 24 h).",
+    )
+    ws_max_frame_bytes: int = Field(1 << 20, gt=0, description="Largest WebSocket frame accepted.")
+    backoff_initial: float = Field(1.0, gt=0, description="First reconnect delay, in seconds.")
+    backoff_max: float = Field(60.0, gt=0, description="Longest reconnect delay, in seconds.")
+    backfill_grace: float = Field(
+        1.0, ge=0, description="Seconds a gap may wait for out-of-order frames before it is backfilled over REST."
+    )
+    producer_linger_ms: int = Field(20, ge=0, le=1000, description="Kafka producer batching delay (linger.ms).")
 
     @field_validator("symbols", mode="before")
     @classmethod

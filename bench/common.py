@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: a throw-away local stack, process CPU time, Kafka counting, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptomon.settings import Settings, load_settings  # noqa: E402
+
+
+@contextmanager
+def bench_stack(kafka_port: int = 39092, pg_port: int = 35433):
+    """Kafka + TimescaleDB of their own, in a temporary state folder, stopped and deleted afterwards."""
+    from cryptomon.services.local import stack_down, stack_up
+
+    state = Path(tempfile.mkdtemp(prefix="cryptomon-bench-"))
+    state.chmod(0o755)
+    settings = load_settings(state_dir=state, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+                             kafka_controller_port=kafka_port + 1, kafka_heap="1g",
+                             pg_dsn=f"postgresql://cryptomon:bench-only@127.0.0.1:{pg_port}/cryptomon")
+    try:
+        stack_up(settings)
+        yield settings
+    finally:
+        stack_down(settings)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def env_for(settings: Settings, **extra) -> dict:
+    env = {**os.environ, "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CRYPTOMON_PG_DSN": settings.pg_dsn,
+           "CRYPTOMON_STATE_DIR": str(settings.state_dir), "CRYPTOMON_LOG_LEVEL": "WARNING"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class TopicCounter:
+    """Counts messages on topics through their high watermarks (cheap, no consumption)."""
+
+    def __init__(self, bootstrap: str, topics: list[str]):
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-counter"})
+        md = self.c.list_topics(timeout=10)
+        self.parts = [TopicPartition(t, p) for t in topics for p in md.topics[t].partitions]
+        self.base = self._total()
+
+    def _total(self) -> int:
+        return sum(self.c.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.parts)
+
+    def count(self) -> int:
+        return self._total() - self.base
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def machine() -> dict:
+    import pyspark
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "pyspark": pyspark.__version__}
+
+
+def emit(result: dict, out: Path | None = None) -> None:
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+def wait(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"benchmark: timed out waiting for {what}")

@@ -1,0 +1,267 @@
+"""Pure logic of the ingestion: parse Binance combined-stream frames, validate, route, track ids.
+
+Binance payloads (spot, documented):
+  trade      {"e":"trade","E":ms,"s":"BTCUSDT","t":id,"p":"price","q":"qty","T":ms,"m":bool,"M":bool}
+  aggTrade   {"e":"aggTrade","E":ms,"s":..,"a":id,"p":..,"q":..,"f":firstId,"l":lastId,"T":ms,"m":bool,"M":bool}
+  bookTicker {"u":updateId,"s":..,"b":bid,"B":bidQty,"a":ask,"A":askQty}           (no event time)
+wrapped as {"stream":"btcusdt@trade","data":{...}}.
+
+The Kafka message is the Binance payload itself plus `ingestion_timestamp` (epoch ms, UTC, stamped at
+receipt) and, for events fetched over REST after a gap, `"backfilled": true`.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+
+TRADES = "trades"
+BOOK_TICKER = "book_ticker"
+KINDS = ("trade", "aggTrade", "bookTicker")
+ROUTE = {"trade": TRADES, "aggTrade": TRADES, "bookTicker": BOOK_TICKER}
+SEQ_FIELD = {"trade": "t", "aggTrade": "a", "bookTicker": "u"}
+
+_DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,8})?$")  # fits NUMERIC(20,8)
+_REQUIRED = {
+    "trade": (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
+    "aggTrade": (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
+    "bookTicker": (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
+}
+_DECIMALS = {"trade": ("p", "q"), "aggTrade": ("p", "q"), "bookTicker": ("b", "B", "a", "A")}
+
+
+class BadFrame(ValueError):
+    """Input that cannot be routed; `reason` is a short machine-friendly label for metrics."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str  # trade | aggTrade | bookTicker
+    symbol: str
+    seq: int  # t, a or u
+    data: dict
+
+
+@dataclass(slots=True)
+class Control:
+    """A frame that is not market data but that the client must act on (e.g. serverShutdown)."""
+
+    event: str
+
+
+def stream_names(symbols: tuple[str, ...]) -> list[str]:
+    return [f"{s.lower()}@{kind}" for s in symbols for kind in KINDS]
+
+
+def combined_stream_url(base_url: str, symbols: tuple[str, ...]) -> str:
+    return f"{base_url}?streams={'/'.join(stream_names(symbols))}"
+
+
+def _is_type(value: object, expected: type) -> bool:
+    # bool is a subclass of int: never accept one for the other
+    if expected is int:
+        return type(value) is int
+    return isinstance(value, expected)
+
+
+def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
+    """Check a Binance payload of `kind`; returns its symbol. Raises BadFrame."""
+    if not isinstance(data, dict):
+        raise BadFrame("bad_payload", f"data is {type(data).__name__}, not an object")
+    s = data.get("s")
+    if not isinstance(s, str) or (symbol is not None and s != symbol):
+        raise BadFrame("bad_symbol", f"symbol {s!r} does not match stream symbol {symbol!r}")
+    if kind != "bookTicker" and data.get("e") != kind:
+        raise BadFrame("bad_event_type", f"event type {data.get('e')!r} on a {kind} stream")
+    for name, expected in _REQUIRED[kind]:
+        value = data.get(name)
+        if value is None:
+            raise BadFrame("missing_field", f"{kind} without field {name!r}")
+        if not _is_type(value, expected):
+            raise BadFrame("wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}")
+    for name in _DECIMALS[kind]:
+        if not _DECIMAL.match(data[name]):
+            raise BadFrame("bad_decimal", f"{kind} field {name!r}={data[name]!r} is not a decimal of NUMERIC(20,8)")
+    return s
+
+
+def parse_frame(raw: bytes | str, symbols: frozenset[str]) -> Event | Control:
+    """Parse one combined-stream frame. Raises BadFrame for anything that cannot be routed."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadFrame("not_json", str(exc)) from None
+    if not isinstance(msg, dict):
+        raise BadFrame("bad_envelope", f"frame is a JSON {type(msg).__name__}")
+    stream = msg.get("stream")
+    data = msg.get("data")
+    if stream is None:
+        # Binance's control events (e.g. {"e":"serverShutdown",...}) may come unwrapped
+        event = msg.get("e") if isinstance(msg.get("e"), str) else None
+        if event == "serverShutdown":
+            return Control(event)
+        raise BadFrame("bad_envelope", "frame has no 'stream'")
+    if isinstance(data, dict) and data.get("e") == "serverShutdown":
+        return Control("serverShutdown")
+    if not isinstance(stream, str) or "@" not in stream:
+        raise BadFrame("unknown_stream", f"stream {stream!r}")
+    sym, _, kind = stream.partition("@")
+    symbol = sym.upper()
+    if kind not in ROUTE or symbol not in symbols:
+        raise BadFrame("unknown_stream", f"stream {stream!r} is not subscribed")
+    validate_payload(kind, data, symbol)
+    return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
+
+
+def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
+    """The Kafka message value: Binance's payload + ingestion_timestamp (+ backfilled)."""
+    data = event.data
+    data["ingestion_timestamp"] = ingestion_ms
+    if backfilled:
+        data["backfilled"] = True
+    return orjson.dumps(data)
+
+
+# ------------------------------------------------------------------ REST (backfill) payloads
+
+def trade_from_rest(symbol: str, row: dict) -> Event:
+    """/api/v3/historicalTrades row -> a trade stream payload."""
+    data = {"e": "trade", "E": row["time"], "s": symbol, "t": row["id"], "p": row["price"], "q": row["qty"],
+            "T": row["time"], "m": row["isBuyerMaker"], "M": row.get("isBestMatch", True)}
+    validate_payload("trade", data, symbol)
+    return Event("trade", symbol, data["t"], data)
+
+
+def agg_trade_from_rest(symbol: str, row: dict) -> Event:
+    """/api/v3/aggTrades row (same letters as the stream) -> an aggTrade stream payload."""
+    data = {"e": "aggTrade", "E": row["T"], "s": symbol, "a": row["a"], "p": row["p"], "q": row["q"],
+            "f": row["f"], "l": row["l"], "T": row["T"], "m": row["m"], "M": row.get("M", True)}
+    validate_payload("aggTrade", data, symbol)
+    return Event("aggTrade", symbol, data["a"], data)
+
+
+# ------------------------------------------------------------------ sequence tracking
+
+NEW, DUPLICATE, LATE = "new", "duplicate", "late"
+
+
+@dataclass
+class _Seq:
+    last: int
+    # missing ids as sorted, disjoint, inclusive [start, end] intervals, with the time each was found
+    gaps: list[list[int]] = field(default_factory=list)
+    found_at: dict[int, float] = field(default_factory=dict)  # gap start -> monotonic time found
+
+
+class SequenceTracker:
+    """Per (symbol, kind) consecutive-id tracking for trade (`t`) and aggTrade (`a`) ids.
+
+    observe() says whether an id is new, a duplicate (drop it) or a late arrival that fills a gap.
+    Gaps (ids skipped by the stream) stay pending until filled by late arrivals or a backfill.
+    """
+
+    def __init__(self) -> None:
+        self._seqs: dict[tuple[str, str], _Seq] = {}
+        self.gaps_found = 0
+        self.ids_missed = 0
+
+    def last(self, key: tuple[str, str]) -> int | None:
+        s = self._seqs.get(key)
+        return s.last if s else None
+
+    def seed(self, key: tuple[str, str], last: int) -> None:
+        """Start from a known last id (e.g. recovered from Kafka) instead of the first one seen."""
+        self._seqs.setdefault(key, _Seq(last))
+
+    def observe(self, key: tuple[str, str], seq: int, now: float = 0.0) -> str:
+        s = self._seqs.get(key)
+        if s is None:
+            self._seqs[key] = _Seq(seq)
+            return NEW
+        if seq == s.last + 1:
+            s.last = seq
+            return NEW
+        if seq > s.last:
+            s.gaps.append([s.last + 1, seq - 1])
+            s.found_at[s.last + 1] = now
+            self.gaps_found += 1
+            self.ids_missed += seq - 1 - s.last
+            s.last = seq
+            return NEW
+        return LATE if self._take(s, seq) else DUPLICATE
+
+    def _take(self, s: _Seq, seq: int) -> bool:
+        """Remove seq from the pending gaps; True if it was missing."""
+        i = bisect_right(s.gaps, [seq, float("inf")]) - 1
+        if i < 0:
+            return False
+        start, end = s.gaps[i]
+        if not start <= seq <= end:
+            return False
+        found = s.found_at.pop(start, 0.0)
+        pieces = [p for p in ([start, seq - 1], [seq + 1, end]) if p[0] <= p[1]]
+        s.gaps[i : i + 1] = pieces
+        for p in pieces:
+            s.found_at[p[0]] = found
+        return True
+
+    def fill(self, key: tuple[str, str], seq: int) -> bool:
+        s = self._seqs.get(key)
+        return bool(s) and self._take(s, seq)
+
+    def drop_gap(self, key: tuple[str, str], start: int, end: int) -> int:
+        """Give up on [start, end] (cannot be filled); returns how many ids were still missing."""
+        s = self._seqs[key]
+        dropped = 0
+        kept = []
+        for g in s.gaps:
+            lo, hi = max(g[0], start), min(g[1], end)
+            if lo > hi:
+                kept.append(g)
+                continue
+            dropped += hi - lo + 1
+            found = s.found_at.pop(g[0], 0.0)
+            for p in ([g[0], lo - 1], [hi + 1, g[1]]):
+                if p[0] <= p[1]:
+                    kept.append(p)
+                    s.found_at[p[0]] = found
+        s.gaps = sorted(kept)
+        return dropped
+
+    def pending(self, older_than: float | None = None) -> list[tuple[tuple[str, str], int, int]]:
+        """Pending gaps as (key, start, end), optionally only those found before `older_than`."""
+        out = []
+        for key, s in self._seqs.items():
+            for start, end in s.gaps:
+                if older_than is None or s.found_at.get(start, 0.0) <= older_than:
+                    out.append((key, start, end))
+        return out
+
+    def missing_count(self) -> int:
+        return sum(end - start + 1 for _, start, end in self.pending())
+
+
+class RecentIds:
+    """Bounded memory of recently seen ids, to drop exact duplicates of bookTicker updates."""
+
+    def __init__(self, size: int = 4096):
+        self._order: deque[int] = deque(maxlen=size)
+        self._set: set[int] = set()
+
+    def seen(self, value: int) -> bool:
+        if value in self._set:
+            return True
+        if len(self._order) == self._order.maxlen:
+            self._set.discard(self._order[0])
+        self._order.append(value)
+        self._set.add(value)
+        return False
