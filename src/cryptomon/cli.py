@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -127,6 +128,46 @@ def feed_sim(
     sim = Simulator(s.symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None)
     console.print(f"exchange simulator: ws://{host}:{port}/stream  http://{host}:{port}/api/v3  ({scenario})")
     run_forever(sim, host, port)
+
+
+@feed_app.command("replay")
+def feed_replay(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON-lines capture or Binance CSV dump."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(9443, help="Port for both the WebSocket and the REST API."),
+    rate: float = typer.Option(200.0, help="Events per second (0: as fast as the client reads)."),
+    symbol: str = typer.Option("", help="Symbol of a CSV dump whose file name does not start with it."),
+) -> None:
+    """Serve a recorded feed through the simulator's Binance-compatible server."""
+    from cryptomon.feed.replay import capture_symbols, read_capture
+    from cryptomon.feed.sim import Simulator, run_forever
+
+    settings()
+    try:
+        symbols = capture_symbols(file, symbol or None)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    sim = Simulator(symbols, rate=rate, source=read_capture(file, symbol or None))
+    console.print(f"replaying {file} ({', '.join(symbols)}): ws://{host}:{port}/stream  http://{host}:{port}/api/v3")
+    run_forever(sim, host, port)
+
+
+@feed_app.command("record")
+def feed_record(
+    out: Path = typer.Argument(..., help="JSON-lines file to append to."),
+    max_messages: int = typer.Option(0, help="Stop after this many frames (0: no limit)."),
+    seconds: float = typer.Option(0.0, help="Stop after this many seconds (0: no limit)."),
+) -> None:
+    """Capture the configured stream (CRYPTOMON_BINANCE_WS_URL, CRYPTOMON_SYMBOLS) to a file for replay."""
+    import asyncio
+
+    from cryptomon.feed.replay import record
+    from cryptomon.ingestion.events import combined_stream_url
+
+    s = settings()
+    n = asyncio.run(record(combined_stream_url(s.binance_ws_url, s.symbols), out, max_messages or None,
+                           seconds or None))
+    console.print(f"[green]✓[/] {n} frames recorded to {out}")
 
 
 @app.command("settings")

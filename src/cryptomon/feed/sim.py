@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
+from collections.abc import Iterator
+
 from cryptomon.feed.market import Conditions, Market
+from cryptomon.feed.replay import Item, ReplayHistory
 from cryptomon.feed.scenarios import SCENARIOS, Phase
 
 log = logging.getLogger(__name__)
@@ -67,10 +70,13 @@ class Stats:
 
 class Simulator:
     def __init__(self, symbols: tuple[str, ...], rate: float = 100.0, seed: int = 1, scenario: str = "calm",
-                 max_steps: int | None = None, wait_for_client: bool = True):
+                 max_steps: int | None = None, wait_for_client: bool = True, source: Iterator[Item] | None = None):
         self.symbols = symbols
-        self.rate = rate  # market steps per second, over all symbols
+        # market steps per second over all symbols; for a replay, events per second (0: as fast as possible)
+        self.rate = rate
         self.market = Market(symbols, seed=seed)
+        self.source = source
+        self.history = ReplayHistory() if source is not None else self.market
         self.phases: list[Phase] = list(SCENARIOS[scenario])
         self.conditions = Conditions()
         self.max_steps = max_steps
@@ -91,6 +97,9 @@ class Simulator:
     # ---------------------------------------------------------------- generation loop
 
     async def run(self) -> None:
+        if self.source is not None:
+            await self._replay()
+            return
         if self.rate <= 0:
             await self._firehose()
             return
@@ -151,6 +160,25 @@ class Simulator:
             if i % 512 == 0:
                 await asyncio.sleep(0)
         self.done.set()
+
+    async def _replay(self) -> None:
+        """Serve a recorded feed in its order, paced at `rate` events/s; REST serves what was replayed."""
+        if self.wait_for_client:
+            await self.first_client.wait()
+        start = time.monotonic()
+        for n, (symbol, kind, payload) in enumerate(self.source):
+            await self.paused.wait()
+            if self.rate > 0:
+                delay = start + n / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif n % 512 == 0:
+                await asyncio.sleep(0)
+            self.history.add(symbol, kind, payload)
+            self.stats.generated[(symbol, kind)] += 1
+            await self._emit(symbol, kind, payload)
+        self.done.set()
+        log.info("replay finished: %d events", sum(self.stats.generated.values()))
 
     def _finished(self) -> bool:
         return self.max_steps is not None and all(self.stats.steps[s] >= self.max_steps for s in self.symbols)
@@ -251,7 +279,7 @@ class Simulator:
 
     def _symbol(self, request: web.Request) -> str:
         symbol = request.query.get("symbol", "").upper()
-        if symbol not in self.market.state:
+        if symbol not in self.symbols:
             raise web.HTTPBadRequest(text='{"code":-1121,"msg":"Invalid symbol."}', content_type="application/json")
         return symbol
 
@@ -269,15 +297,15 @@ class Simulator:
         return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
     async def agg_trades(self, request: web.Request) -> web.Response:
-        rows = self.market.aggs_from(self._symbol(request), self._from_id(request), self._limit(request))
+        rows = self.history.aggs_from(self._symbol(request), self._from_id(request), self._limit(request))
         return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
     async def historical_trades(self, request: web.Request) -> web.Response:
-        rows = self.market.trades_from(self._symbol(request), self._from_id(request), self._limit(request))
+        rows = self.history.trades_from(self._symbol(request), self._from_id(request), self._limit(request))
         return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
     async def recent_trades(self, request: web.Request) -> web.Response:
-        rows = self.market.trades_from(self._symbol(request), None, self._limit(request))
+        rows = self.history.trades_from(self._symbol(request), None, self._limit(request))
         return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -288,14 +316,19 @@ class Simulator:
 
     def stats_json(self) -> dict:
         per_symbol = {}
-        for s, st in self.market.state.items():
-            per_symbol[s] = {
-                "steps": self.stats.steps[s],
-                "trade_ids": [st.next_trade_id - self.stats.generated[(s, "trade")], st.next_trade_id - 1],
-                "agg_ids": [st.next_agg_id - self.stats.generated[(s, "aggTrade")], st.next_agg_id - 1],
-                "generated": {k: self.stats.generated[(s, k)] for k in ("trade", "aggTrade", "bookTicker")},
-                "sent": {k: self.stats.sent[(s, k)] for k in ("trade", "aggTrade", "bookTicker")},
-            }
+        for s in self.symbols:
+            gen = {k: self.stats.generated[(s, k)] for k in ("trade", "aggTrade", "bookTicker")}
+            if self.source is not None:
+                trades, aggs = self.history.trades.get(s, []), self.history.aggs.get(s, [])
+                trade_ids = [trades[0]["t"], trades[-1]["t"]] if trades else None
+                agg_ids = [aggs[0]["a"], aggs[-1]["a"]] if aggs else None
+            else:
+                st = self.market.state[s]
+                trade_ids = [st.next_trade_id - gen["trade"], st.next_trade_id - 1]
+                agg_ids = [st.next_agg_id - gen["aggTrade"], st.next_agg_id - 1]
+            per_symbol[s] = {"steps": self.stats.steps[s], "trade_ids": trade_ids, "agg_ids": agg_ids,
+                             "generated": gen,
+                             "sent": {k: self.stats.sent[(s, k)] for k in ("trade", "aggTrade", "bookTicker")}}
         return {"symbols": per_symbol, "done": self.done.is_set(), "ready_frames": self.ready_frames, "connections": self.stats.connections,
                 "connected": len(self.clients), "drops": self.stats.drops,
                 "malformed_sent": self.stats.malformed_sent, "duplicates_sent": self.stats.duplicates_sent,
