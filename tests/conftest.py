@@ -64,5 +64,5 @@ def stack() -> Settings:
 def db(stack: Settings):
     """A connection to the test TimescaleDB with every data table emptied first."""
     with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE trades, book_ticker, trade_metrics, spread_metrics")
+        conn.execute("TRUNCATE trades, book_ticker, trade_metrics, spread_metrics, dead_letters")
         yield conn

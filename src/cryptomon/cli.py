@@ -28,6 +28,7 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per Python<->JVM call otherwise
 
 
 def settings() -> Settings:
@@ -105,6 +106,25 @@ def ingest() -> None:
     from cryptomon.ingestion.ws_consumer import main as ingest_main
 
     ingest_main(settings())
+
+
+@app.command("worker")
+def worker() -> None:
+    """Kafka -> TimescaleDB (health and metrics on CRYPTOMON_WORKER_HEALTH_PORT)."""
+    from cryptomon.consumer.worker import main as worker_main
+
+    worker_main(settings())
+
+
+@app.command("spark")
+def spark_job(
+    available_now: bool = typer.Option(False, "--available-now",
+                                       help="Process what Kafka holds now, then stop (backfills, tests)."),
+) -> None:
+    """Spark Structured Streaming metrics: Kafka -> trade_metrics, spread_metrics (Spark UI on :4040)."""
+    from cryptomon.spark.streaming_job import main as spark_main
+
+    spark_main(settings(), {"availableNow": True} if available_now else None)
 
 
 @feed_app.command("sim")

@@ -85,6 +85,42 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds a gap may wait for out-of-order frames before it is backfilled over REST."
     )
     producer_linger_ms: int = Field(20, ge=0, le=1000, description="Kafka producer batching delay (linger.ms).")
+    # ---- worker
+    worker_group: str = Field("binance-buffer", description="Kafka consumer group of the worker.")
+    worker_health_port: int = Field(8082, ge=0, le=65535, description="Worker's /health and /metrics port.")
+    flush_max_rows: int = Field(500, ge=1, le=100_000, description="Flush a table's buffer at this many messages.")
+    flush_max_seconds: float = Field(2.0, gt=0, description="Flush a buffer at the latest this long after its first message.")
+    worker_poll_timeout: float = Field(
+        0.05, gt=0, le=5,
+        description="Seconds the worker waits for more messages before treating the topic as drained (and flushing).",
+    )
+    db_retry_max: float = Field(10.0, gt=0, description="Longest wait between database retries while it is down.")
+    # ---- Spark job and alert rules (the Grafana alerts read the same values)
+    spark_master: str = Field("local[2]", description="Spark master URL of the streaming job.")
+    spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions of the streaming job.")
+    spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of both queries.")
+    spark_watermark_seconds: int = Field(10, ge=0, description="Event-time watermark: how late an event may arrive.")
+    spark_checkpoint_dir: Path = Field(
+        Path.home() / "spark-checkpoints", description="Checkpoints of the streaming queries (restart point)."
+    )
+    spark_max_offsets_per_trigger: int = Field(
+        500_000, ge=1, description="Most Kafka messages one micro-batch reads (bounds catch-up batches)."
+    )
+    spark_ui_port: int = Field(4040, ge=0, le=65535, description="Spark UI port (0 disables the UI).")
+    volatility_threshold: float = Field(
+        2.0, gt=0, description="volatility_alert fires when a 1-minute window's price stddev exceeds this."
+    )
+    volatility_thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-symbol overrides of the volatility threshold, e.g. `BTCUSDT=50,ETHUSDT=5`.",
+    )
+    volume_spike_factor: float = Field(
+        3.0, gt=0, description="volume_spike fires when a window's volume exceeds this many times the mean of the previous windows."
+    )
+    volume_spike_windows: int = Field(10, ge=1, description="How many previous windows the volume mean covers.")
+    spread_warning_factor: float = Field(
+        3.0, gt=0, description="spread_warning fires when a 30-second window's max spread exceeds this many times its min."
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -106,6 +142,25 @@ class Settings(BaseSettings):
         if len(set(value)) != len(value):
             raise ValueError("symbols are listed twice")
         return value
+
+    @field_validator("volatility_thresholds", mode="before")
+    @classmethod
+    def _parse_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            out = {}
+            for item in filter(None, (v.strip() for v in value.split(","))):
+                sym, sep, num = item.partition("=")
+                if not sep:
+                    raise ValueError(f"expected SYMBOL=number, got {item!r}")
+                try:
+                    out[sym.strip().upper()] = float(num)
+                except ValueError:
+                    raise ValueError(f"{num!r} is not a number (in {item!r})") from None
+            return out
+        return value
+
+    def volatility_threshold_for(self, symbol: str) -> float:
+        return self.volatility_thresholds.get(symbol, self.volatility_threshold)
 
     @field_validator("binance_ws_url")
     @classmethod

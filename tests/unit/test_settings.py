@@ -61,3 +61,14 @@ def test_every_setting_is_documented_in_the_readme():
     documented = set(re.findall(r"`(CRYPTOMON_[A-Z_]+)`", README.read_text()))
     declared = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
     assert declared - documented == set(), "settings missing from the README's configuration table"
+
+
+def test_volatility_thresholds_per_symbol(monkeypatch):
+    monkeypatch.setenv("CRYPTOMON_VOLATILITY_THRESHOLDS", "btcusdt=50, ETHUSDT=5.5")
+    s = load_settings()
+    assert s.volatility_thresholds == {"BTCUSDT": 50.0, "ETHUSDT": 5.5}
+    assert s.volatility_threshold_for("BTCUSDT") == 50.0
+    assert s.volatility_threshold_for("BNBUSDT") == s.volatility_threshold == 2.0
+    monkeypatch.setenv("CRYPTOMON_VOLATILITY_THRESHOLDS", "BTCUSDT:50")
+    with pytest.raises(SettingsError, match="CRYPTOMON_VOLATILITY_THRESHOLDS: .*SYMBOL=number"):
+        load_settings()

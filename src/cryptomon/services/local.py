@@ -141,6 +141,9 @@ class KafkaBroker:
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
+                    # offset commits are answered without waiting for more writes to batch (default 5 ms):
+                    # the worker commits synchronously after every flush
+                    "group.coordinator.append.linger.ms=0",
                     "log.retention.hours=168",
                     "",
                 ]

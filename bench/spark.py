@@ -1,0 +1,122 @@
+"""Spark benchmark: the highest input rate the streaming job sustains on local[2] with the 10 s trigger,
+and micro-batch durations at 5,000 events/s.
+
+A rate R is sustained when a micro-batch holding 10 s of input at R (both topics, each capped at its share
+of the events) completes in less than the 10 s trigger interval. For each rising rate the job runs from a
+fresh checkpoint over preloaded topics, batches back to back, and the durations come from Spark's own
+progress reports (after a warm-up batch). Goal: sustains >= 20,000 events/s; p99 batch <= 3 s at 5,000/s.
+
+    .venv/bin/python bench/spark.py [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_stack, emit, machine  # noqa: E402
+
+from cryptomon.feed.scripted import Span, scripted_events  # noqa: E402
+from cryptomon.settings import load_settings  # noqa: E402
+from cryptomon.spark.streaming_job import (  # noqa: E402
+    SPREAD_QUERY,
+    TRADES_QUERY,
+    MetricsWriter,
+    build_session,
+    start_queries,
+)
+
+TRIGGER_S = 10
+
+
+def preload(bootstrap: str, events_per_second: int, seconds: int) -> dict[str, int]:
+    symbols = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    steps = events_per_second / 3.67 / len(symbols)  # a market step is ~3.67 events
+    start = int(time.time() * 1000) - seconds * 1000
+    events = scripted_events(symbols, start, [Span(seconds)], steps_per_second=steps, seed=4)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4",
+                  "queue.buffering.max.messages": 2_000_000, "partitioner": "murmur2_random"})
+    counts = {TRADES_QUERY: 0, SPREAD_QUERY: 0}
+    for kind, payload in events:
+        topic = "binance.book_ticker" if kind == "bookTicker" else "binance.trades"
+        counts[SPREAD_QUERY if kind == "bookTicker" else TRADES_QUERY] += 1
+        while True:
+            try:
+                p.produce(topic, orjson.dumps(payload), payload["s"].encode())
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(300) == 0
+    return counts
+
+
+def run_rate(settings, spark, rate: int, share: dict[str, float], batches: int, ckpt: Path) -> dict:
+    caps = {q: max(1, int(rate * TRIGGER_S * share[q])) for q in share}
+    writer = MetricsWriter(settings)
+    s = load_settings(**{**settings.model_dump(), "spark_checkpoint_dir": ckpt / str(rate)})
+    queries = start_queries(spark, s, writer, {"processingTime": "0 seconds"}, caps)
+    try:
+        deadline = time.monotonic() + 60 + batches * 30
+        while time.monotonic() < deadline:
+            if all(len([p for p in q.recentProgress if p["numInputRows"] > 0]) >= batches + 1 for q in queries):
+                break
+            time.sleep(0.5)
+        durations = {}
+        for q in queries:
+            full = [p for p in q.recentProgress if p["numInputRows"] > 0][1: batches + 1]  # skip the warm-up batch
+            durations[q.name] = [p["batchDuration"] / 1000 for p in full]
+    finally:
+        for q in queries:
+            q.stop()
+    # the two queries run concurrently on the same 2 cores: a rate holds when both keep up
+    worst = [max(a, b) for a, b in zip(durations[TRADES_QUERY], durations[SPREAD_QUERY])]
+    return {"rate": rate, "batch_messages": caps, "batches": len(worst),
+            "batch_seconds": [round(x, 2) for x in worst],
+            "p50_s": round(statistics.median(worst), 2) if worst else None,
+            "p99_s": round(max(worst), 2) if worst else None,
+            "sustained": bool(worst) and max(worst) < TRIGGER_S}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rates = [5_000, 20_000, 40_000] if args.quick else [5_000, 10_000, 20_000, 40_000, 80_000]
+    batches = 2 if args.quick else 4
+    ckpt = Path(tempfile.mkdtemp(prefix="bench-spark-"))
+    with bench_stack() as settings:
+        settings = load_settings(**{**settings.model_dump(), "spark_ui_port": 0})
+        seconds = TRIGGER_S * (batches + 1) * max(rates) // 10_000 + 10
+        counts = preload(settings.kafka_bootstrap, 10_000, seconds)
+        total = sum(counts.values())
+        share = {q: n / total for q, n in counts.items()}
+        spark = build_session(settings, "cryptomon-bench")
+        results = []
+        try:
+            for rate in rates:
+                results.append(run_rate(settings, spark, rate, share, batches, ckpt))
+                if not results[-1]["sustained"]:
+                    break
+        finally:
+            spark.stop()
+    sustained = [r["rate"] for r in results if r["sustained"]]
+    at5k = next(r for r in results if r["rate"] == 5_000)
+    emit({"benchmark": "spark", "quick": args.quick, "machine": machine(), "trigger_seconds": TRIGGER_S,
+          "preloaded_events": total, "results": results,
+          "highest_sustained_events_per_second": max(sustained) if sustained else 0,
+          "at_5000_events_per_second": {"p50_s": at5k["p50_s"], "p99_s": at5k["p99_s"]},
+          "goals": {"sustains>=20000": bool(sustained) and max(sustained) >= 20_000,
+                    "p99<=3s_at_5000": at5k["p99_s"] is not None and at5k["p99_s"] <= 3.0}}, args.out)
+
+
+if __name__ == "__main__":
+    main()

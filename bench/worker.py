@@ -1,0 +1,135 @@
+"""Worker benchmark.
+
+1. Drain: N messages preloaded in Kafka (realistic trade/aggTrade/bookTicker payloads) are drained into
+   TimescaleDB by `cryptomon worker` (default settings: 500-row flushes) and, in the same run, by the
+   spec's literal design (bench/baselines/spec_worker.py: psycopg2 execute_values, 500 rows per batch).
+   The tables are emptied between the two. Reported: rows/s from the first to the last row.
+   Goal: >= 100,000 rows/s and >= 3x the baseline.
+2. Latency: simulator at 2,000 events/s -> ingestion -> Kafka -> worker; per row, inserted_at minus
+   ingestion_ts. Goal: p50 <= 150 ms, p99 <= 500 ms.
+
+    .venv/bin/python bench/worker.py [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import psycopg
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait  # noqa: E402
+
+from cryptomon.feed.market import Market  # noqa: E402
+
+
+def preload(bootstrap: str, n: int) -> int:
+    market = Market(("BTCUSDT", "ETHUSDT", "BNBUSDT"), seed=9)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 50, "compression.type": "lz4",
+                  "queue.buffering.max.messages": 1_000_000, "partitioner": "murmur2_random"})
+    now, sent = int(time.time() * 1000), 0
+    while sent < n:
+        for sym in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
+            for kind, payload in market.step(sym, now + sent // 100):
+                payload["ingestion_timestamp"] = now + sent // 100
+                topic = "binance.book_ticker" if kind == "bookTicker" else "binance.trades"
+                while True:
+                    try:
+                        p.produce(topic, orjson.dumps(payload), sym.encode())
+                        break
+                    except BufferError:
+                        p.poll(0.1)
+                sent += 1
+        if sent % 10000 < 12:
+            p.poll(0)
+    assert p.flush(120) == 0
+    return sent
+
+
+def row_count(conn) -> int:
+    return conn.execute("SELECT (SELECT count(*) FROM trades) + (SELECT count(*) FROM book_ticker)").fetchone()[0]
+
+
+def drain(settings, name: str, cmd: list[str], env: dict, total: int, logs: Path) -> dict:
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE trades, book_ticker, dead_letters")
+        proc = spawn(cmd, env, logs / f"{name}.log")
+        wait(lambda: row_count(conn) > 0, 120, f"{name}: first row", 0.01)
+        t0, c0, n0 = time.monotonic(), cpu_seconds(proc.pid), row_count(conn)
+        wait(lambda: row_count(conn) >= total, 1800, f"{name}: {total} rows", 0.05)
+        t1, c1 = time.monotonic(), cpu_seconds(proc.pid)
+        proc.terminate()
+        proc.wait(60)
+    rows = total - n0
+    return {"rows": total, "measured_rows": rows, "seconds": round(t1 - t0, 3),
+            "rows_per_second": round(rows / (t1 - t0)), "cpu_s_per_100k_rows": round((c1 - c0) / rows * 1e5, 3)}
+
+
+def latency(settings, seconds: float, logs: Path) -> dict:
+    port, rate_events = 39445, 2000
+    env = env_for(settings, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+                  CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=0,
+                  CRYPTOMON_WORKER_HEALTH_PORT=0, CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}")
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE trades, book_ticker")
+        worker = spawn([sys.executable, "-m", "cryptomon.cli", "worker"], env, logs / "lat-worker.log")
+        time.sleep(3)  # let the worker join its group and reach the log end
+        conn.execute("TRUNCATE trades, book_ticker")
+        # one market step is ~3.7 events (1-3 trades, 1 aggTrade, 1 bookTicker)
+        sim = spawn([sys.executable, "-m", "cryptomon.cli", "feed", "sim", "--port", str(port), "--rate",
+                     str(rate_events / 3.67)], env, logs / "lat-sim.log")
+        ing = spawn([sys.executable, "-m", "cryptomon.cli", "ingest"], env, logs / "lat-ingest.log")
+        time.sleep(seconds)
+        start_cut = "now() - interval '%s seconds'" % int(seconds - 5)
+        for p in (sim, ing, worker):
+            p.terminate()
+        for p in (sim, ing, worker):
+            p.wait(60)
+        q = ("SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) FROM ("
+             " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 AS ms FROM trades"
+             f" WHERE ingestion_ts > {start_cut} UNION ALL"
+             " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 FROM book_ticker"
+             f" WHERE ingestion_ts > {start_cut}) x")
+        n, (p50, p99) = conn.execute(q).fetchone()
+    return {"events_per_second": rate_events, "seconds": seconds, "rows": n, "rate_measured": round(n / (seconds - 5)),
+            "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    n = 200_000 if args.quick else 1_000_000
+    logs = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    with bench_stack() as s:
+        total = preload(s.kafka_bootstrap, n)
+        base_env = env_for(s, CRYPTOMON_WORKER_HEALTH_PORT=0)
+        ours = drain(s, "cryptomon", [sys.executable, "-m", "cryptomon.cli", "worker"],
+                     {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours"}, total, logs)
+        ours_big = drain(s, "cryptomon-5000", [sys.executable, "-m", "cryptomon.cli", "worker"],
+                         {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours-5000", "CRYPTOMON_FLUSH_MAX_ROWS": "5000"},
+                         total, logs)
+        spec = drain(s, "spec-psycopg2", [sys.executable, str(ROOT / "bench/baselines/spec_worker.py"),
+                                          s.kafka_bootstrap, s.pg_dsn, "bench-spec", str(total)], base_env, total, logs)
+        lat = latency(s, 20 if args.quick else 60, logs)
+    ratio = ours["rows_per_second"] / spec["rows_per_second"]
+    emit({"benchmark": "worker", "quick": args.quick, "machine": machine(), "preloaded_messages": total,
+          "cryptomon_flush_500": ours, "cryptomon_flush_5000": ours_big, "baseline_spec_execute_values_500": spec,
+          "ratio_rows_per_second": round(ratio, 2),
+          "ratio_rows_per_second_flush_5000": round(ours_big["rows_per_second"] / spec["rows_per_second"], 2),
+          "latency_2000_events_per_s": lat,
+          "goals": {"rows_per_second>=100000": max(ours["rows_per_second"], ours_big["rows_per_second"]) >= 100_000,
+                    "ratio>=3": ratio >= 3, "p50<=150ms": lat["p50_ms"] <= 150, "p99<=500ms": lat["p99_ms"] <= 500},
+          "logs": str(logs)}, args.out)
+
+
+if __name__ == "__main__":
+    main()

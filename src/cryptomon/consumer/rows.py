@@ -1,0 +1,128 @@
+"""Pure logic of the worker: Kafka message values -> table rows, and the flush-or-not decision.
+
+A row keeps Binance's decimal strings as they are (PostgreSQL parses them into NUMERIC exactly) and
+epoch-millisecond times (converted in SQL), so nothing is rounded on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from cryptomon.ingestion.events import BadFrame, validate_payload
+
+TRADES, BOOK_TICKER = "trades", "book_ticker"
+
+
+class Poison(ValueError):
+    """A message that can never become a row; it goes to the dead_letters table."""
+
+
+# trades row:      (event_time_ms, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ms, backfilled)
+# book_ticker row: (ingestion_ms, symbol, update_id, bid, bid_qty, ask, ask_qty)
+def trade_row(value: bytes) -> tuple:
+    d = _load(value)
+    kind = d.get("e")
+    if kind not in ("trade", "aggTrade"):
+        raise Poison(f"event type {kind!r} on the trades topic")
+    _check(kind, d)
+    return (d["T"], d["s"], kind, d["t"] if kind == "trade" else d["a"], d["p"], d["q"], d["m"],
+            d["ingestion_timestamp"], d.get("backfilled") is True)
+
+
+def book_row(value: bytes) -> tuple:
+    d = _load(value)
+    _check("bookTicker", d)
+    return (d["ingestion_timestamp"], d["s"], d["u"], d["b"], d["B"], d["a"], d["A"])
+
+
+def _load(value: bytes | None) -> dict:
+    if value is None:
+        raise Poison("empty message")
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Poison(f"not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise Poison(f"a JSON {type(d).__name__}, not an object")
+    return d
+
+
+def _check(kind: str, d: dict) -> None:
+    try:
+        validate_payload(kind, d)
+    except BadFrame as exc:
+        raise Poison(str(exc)) from None
+    ts = d.get("ingestion_timestamp")
+    if type(ts) is not int or ts <= 0:
+        raise Poison(f"ingestion_timestamp {ts!r} is not epoch milliseconds")
+
+
+PARSERS = {TRADES: trade_row, BOOK_TICKER: book_row}
+
+
+@dataclass
+class Batch:
+    """Rows waiting for one bulk insert, with the Kafka positions they came from."""
+
+    table: str
+    rows: list[tuple] = field(default_factory=list)
+    positions: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset) per row
+    raw: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)  # (key, value) per row
+    poison: list[tuple[str, int, int, bytes | None, bytes | None, str]] = field(default_factory=list)
+    poison_positions: list[tuple[str, int, int]] = field(default_factory=list)
+    started: float | None = None  # monotonic time of the oldest buffered message
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.poison)
+
+    def add(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, now: float) -> None:
+        if self.started is None:
+            self.started = now
+        try:
+            row = PARSERS[self.table](value)
+        except Poison as exc:
+            self.poison.append((topic, partition, offset, key, value, str(exc)))
+            self.poison_positions.append((topic, partition, offset))
+            return
+        self.rows.append(row)
+        self.positions.append((topic, partition, offset))
+        self.raw.append((key, value))
+
+    def dead_letter_for(self, index: int, error: str) -> tuple:
+        """A dead_letters row for buffered row `index` (rejected by the database)."""
+        topic, partition, offset = self.positions[index]
+        key, value = self.raw[index]
+        return (topic, partition, offset, key, value, error)
+
+    def due(self, now: float, max_rows: int, max_age: float, drained: bool) -> bool:
+        if not len(self):
+            return False
+        return len(self) >= max_rows or now - self.started >= max_age or drained
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        """Next offset to commit per (topic, partition): the highest buffered offset + 1."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in self.positions + self.poison_positions:
+            if offset + 1 > out.get((topic, partition), -1):
+                out[(topic, partition)] = offset + 1
+        return out
+
+    def drop_partitions(self, revoked: set[tuple[str, int]]) -> int:
+        """Forget rows from revoked partitions (uncommitted: their new owner replays them)."""
+        keep = [(r, p, w) for r, p, w in zip(self.rows, self.positions, self.raw) if p[:2] not in revoked]
+        keep_poison = [(x, p) for x, p in zip(self.poison, self.poison_positions) if p[:2] not in revoked]
+        dropped = len(self) - len(keep) - len(keep_poison)
+        self.rows = [r for r, _, _ in keep]
+        self.positions = [p for _, p, _ in keep]
+        self.raw = [w for _, _, w in keep]
+        self.poison = [x for x, _ in keep_poison]
+        self.poison_positions = [p for _, p in keep_poison]
+        if not len(self):
+            self.started = None
+        return dropped
+
+    def clear(self) -> None:
+        self.rows, self.positions, self.raw, self.poison, self.poison_positions = [], [], [], [], []
+        self.started = None

@@ -1,0 +1,136 @@
+"""Bulk writes to TimescaleDB: one statement (one round trip) per batch, idempotent.
+
+Each column travels as one array parameter and `unnest` turns the arrays back into rows inside
+PostgreSQL: a single INSERT ... SELECT ... ON CONFLICT DO NOTHING, in its own transaction. Prices and
+quantities stay decimal strings until PostgreSQL casts them to NUMERIC; times stay epoch milliseconds
+until PostgreSQL adds them to the epoch: nothing is rounded on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import errors
+
+log = logging.getLogger(__name__)
+
+EPOCH_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
+
+INSERT_SQL = {
+    "trades": (
+        "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
+        " ingestion_ts, backfilled) "
+        f"SELECT {EPOCH_MS.format('t')}, s, e, id, p, q, m, {EPOCH_MS.format('ing')}, bf "
+        "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[],"
+        " %s::bool[], %s::bigint[], %s::bool[]) AS u(t, s, e, id, p, q, m, ing, bf) "
+        "ON CONFLICT DO NOTHING"
+    ),
+    "book_ticker": (
+        "INSERT INTO book_ticker (ingestion_ts, symbol, update_id, best_bid_price, best_bid_qty,"
+        " best_ask_price, best_ask_qty) "
+        f"SELECT {EPOCH_MS.format('ing')}, s, u, b, bq, a, aq "
+        "FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],"
+        " %s::numeric[]) AS x(ing, s, u, b, bq, a, aq) "
+        "ON CONFLICT DO NOTHING"
+    ),
+}
+
+DEAD_LETTER_SQL = (
+    "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, error) "
+    "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bytea[], %s::bytea[], %s::text[]) "
+    "ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
+)
+
+# errors caused by the data of a row, not by the database being unavailable
+ROW_ERRORS = (errors.DataError, errors.IntegrityError)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or is shutting down; retry later, commit nothing."""
+
+
+class TimescaleSink:
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.conn: psycopg.Connection | None = None
+
+    def connect(self) -> None:
+        if self.conn is None or self.conn.closed:
+            try:
+                self.conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                            application_name="cryptomon-worker")
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(str(exc).strip()) from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def ping(self) -> bool:
+        try:
+            self.connect()
+            self.conn.execute("SELECT 1")
+            return True
+        except (DatabaseUnavailable, psycopg.OperationalError):
+            self._reset()
+            return False
+
+    def _reset(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def write(self, table: str, rows: list[tuple], dead: list[tuple],
+              describe: Callable[[int, str], tuple]) -> tuple[int, list[tuple]]:
+        """Insert rows and dead letters atomically; returns (rows inserted, rejected rows as dead letters).
+
+        When PostgreSQL rejects the batch because of the data in some row, those rows are isolated by
+        bisection (in transactions that are rolled back), `describe(index, error)` turns each into a dead
+        letter, and the rest is written."""
+        self.connect()
+        try:
+            try:
+                return self._insert(table, rows, dead), []
+            except ROW_ERRORS as exc:
+                log.warning("batch of %d %s rows rejected (%s): isolating the bad rows", len(rows), table, exc)
+            bad = self._bisect(table, rows)
+            rejected = {i for i, _ in bad}
+            extra = [describe(i, err) for i, err in bad]
+            good = [r for i, r in enumerate(rows) if i not in rejected]
+            return self._insert(table, good, dead + extra), extra
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._reset()
+            raise DatabaseUnavailable(str(exc).strip()) from None
+
+    def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
+        with self.conn.transaction():
+            inserted = 0
+            if rows:
+                cur = self.conn.execute(INSERT_SQL[table], [list(col) for col in zip(*rows)])
+                inserted = cur.rowcount
+            if dead:
+                self.conn.execute(DEAD_LETTER_SQL, [list(col) for col in zip(*dead)])
+        return inserted
+
+    def _bisect(self, table: str, rows: list[tuple]) -> list[tuple[int, str]]:
+        """Indexes (and errors) of the rows PostgreSQL rejects; nothing is written."""
+        bad: list[tuple[int, str]] = []
+
+        def probe(lo: int, hi: int) -> None:
+            try:
+                with self.conn.transaction(force_rollback=True):
+                    self.conn.execute(INSERT_SQL[table], [list(col) for col in zip(*rows[lo:hi])])
+            except ROW_ERRORS as exc:
+                if hi - lo == 1:
+                    bad.append((lo, str(exc).strip().splitlines()[0]))
+                    return
+                mid = (lo + hi) // 2
+                probe(lo, mid)
+                probe(mid, hi)
+
+        probe(0, len(rows))
+        return bad

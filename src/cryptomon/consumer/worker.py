@@ -1,0 +1,246 @@
+"""`cryptomon worker`: Kafka -> TimescaleDB, crash-safe, exactly one row per event.
+
+    consume -> buffer per table -> flush (N rows | T seconds | topic drained) -> one INSERT per batch
+    (ON CONFLICT DO NOTHING) -> commit the Kafka offsets, synchronously, only after the database commit.
+
+A crash anywhere replays from the last committed offsets and the replayed rows are no-ops. A dead
+database pauses consumption (memory stays bounded), is retried with backoff, and the worker resumes by
+itself. A message that cannot become a row goes to `dead_letters` and never blocks its partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cryptomon.backoff import Backoff
+from cryptomon.consumer.rows import BOOK_TICKER, TRADES, Batch
+from cryptomon.consumer.sink import DatabaseUnavailable, TimescaleSink
+from cryptomon.kafka.topics import topic_name
+from cryptomon.observability import HealthServer
+from cryptomon.settings import Settings
+
+log = logging.getLogger("cryptomon.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings, health_port: int | None = None):
+        self.s = settings
+        self.table_of = {topic_name("trades"): TRADES, topic_name("book_ticker"): BOOK_TICKER}
+        self.batches = {t: Batch(t) for t in (TRADES, BOOK_TICKER)}
+        self.sink = TimescaleSink(settings.pg_dsn)
+        self.stop_event = threading.Event()
+        self.db_ok = False
+        self.paused = False
+        self.assigned: set[tuple[str, int]] = set()
+        self.lag: dict[str, int] = {}
+        self.last_flush = time.monotonic()
+        self.rows_inserted = {TRADES: 0, BOOK_TICKER: 0}
+        self.dead_letters = 0
+        self.db_failures = 0
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.worker_group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": 50,
+            "statistics.interval.ms": 2000,
+            "stats_cb": self._on_stats,
+            "client.id": "cryptomon-worker",
+        })
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.m_rows = Counter("cryptomon_worker_rows_inserted", "Rows inserted", ["table"], registry=r)
+        self.m_dead = Counter("cryptomon_worker_dead_letters", "Messages sent to dead_letters", ["table"], registry=r)
+        self.m_batch = Histogram("cryptomon_worker_batch_size", "Messages per flushed batch", ["table"], registry=r,
+                                 buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
+        self.m_flush = Histogram("cryptomon_worker_flush_seconds", "Insert + offset commit latency", ["table"],
+                                 registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.m_lag = Gauge("cryptomon_worker_consumer_lag", "Messages behind the log end", ["partition"], registry=r)
+        self.m_db = Gauge("cryptomon_worker_db_up", "1 when the last database operation succeeded", registry=r)
+        self.m_db_fail = Counter("cryptomon_worker_db_failures", "Failed database attempts", registry=r)
+        port = settings.worker_health_port if health_port is None else health_port
+        self.health_server = HealthServer(settings.health_host, port, self.health, r) if port else None
+
+    # ---------------------------------------------------------------- Kafka callbacks
+
+    def _on_stats(self, raw: str) -> None:
+        stats = orjson.loads(raw)
+        lag = {}
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                if pid != "-1" and p.get("consumer_lag", -1) >= 0 and (topic, int(pid)) in self.assigned:
+                    lag[f"{topic}/{pid}"] = p["consumer_lag"]
+        self.lag = lag
+        for name, value in lag.items():
+            self.m_lag.labels(name).set(value)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        log.info("assigned %s", sorted(f"{p.topic}/{p.partition}" for p in partitions))
+        if self.paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before losing partitions: flush and commit what was buffered from them, or drop it uncommitted
+        (the next owner replays it). Never commit rows that are not in the database."""
+        revoked = {(p.topic, p.partition) for p in partitions}
+        log.info("revoked %s", sorted(f"{t}/{p}" for t, p in revoked))
+        for batch in self.batches.values():
+            if any(pos[:2] in revoked for pos in batch.positions + batch.poison_positions):
+                try:
+                    self._flush(batch)
+                except DatabaseUnavailable:
+                    dropped = batch.drop_partitions(revoked)
+                    log.warning("database unavailable during rebalance: %d buffered messages left uncommitted", dropped)
+        self.assigned -= revoked
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self) -> None:
+        if self.health_server:
+            self.health_server.start()
+        topics = list(self.table_of)
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
+        retry_at = 0.0
+        log.info("worker consuming %s as group %s", topics, self.s.worker_group)
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if self.paused:
+                    # stay in the group (poll serves rebalances and heartbeats) without fetching more
+                    self.consumer.poll(0.2)
+                    if now < retry_at:
+                        continue
+                    if not self.sink.ping():
+                        retry_at = time.monotonic() + backoff.next_delay()
+                        self._db_failed("database still unavailable")
+                        continue
+                    log.info("database is back: flushing and resuming")
+                    backoff.success(0)
+                msgs = [] if self.paused else self.consumer.consume(self.s.flush_max_rows, self.s.worker_poll_timeout)
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("kafka: %s", err)
+                        continue
+                    self.batches[self.table_of[m.topic()]].add(m.topic(), m.partition(), m.offset(), m.key(),
+                                                              m.value(), now)
+                drained = len(msgs) < self.s.flush_max_rows
+                try:
+                    for batch in self.batches.values():
+                        if batch.due(time.monotonic(), self.s.flush_max_rows, self.s.flush_max_seconds,
+                                     drained or self.paused):
+                            self._flush(batch)
+                    if self.paused:
+                        self._resume()
+                except DatabaseUnavailable as exc:
+                    self._db_failed(str(exc))
+                    if not self.paused:
+                        self._pause()
+                    retry_at = time.monotonic() + backoff.next_delay()
+        finally:
+            self._shutdown()
+
+    def _flush(self, batch: Batch) -> None:
+        started = time.monotonic()
+        n = len(batch)
+        inserted, rejected = self.sink.write(batch.table, batch.rows, batch.poison, batch.dead_letter_for)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.commit_offsets().items()
+                   if (t, p) in self.assigned]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                # the rows are in the database; a replay of these offsets will be a no-op
+                log.warning("offset commit failed (%s): the batch may be replayed, harmlessly", exc)
+        dead = len(batch.poison) + len(rejected)
+        if dead:
+            log.warning("%d %s messages sent to dead_letters", dead, batch.table)
+            for _, _, _, _, _, error in batch.poison + rejected:
+                log.debug("dead letter: %s", error)
+        self.rows_inserted[batch.table] += inserted
+        self.dead_letters += dead
+        self.m_rows.labels(batch.table).inc(inserted)
+        self.m_dead.labels(batch.table).inc(dead)
+        self.m_batch.labels(batch.table).observe(n)
+        self.m_flush.labels(batch.table).observe(time.monotonic() - started)
+        self.m_db.set(1)
+        self.db_ok = True
+        self.last_flush = time.monotonic()
+        batch.clear()
+
+    def _db_failed(self, why: str) -> None:
+        self.db_ok = False
+        self.db_failures += 1
+        self.m_db.set(0)
+        self.m_db_fail.inc()
+        log.warning("database unavailable (%s): consumption paused, nothing committed", why)
+
+    def _pause(self) -> None:
+        self.paused = True
+        self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+
+    def _resume(self) -> None:
+        self.paused = False
+        self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+
+    def _shutdown(self) -> None:
+        log.info("stopping: flushing buffered rows")
+        for batch in self.batches.values():
+            if len(batch):
+                try:
+                    self._flush(batch)
+                except DatabaseUnavailable:
+                    log.warning("database unavailable at shutdown: %d messages left uncommitted (replayed on "
+                                "restart)", len(batch))
+        self.consumer.close()  # leaves the group: partitions move at once
+        self.sink.close()
+        if self.health_server:
+            self.health_server.stop()
+        log.info("stopped: %s rows inserted, %d dead letters", self.rows_inserted, self.dead_letters)
+
+    # ---------------------------------------------------------------- health
+
+    def health(self) -> tuple[bool, dict]:
+        age = time.monotonic() - self.last_flush
+        total_lag = sum(self.lag.values())
+        body = {
+            "db_reachable": self.db_ok,
+            "paused": self.paused,
+            "consumer_lag": self.lag,
+            "consumer_lag_total": total_lag,
+            "rows_inserted": self.rows_inserted,
+            "dead_letters": self.dead_letters,
+            "buffered": {t: len(b) for t, b in self.batches.items()},
+            "last_flush_seconds_ago": round(age, 3),
+            "db_failures": self.db_failures,
+            "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
+        }
+        stuck = total_lag > 0 and age > max(30.0, 10 * self.s.flush_max_seconds)
+        return (not self.paused) and not stuck, body
+
+
+def main(settings: Settings) -> None:
+    worker = Worker(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop_event.set())
+    worker.run()
+
+
+if __name__ == "__main__":
+    from cryptomon.cli import settings as _settings
+
+    main(_settings())

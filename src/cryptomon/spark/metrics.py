@@ -1,0 +1,111 @@
+"""Metric definitions of the streaming job, as SQL run in TimescaleDB on exact sums computed by Spark.
+
+Spark aggregates per window only exact decimal sums (prices and quantities are DECIMAL(18,8), so
+sum(p*q), sum(q), sum(p), sum(p*p) are exact DECIMAL(38,16)); PostgreSQL derives from them, in NUMERIC:
+
+    vwap         = sum(p*q) / sum(q)
+    price_stddev = sqrt((sum(p*p) - sum(p)^2 / n) / (n - 1))         (sample stddev; NULL when n = 1)
+    avg_spread   = sum(ask - bid) / n
+
+so the stored metrics equal the same SQL recomputed from the raw rows (the tests' oracle), not a
+floating-point approximation of it. Flags:
+
+    volatility_alert = price_stddev > threshold(symbol)
+    volume_spike     = volume > K * mean(volume of the previous N windows of the symbol that had trades)
+                       (false while a symbol has no previous window)
+    spread_warning   = max_spread > F * min_spread
+"""
+
+from __future__ import annotations
+
+# one row per (symbol, window) from Spark:
+# (symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, volatility_threshold)
+TRADE_UPSERT = """
+INSERT INTO trade_metrics AS m (symbol, window_start, window_end, vwap, price_stddev, trade_count, volume,
+                                volatility_alert, volume_spike, updated_at)
+SELECT symbol, window_start, window_end,
+       round(sum_pq / sum_q, 12),
+       stddev,
+       n, sum_q,
+       coalesce(stddev > threshold, false),
+       false,
+       now()
+FROM (
+    SELECT symbol, window_start, window_end, n, sum_pq, sum_q, threshold,
+           CASE WHEN n > 1 THEN sqrt(greatest((sum_pp - sum_p * sum_p / n) / (n - 1), 0))::double precision END AS stddev
+    FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[],
+                %s::numeric[], %s::numeric[], %s::double precision[])
+         AS u(symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
+) x
+ON CONFLICT (symbol, window_start) DO UPDATE SET
+    window_end = EXCLUDED.window_end, vwap = EXCLUDED.vwap, price_stddev = EXCLUDED.price_stddev,
+    trade_count = EXCLUDED.trade_count, volume = EXCLUDED.volume,
+    volatility_alert = EXCLUDED.volatility_alert, updated_at = EXCLUDED.updated_at
+"""
+
+# Recompute volume_spike for the symbols just written, from the earliest window that changed onwards
+# (a late correction of one window changes the baseline of the next N).
+VOLUME_SPIKE_UPDATE = """
+UPDATE trade_metrics t SET volume_spike = c.spike
+FROM (
+    SELECT symbol, window_start,
+           coalesce(volume > %(k)s * avg(volume) OVER (PARTITION BY symbol ORDER BY window_start
+                                                       ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING), false) AS spike
+    FROM trade_metrics
+    WHERE symbol = ANY(%(symbols)s) AND window_start >= %(since)s::timestamptz - interval '1 day'
+) c
+WHERE t.symbol = c.symbol AND t.window_start = c.window_start
+  AND t.window_start >= %(since)s AND t.volume_spike IS DISTINCT FROM c.spike
+"""
+
+# (symbol, window_start, window_end, n, sum_spread, max_spread, min_spread)
+SPREAD_UPSERT = """
+INSERT INTO spread_metrics AS m (symbol, window_start, window_end, avg_spread, max_spread, min_spread, update_count,
+                                 spread_warning, updated_at)
+SELECT symbol, window_start, window_end, round(sum_spread / n, 12), max_spread, min_spread, n,
+       max_spread > %s * min_spread, now()
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[],
+            %s::numeric[]) AS u(symbol, window_start, window_end, n, sum_spread, max_spread, min_spread)
+ON CONFLICT (symbol, window_start) DO UPDATE SET
+    window_end = EXCLUDED.window_end, avg_spread = EXCLUDED.avg_spread, max_spread = EXCLUDED.max_spread,
+    min_spread = EXCLUDED.min_spread, update_count = EXCLUDED.update_count,
+    spread_warning = EXCLUDED.spread_warning, updated_at = EXCLUDED.updated_at
+"""
+
+PROGRESS_INSERT = """
+INSERT INTO stream_progress (query, batch_id, run_id, batch_timestamp, input_rows, dropped_late, duration_ms, watermark)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (query, run_id, batch_id) DO UPDATE SET input_rows = EXCLUDED.input_rows,
+    dropped_late = EXCLUDED.dropped_late, duration_ms = EXCLUDED.duration_ms, watermark = EXCLUDED.watermark
+"""
+
+# The oracle: the same metrics recomputed from the raw rows (used by tests and by `cryptomon spark verify`).
+TRADE_ORACLE = """
+WITH w AS (
+    SELECT symbol, time_bucket('1 minute', event_time) AS window_start,
+           round(sum(price * quantity) / sum(quantity), 12) AS vwap,
+           stddev_samp(price)::double precision AS price_stddev,
+           count(*) AS trade_count, sum(quantity) AS volume
+    FROM trades WHERE event_type = 'trade' AND symbol = ANY(%(symbols)s)
+    GROUP BY 1, 2
+)
+SELECT symbol, window_start, vwap, price_stddev, trade_count, volume,
+       coalesce(volume > %(k)s * avg(volume) OVER (PARTITION BY symbol ORDER BY window_start
+                                                  ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING), false) AS volume_spike
+FROM w ORDER BY symbol, window_start
+"""
+
+SPREAD_ORACLE = """
+SELECT symbol, time_bucket('30 seconds', ingestion_ts) AS window_start,
+       round(avg(best_ask_price - best_bid_price), 12) AS avg_spread,
+       max(best_ask_price - best_bid_price) AS max_spread, min(best_ask_price - best_bid_price) AS min_spread,
+       count(*) AS update_count,
+       max(best_ask_price - best_bid_price) > %(f)s * min(best_ask_price - best_bid_price) AS spread_warning
+FROM book_ticker WHERE symbol = ANY(%(symbols)s)
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+def columns(rows: list[tuple]) -> list[list]:
+    """Row tuples -> one list per column (the unnest parameters)."""
+    return [list(c) for c in zip(*rows)] if rows else []

@@ -1,0 +1,200 @@
+"""The worker against the real Kafka and TimescaleDB: exactly one row per event, through crashes,
+database outages, replays and poison messages."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from cryptomon.feed.market import Conditions, Market
+from cryptomon.services.local import TimescaleDB
+from tests.conftest import wait_for
+from tests.helpers import Proc, env_for, free_port, get_json, running, wait_json
+
+pytestmark = pytest.mark.integration
+
+
+def make_events(n_steps: int, symbols: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """Realistic trade/aggTrade and bookTicker payloads as the ingestion writes them."""
+    market = Market(symbols, seed=42)
+    trades, books = [], []
+    now = int(time.time() * 1000)
+    for i in range(n_steps):
+        for sym in symbols:
+            for kind, payload in market.step(sym, now + i, Conditions()):
+                payload["ingestion_timestamp"] = now + i + 3
+                (books if kind == "bookTicker" else trades).append(payload)
+    return trades, books
+
+
+def produce(bootstrap: str, trades: list[dict], books: list[dict], extra: list[tuple[str, bytes, bytes]] = (),
+            rate: float | None = None) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                  "partitioner": "murmur2_random"})
+    msgs = [("binance.trades", t["s"].encode(), orjson.dumps(t)) for t in trades]
+    msgs += [("binance.book_ticker", b["s"].encode(), orjson.dumps(b)) for b in books]
+    msgs += list(extra)
+    start = time.monotonic()
+    for i, (topic, key, value) in enumerate(msgs):
+        p.produce(topic, value, key)
+        if rate:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                p.poll(0)
+                time.sleep(delay)
+        elif i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def symbols_for_test(n: int = 2) -> tuple[str, ...]:
+    tag = uuid.uuid4().hex[:6].upper()
+    return tuple(f"W{tag}{i}USDT" for i in range(n))
+
+
+def counts(dsn: str, symbols: tuple[str, ...]) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        t = conn.execute("SELECT count(*) FROM trades WHERE symbol = ANY(%s)", (list(symbols),)).fetchone()[0]
+        b = conn.execute("SELECT count(*) FROM book_ticker WHERE symbol = ANY(%s)", (list(symbols),)).fetchone()[0]
+    return t, b
+
+
+def worker_env(stack, group: str | None = None, **extra) -> tuple[dict, int]:
+    port = free_port()
+    return env_for(stack, CRYPTOMON_WORKER_GROUP=group or f"test-{uuid.uuid4().hex[:8]}",
+                   CRYPTOMON_WORKER_HEALTH_PORT=port, **extra), port
+
+
+def test_m_messages_become_exactly_m_rows_with_exact_values(stack):
+    symbols = symbols_for_test()
+    trades, books = make_events(1500, symbols)
+    produce(stack.kafka_bootstrap, trades, books)
+    env, port = worker_env(stack)
+    with running("worker", ["worker"], env):
+        wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="all rows")
+        health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
+    assert health["status"] == "ok" and health["db_reachable"] is True
+    with psycopg.connect(stack.pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
+            " (extract(epoch FROM event_time) * 1000)::bigint, (extract(epoch FROM ingestion_ts) * 1000)::bigint"
+            " FROM trades WHERE symbol = ANY(%s)", (list(symbols),)).fetchall()
+        book_rows = conn.execute(
+            "SELECT symbol, update_id, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty,"
+            " (extract(epoch FROM ingestion_ts) * 1000)::bigint FROM book_ticker WHERE symbol = ANY(%s)",
+            (list(symbols),)).fetchall()
+    expected = {(t["s"], t["e"], t["t"] if t["e"] == "trade" else t["a"], Decimal(t["p"]), Decimal(t["q"]), t["m"],
+                 t["T"], t["ingestion_timestamp"]) for t in trades}
+    assert len(rows) == len(trades) and set(rows) == expected  # exact to the 8th decimal, to the millisecond
+    assert set(book_rows) == {(b["s"], b["u"], Decimal(b["b"]), Decimal(b["B"]), Decimal(b["a"]), Decimal(b["A"]),
+                               b["ingestion_timestamp"]) for b in books}
+    assert all(str(r[3]).split(".")[1].__len__() == 8 for r in rows[:50])  # NUMERIC(20,8) keeps 8 decimals
+
+
+def test_kill_9_mid_batch_then_restart_still_exactly_m_rows(stack):
+    symbols = symbols_for_test()
+    trades, books = make_events(4000, symbols)
+    produce(stack.kafka_bootstrap, trades, books)
+    env, port = worker_env(stack, CRYPTOMON_FLUSH_MAX_ROWS=200)
+    first = Proc("worker-killed", ["worker"], env)
+    try:
+        wait_for(lambda: sum(counts(stack.pg_dsn, symbols)) > 3000, 90, what="a few batches in")
+        first.stop(signal.SIGKILL)  # no flush, no commit of the last offsets
+    finally:
+        first.stop()
+    mid = sum(counts(stack.pg_dsn, symbols))
+    assert 0 < mid < len(trades) + len(books)
+    with running("worker-restarted", ["worker"], env):
+        wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="all rows")
+        wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
+    assert counts(stack.pg_dsn, symbols) == (len(trades), len(books))
+
+
+def test_database_down_for_20_seconds_loses_nothing_and_the_worker_survives(stack):
+    symbols = symbols_for_test()
+    trades, books = make_events(2000, symbols)
+    env, port = worker_env(stack)
+    db = TimescaleDB(stack)
+    producer = threading.Thread(target=produce, args=(stack.kafka_bootstrap, trades, books), kwargs={"rate": 400})
+    with running("worker-db-outage", ["worker"], env) as worker:
+        producer.start()
+        wait_for(lambda: sum(counts(stack.pg_dsn, symbols)) > 1000, 60, what="rows flowing")
+        db.stop()
+        down_at = time.monotonic()
+        health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["paused"] and not b["db_reachable"], 30,
+                           "the worker to notice")
+        status, _ = get_json(f"http://127.0.0.1:{port}/health")
+        assert status == 503
+        time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))  # the outage itself lasts 20 s
+        assert worker.alive(), "the worker exited while the database was down"
+        db.start()
+        producer.join(120)
+        wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 120, what="all rows after")
+        health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: not b["paused"] and b["status"] == "ok", 30,
+                           "recovery")
+        assert worker.alive()
+    assert health["db_failures"] >= 1
+    assert "database unavailable" in worker.log()
+
+
+def test_replay_from_offset_0_by_a_new_group_adds_no_row(stack):
+    symbols = symbols_for_test()
+    trades, books = make_events(500, symbols)
+    produce(stack.kafka_bootstrap, trades, books)
+    for attempt in range(2):  # a new group each time: both read every message from offset 0
+        env, port = worker_env(stack)
+        with running(f"worker-replay-{attempt}", ["worker"], env):
+            wait_json(f"http://127.0.0.1:{port}/health",
+                      lambda b: b["consumer_lag"] and b["consumer_lag_total"] == 0 and sum(b["buffered"].values()) == 0,
+                      120, "the whole topic consumed")
+            if attempt == 0:
+                with psycopg.connect(stack.pg_dsn) as conn:
+                    before = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)").fetchone()
+            else:
+                with psycopg.connect(stack.pg_dsn) as conn:
+                    after = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)").fetchone()
+                health = get_json(f"http://127.0.0.1:{port}/health")[1]
+    assert counts(stack.pg_dsn, symbols) == (len(trades), len(books))
+    assert after == before
+    assert health["rows_inserted"] == {"trades": 0, "book_ticker": 0}
+
+
+def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_inserted(stack):
+    symbols = symbols_for_test(1)
+    trades, books = make_events(300, symbols)
+    sym = symbols[0].encode()
+    good = dict(trades[0], t=10**12, e="trade")
+    poison = [
+        ("binance.trades", sym, b"{not json"),
+        ("binance.trades", sym, orjson.dumps(dict(good, t="12"))),  # wrong type
+        ("binance.trades", sym, orjson.dumps({k: v for k, v in good.items() if k != "p"})),  # missing field
+        ("binance.trades", sym, orjson.dumps(dict(good, T=10**17))),  # passes parsing, rejected by PostgreSQL
+        ("binance.book_ticker", sym, orjson.dumps(dict(books[0], ingestion_timestamp="yesterday"))),
+    ]
+    # poison in the middle: half the good messages before, half after
+    half_t, half_b = len(trades) // 2, len(books) // 2
+    produce(stack.kafka_bootstrap, trades[:half_t], books[:half_b])
+    produce(stack.kafka_bootstrap, [], [], extra=poison)
+    produce(stack.kafka_bootstrap, trades[half_t:], books[half_b:])
+    env, port = worker_env(stack)
+    with running("worker-poison", ["worker"], env):
+        wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="good rows")
+        wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
+    with psycopg.connect(stack.pg_dsn) as conn:
+        dead = conn.execute("SELECT topic, payload, error FROM dead_letters WHERE kafka_key = %s ORDER BY kafka_offset",
+                            (sym,)).fetchall()
+    assert len(dead) == 5
+    by_payload = {bytes(p): (t, e) for t, p, e in dead}
+    assert "not JSON" in by_payload[b"{not json"][1]
+    assert "wrong_type" in by_payload[poison[1][2]][1]
+    assert "missing_field" in by_payload[poison[2][2]][1]
+    assert "out of range" in by_payload[poison[3][2]][1]
+    assert by_payload[poison[4][2]][0] == "binance.book_ticker" and "ingestion_timestamp" in by_payload[poison[4][2]][1]

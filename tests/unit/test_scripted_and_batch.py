@@ -1,0 +1,57 @@
+from cryptomon.consumer.rows import Batch, Poison, book_row, trade_row
+from cryptomon.feed.market import Conditions
+from cryptomon.feed.scripted import Span, scripted_events
+
+import orjson
+import pytest
+
+TRADE = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 5, "p": "1.50000000", "q": "2", "T": 1700000000000, "m": True,
+         "M": True, "ingestion_timestamp": 1700000000005}
+
+
+def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
+    assert trade_row(orjson.dumps(TRADE)) == (1700000000000, "BTCUSDT", "trade", 5, "1.50000000", "2", True,
+                                              1700000000005, False)
+    agg = dict(TRADE, e="aggTrade", a=9, f=1, l=2, backfilled=True)
+    del agg["t"]
+    assert trade_row(orjson.dumps(agg))[2:4] == ("aggTrade", 9) and trade_row(orjson.dumps(agg))[-1] is True
+    book = {"u": 7, "s": "ETHUSDT", "b": "1.0", "B": "2.0", "a": "1.1", "A": "3.0", "ingestion_timestamp": 9}
+    assert book_row(orjson.dumps(book)) == (9, "ETHUSDT", 7, "1.0", "2.0", "1.1", "3.0")
+
+
+@pytest.mark.parametrize("value", [b"nope", b"[]", orjson.dumps(dict(TRADE, e="kline")),
+                                   orjson.dumps(dict(TRADE, ingestion_timestamp="x")),
+                                   orjson.dumps(dict(TRADE, p=1.5)), None])
+def test_poison_values(value):
+    with pytest.raises(Poison):
+        trade_row(value)
+
+
+def test_batch_flush_triggers_and_offsets():
+    b = Batch("trades")
+    assert not b.due(0, 3, 2.0, drained=True)  # empty: never due
+    b.add("binance.trades", 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
+    b.add("binance.trades", 1, 4, b"k", b"garbage", now=100.5)
+    b.add("binance.trades", 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), now=101.0)
+    assert len(b) == 3 and len(b.rows) == 2 and len(b.poison) == 1
+    assert not b.due(101.0, 5, 2.0, drained=False)
+    assert b.due(101.0, 3, 2.0, drained=False)  # size
+    assert b.due(102.0, 5, 2.0, drained=False)  # age of the oldest message
+    assert b.due(101.0, 5, 2.0, drained=True)  # topic drained
+    assert b.commit_offsets() == {("binance.trades", 0): 12, ("binance.trades", 1): 5}
+    assert b.dead_letter_for(1, "boom") == ("binance.trades", 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
+    assert b.drop_partitions({("binance.trades", 0)}) == 2
+    assert b.commit_offsets() == {("binance.trades", 1): 5} and not b.rows
+    b.clear()
+    assert len(b) == 0 and b.started is None
+
+
+def test_scripted_events_follow_the_spans():
+    ev = scripted_events(("AUSDT",), 60_000, [Span(10), Span(10, Conditions(volume=10.0))], steps_per_second=2.0)
+    trades = [p for k, p in ev if k == "trade"]
+    assert trades[0]["T"] == 60_000 and all(60_000 <= p["T"] < 80_000 for p in trades)
+    assert all(p["ingestion_timestamp"] == p["T"] + 5 for p in trades)
+    calm = sum(float(p["q"]) for p in trades if p["T"] < 70_000)
+    spiky = sum(float(p["q"]) for p in trades if p["T"] >= 70_000)
+    assert spiky > 5 * calm
+    assert [k for k, _ in ev].count("bookTicker") == 40  # one per step, 20 s at 2 steps/s
