@@ -20,6 +20,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(topics_app, name="topics")
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana provisioning as code.")
+app.add_typer(grafana_app, name="grafana")
 feed_app = typer.Typer(no_args_is_help=True, help="Exchange feeds: a Binance-compatible simulator, replay, record.")
 app.add_typer(feed_app, name="feed")
 
@@ -188,6 +190,26 @@ def feed_record(
     n = asyncio.run(record(combined_stream_url(s.binance_ws_url, s.symbols), out, max_messages or None,
                            seconds or None))
     console.print(f"[green]✓[/] {n} frames recorded to {out}")
+
+
+@grafana_app.command("generate")
+def grafana_generate(
+    check: bool = typer.Option(False, "--check", help="Only report files that differ from what would be generated."),
+    out: Path = typer.Option(None, help="The grafana/ folder (default: the checkout's)."),
+) -> None:
+    """Write grafana/ (datasource, dashboards, alert rules) from src/cryptomon/dashboards/."""
+    from cryptomon.dashboards.grafana import stale, write
+    from cryptomon.paths import project_root
+
+    root = out or ((project_root() or Path.cwd()) / "grafana")
+    if check:
+        differing = stale(root)
+        if differing:
+            raise fail("stale Grafana files (run `cryptomon grafana generate`): " + ", ".join(differing))
+        console.print("[green]✓[/] grafana/ is up to date")
+        return
+    changed = write(root)
+    console.print(f"[green]✓[/] {len(changed)} file(s) written" + (": " + ", ".join(changed) if changed else ""))
 
 
 @app.command("settings")
