@@ -237,6 +237,23 @@ def install_progress_listener(spark, writer: MetricsWriter) -> None:
     spark.streams.addListener(Listener())
 
 
+def stop_between_batches(query, timeout: float = 30.0) -> None:
+    """Stop a query when no micro-batch is running, so that no batch is interrupted half-way.
+
+    A batch can still start between the check and the stop; it is then interrupted and, as it was not
+    committed, replayed from the checkpoint by the next start. py4j would log the interruption of its
+    foreachBatch callback as an exception with a traceback: during a requested stop that is expected,
+    so that logger is silenced."""
+    import time
+
+    logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if query.isActive:
+        query.stop()
+
+
 def main(settings: Settings, trigger: dict | None = None) -> None:
     spark = build_session(settings)
     writer = MetricsWriter(settings)
@@ -258,8 +275,7 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
             log.error("query %s stopped: %s", q.name, q.exception())
     finally:
         for q in queries:
-            if q.isActive:
-                q.stop()  # the next start resumes from the checkpoint
+            stop_between_batches(q)  # the next start resumes from the checkpoint
         spark.stop()
     if failed:
         raise SystemExit(1)
