@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,25 +16,16 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptomon.settings import Settings, load_settings  # noqa: E402
+from cryptomon.settings import Settings  # noqa: E402
 
 
 @contextmanager
 def bench_stack(kafka_port: int = 39092, pg_port: int = 35433):
     """Kafka + TimescaleDB of their own, in a temporary state folder, stopped and deleted afterwards."""
-    from cryptomon.services.local import stack_down, stack_up
+    from cryptomon.services.local import throwaway_stack
 
-    state = Path(tempfile.mkdtemp(prefix="cryptomon-bench-"))
-    state.chmod(0o755)
-    settings = load_settings(state_dir=state, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-                             kafka_controller_port=kafka_port + 1, kafka_heap="1g",
-                             pg_dsn=f"postgresql://cryptomon:bench-only@127.0.0.1:{pg_port}/cryptomon")
-    try:
-        stack_up(settings)
+    with throwaway_stack(kafka_port, pg_port, prefix="cryptomon-bench-", kafka_heap="1g") as settings:
         yield settings
-    finally:
-        stack_down(settings)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -4,34 +4,15 @@ started once per test session on ports of its own, with its state in a fresh tem
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from cryptomon.settings import Settings, load_settings
+from cryptomon.settings import Settings
 
 TEST_KAFKA_PORT = int(os.environ.get("CRYPTOMON_TEST_KAFKA_PORT", "19092"))
 TEST_PG_PORT = int(os.environ.get("CRYPTOMON_TEST_PG_PORT", "15433"))
-
-
-def make_state_dir(prefix: str) -> Path:
-    """A temporary folder the `postgres` user can reach (pytest's own tmp dirs are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
-def stack_settings_for(state_dir: Path, kafka_port: int, pg_port: int) -> Settings:
-    return load_settings(
-        state_dir=state_dir,
-        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-        kafka_controller_port=kafka_port + 1,
-        pg_dsn=f"postgresql://cryptomon:test-only-password@127.0.0.1:{pg_port}/cryptomon",
-    )
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
@@ -48,16 +29,10 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
 
 @pytest.fixture(scope="session")
 def stack() -> Settings:
-    from cryptomon.services.local import stack_down, stack_up
+    from cryptomon.services.local import throwaway_stack
 
-    state = make_state_dir("cryptomon-test-stack-")
-    settings = stack_settings_for(state, TEST_KAFKA_PORT, TEST_PG_PORT)
-    try:
-        stack_up(settings)
+    with throwaway_stack(TEST_KAFKA_PORT, TEST_PG_PORT, prefix="cryptomon-test-stack-") as settings:
         yield settings
-    finally:
-        stack_down(settings)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from cryptomon.db.migrate import migrate
 from cryptomon.kafka.topics import ensure_topics, topics
-from tests.conftest import make_state_dir, stack_settings_for
+from cryptomon.services.local import throwaway_settings, throwaway_state_dir
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,8 @@ def cli(settings, *args, timeout=180):
 
 def test_services_up_status_down_up_keeps_data():
     """The whole lifecycle through the CLI, on ports and a state folder of its own."""
-    state = make_state_dir("cryptomon-test-lifecycle-")
-    settings = stack_settings_for(state, 29092, 25433)
+    state = throwaway_state_dir("cryptomon-test-lifecycle-")
+    settings = throwaway_settings(state, 29092, 25433)
     try:
         assert cli(settings, "services", "status").returncode == 3  # nothing runs yet
 

@@ -18,12 +18,14 @@ import signal
 import socket
 import subprocess
 import time
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from cryptomon.settings import Settings
+from cryptomon.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -380,3 +382,31 @@ def stack_down(settings: Settings, report=lambda msg: None) -> None:
         was = svc.running()
         svc.stop()
         report(f"{svc.name} {'stopped' if was else 'was not running'}")
+
+
+def throwaway_state_dir(prefix: str) -> Path:
+    """A fresh temporary state folder that the `postgres` user can reach (mkdtemp makes it 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def throwaway_settings(state_dir: Path, kafka_port: int, pg_port: int, **overrides) -> Settings:
+    """Settings for a local stack of its own: its state folder, ports and a local-only password."""
+    return load_settings(state_dir=state_dir, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+                         kafka_controller_port=kafka_port + 1,
+                         pg_dsn=f"postgresql://cryptomon:throwaway-local-only@127.0.0.1:{pg_port}/cryptomon",
+                         **overrides)
+
+
+@contextmanager
+def throwaway_stack(kafka_port: int, pg_port: int, prefix: str = "cryptomon-", **overrides):
+    """Start Kafka + TimescaleDB of their own (tests, benchmarks); stop and delete them afterwards."""
+    state = throwaway_state_dir(prefix)
+    settings = throwaway_settings(state, kafka_port, pg_port, **overrides)
+    try:
+        stack_up(settings)
+        yield settings
+    finally:
+        stack_down(settings)
+        shutil.rmtree(state, ignore_errors=True)
