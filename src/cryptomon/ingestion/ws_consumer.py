@@ -90,6 +90,7 @@ class Ingestor:
         self.recent_book = {s: RecentIds() for s in settings.symbols}
         self.stats = IngestStats()
         self.stopping = asyncio.Event()
+        self._handover: tuple | None = None  # (open replacement connection, its first frame) during a rotation
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         port = settings.ingest_health_port if health_port is None else health_port
