@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -102,12 +103,87 @@ def topics_ensure() -> None:
         console.print(f"[green]✓[/] {topic}: {result}")
 
 
+@app.command("up")
+def up(
+    feed: str = typer.Option("binance", help="binance (the live exchange), sim (the simulator) or replay."),
+    scenario: str = typer.Option("calm", help="Simulator scenario (with --feed sim): calm, risk, faults."),
+    replay: Path = typer.Option(None, exists=True, dir_okay=False, help="Capture to replay (with --feed replay)."),
+    sim_port: int = typer.Option(9443, help="Port of the simulator / replay server."),
+    sim_rate: float = typer.Option(50.0, help="Simulator market steps per second."),
+    sim_max_steps: int = typer.Option(0, help="Stop the simulator after this many steps per symbol (0: never)."),
+    external: bool = typer.Option(False, "--external", help="Use the Kafka/TimescaleDB of the settings (e.g. docker "
+                                                           "compose's) instead of starting local ones."),
+    live: bool = typer.Option(True, help="Live status table (off: a status line every 10 s)."),
+) -> None:
+    """Run the whole pipeline, supervised, until Ctrl-C: services, feed, ingestion, worker, Spark."""
+    import signal as _signal
+
+    from rich.live import Live
+
+    from cryptomon.supervisor import Pipeline, status_table
+
+    if feed not in ("binance", "sim", "replay"):
+        raise fail("--feed is binance, sim or replay", 2)
+    if feed == "replay" and replay is None:
+        raise fail("--feed replay needs --replay FILE", 2)
+    s = settings()
+    pipeline = Pipeline(s, feed=feed, scenario=scenario, replay=replay, sim_port=sim_port, sim_rate=sim_rate,
+                        sim_max_steps=sim_max_steps, external_services=external)
+    for sig in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    report = lambda msg: console.print(f"[green]✓[/] {msg}")  # noqa: E731
+    try:
+        with console.status("starting the pipeline"):
+            pipeline.start(report)
+        console.print("[bold]running[/]: Ctrl-C stops everything")
+        if live and sys.stdout.isatty():
+            with Live(status_table(pipeline.snapshot()), console=Console(), refresh_per_second=1) as view:
+                while not pipeline.stop_event.wait(1.0):
+                    for event in pipeline.supervise_once():
+                        view.console.print(f"[yellow]![/] {event}")
+                    view.update(status_table(pipeline.snapshot()))
+        else:
+            last = 0.0
+            while not pipeline.stop_event.wait(1.0):
+                for event in pipeline.supervise_once():
+                    console.print(f"[yellow]![/] {event}")
+                if time.monotonic() - last >= 10:
+                    last = time.monotonic()
+                    snap = pipeline.snapshot()
+                    console.print(" | ".join(f"{n}: {'up' if p['alive'] else 'DOWN'} {p['count'] or 0:,}"
+                                             for n, p in snap["processes"].items()))
+    except RuntimeError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        pipeline.stop(report)
+        raise typer.Exit(1) from None
+    console.print("stopping")
+    pipeline.stop(report)
+
+
 @app.command("ingest")
 def ingest() -> None:
     """Binance WebSocket -> Kafka (health and metrics on CRYPTOMON_INGEST_HEALTH_PORT)."""
     from cryptomon.ingestion.ws_consumer import main as ingest_main
 
     ingest_main(settings())
+
+
+@app.command("notify")
+def notify(
+    once: bool = typer.Option(False, "--once", help="Evaluate the alert rules once, mail the changes, exit."),
+) -> None:
+    """Alert e-mails without Grafana: the same alert rules, every CRYPTOMON_ALERT_INTERVAL_SECONDS, over SMTP."""
+    from cryptomon.alerts.notifier import Notifier
+    from cryptomon.alerts.notifier import main as notify_main
+
+    s = settings()
+    if not s.alert_email.strip():
+        raise fail("CRYPTOMON_ALERT_EMAIL is empty: set the address the alert e-mails go to", 2)
+    if once:
+        for t in Notifier(s).run_once():
+            console.print(f"{'FIRING' if t.firing else 'resolved'}: {t.rule.title} {t.symbol} ({t.value:g})")
+        return
+    notify_main(s)
 
 
 @app.command("worker")
@@ -222,6 +298,8 @@ def show_settings() -> None:
     for name, value in s.model_dump().items():
         if name == "pg_dsn" and urlsplit(value).password:
             value = value.replace(f":{urlsplit(value).password}@", ":***@")
+        elif name == "binance_api_key" and value:
+            value = "***"
         table.add_row(f"CRYPTOMON_{name.upper()}", ",".join(value) if isinstance(value, tuple) else str(value))
     Console().print(table)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cryptomon.paths import default_deps_dir
@@ -121,6 +121,23 @@ class Settings(BaseSettings):
     spread_warning_factor: float = Field(
         3.0, gt=0, description="spread_warning fires when a 30-second window's max spread exceeds this many times its min."
     )
+
+    # ---- web view and alert e-mails without Grafana
+    dashboard_port: int = Field(
+        8050, ge=0, le=65535, description="Port of `cryptomon dashboard`, the web view of both dashboards (0: off in `up`)."
+    )
+    alert_email: str = Field(
+        "", description="Where alert e-mails go (comma-separated). Empty: `up` does not start the notifier."
+    )
+    alert_from: str = Field("cryptomon@localhost", description="Sender address of the alert e-mails.")
+    alert_interval_seconds: float = Field(30.0, gt=0, description="How often the notifier evaluates the alert rules.")
+    notify_health_port: int = Field(8083, ge=0, le=65535, description="Notifier's /health and /metrics port.")
+    alert_send_resolved: bool = Field(True, description="Also mail when a firing alert stops firing.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP server of the notifier.")
+    smtp_port: int = Field(1025, ge=1, le=65535, description="SMTP port (1025: a local catcher such as Mailpit).")
+    smtp_user: str = Field("", description="SMTP user; empty: no login.")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password (never logged).")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before logging in.")
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -1,0 +1,1 @@
+"""Alert e-mails without Grafana: the dashboards' alert rules, evaluated by the project itself."""
