@@ -1,0 +1,242 @@
+"""`cryptomon up`: the whole pipeline in one command, supervised.
+
+Starts, in order and waiting for each to be ready: the local services (unless told to use external
+ones), topics and schema, the feed (live Binance, the simulator, or a replay), the ingestion, the worker
+and the Spark job. A child that exits unexpectedly is restarted with backoff and reported. Ctrl-C or
+SIGTERM stops the children in pipeline order (feed, ingestion, worker, Spark), each with SIGTERM so it
+flushes what it buffered, then the services `up` itself started. The pids of the children are kept in
+<state>/up.json while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+from rich.table import Table
+
+from cryptomon.backoff import Backoff
+from cryptomon.settings import Settings
+
+log = logging.getLogger("cryptomon.up")
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    health_url: str | None = None
+    popen: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0, reset_after=60.0))
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")
+        self.popen = subprocess.Popen([sys.executable, "-m", "cryptomon.cli", *self.args], env=self.env, stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 45.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs: killing it", self.name, timeout)
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def health(self) -> tuple[int, dict | None]:
+        if not self.health_url:
+            return 0, None
+        try:
+            r = httpx.get(self.health_url, timeout=1.0)
+            return r.status_code, r.json()
+        except (httpx.HTTPError, ValueError):
+            return 0, None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, feed: str = "sim", scenario: str = "calm", replay: Path | None = None,
+                 sim_port: int = 9443, sim_rate: float = 50.0, sim_max_steps: int = 0, external_services: bool = False):
+        self.s = settings
+        self.external = external_services
+        self.stop_event = threading.Event()
+        self.started_services: list = []
+        self.children: list[Child] = []
+        logs = settings.state_dir.resolve() / "logs"
+        env = dict(os.environ)
+        env.update({"CRYPTOMON_STATE_DIR": str(settings.state_dir), "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                    "CRYPTOMON_PG_DSN": settings.pg_dsn, "PYTHONUNBUFFERED": "1"})
+        if feed in ("sim", "replay"):
+            env["CRYPTOMON_BINANCE_WS_URL"] = f"ws://127.0.0.1:{sim_port}/stream"
+            env["CRYPTOMON_BINANCE_REST_URL"] = f"http://127.0.0.1:{sim_port}"
+            args = (["feed", "sim", "--port", str(sim_port), "--rate", str(sim_rate), "--scenario", scenario,
+                     "--max-steps", str(sim_max_steps)] if feed == "sim"
+                    else ["feed", "replay", str(replay), "--port", str(sim_port)])
+            self.children.append(Child("feed", args, env, logs / "feed.log", f"http://127.0.0.1:{sim_port}/sim/stats"))
+        health = settings.health_host if settings.health_host != "0.0.0.0" else "127.0.0.1"
+        self.children += [
+            Child("ingest", ["ingest"], env, logs / "ingest.log",
+                  f"http://{health}:{settings.ingest_health_port}/health" if settings.ingest_health_port else None),
+            Child("worker", ["worker"], env, logs / "worker.log",
+                  f"http://{health}:{settings.worker_health_port}/health" if settings.worker_health_port else None),
+            Child("spark", ["spark"], env, logs / "spark.log"),
+        ]
+        self.pid_file = settings.state_dir.resolve() / "up.json"
+        self._rates: dict[str, tuple[float, int]] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self, report=lambda msg: None) -> None:
+        from cryptomon.services.local import services, stack_up
+
+        if not self.external:
+            self.started_services = [svc for svc in services(self.s) if not svc.running()]
+            stack_up(self.s, report)
+        else:
+            from cryptomon.db.migrate import migrate
+            from cryptomon.kafka.topics import ensure_topics
+
+            ensure_topics(self.s.kafka_bootstrap)
+            migrate(self.s.pg_dsn)
+            report(f"using external services: Kafka {self.s.kafka_bootstrap}, TimescaleDB {self.s.pg_dsn.split('@')[-1]}")
+        for child in self.children:
+            child.start()
+            self._wait_ready(child)
+            report(f"{child.name} started (pid {child.popen.pid}, log {child.log_path})")
+        self._write_pids()
+
+    def _wait_ready(self, child: Child, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited at start (code {child.popen.returncode}): see {child.log_path}")
+            if child.health_url is None or child.health()[0] in (200, 503):  # answering: up (503 = not yet connected)
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{child.name} did not answer on {child.health_url} within {timeout:.0f}s")
+
+    def supervise_once(self) -> list[str]:
+        """Restart children that died; returns what happened (for the live view and the log)."""
+        events = []
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive() or self.stop_event.is_set():
+                continue
+            if child.next_start == 0.0:
+                code = child.popen.returncode if child.popen else None
+                child.backoff.success(now - child.started_at)
+                delay = child.backoff.next_delay()
+                child.next_start = now + delay
+                events.append(f"{child.name} exited (code {code}): restarting in {delay:.1f}s")
+                log.warning(events[-1])
+            elif now >= child.next_start:
+                child.start()
+                child.restarts += 1
+                child.next_start = 0.0
+                events.append(f"{child.name} restarted (pid {child.popen.pid})")
+                log.warning(events[-1])
+                self._write_pids()
+        return events
+
+    def stop(self, report=lambda msg: None) -> None:
+        self.stop_event.set()
+        for child in self.children:  # pipeline order: upstream first, so downstream can drain
+            if child.alive():
+                child.stop()
+                report(f"{child.name} stopped")
+        for svc in reversed(self.started_services):
+            svc.stop()
+            report(f"{svc.name} stopped")
+        self.pid_file.unlink(missing_ok=True)
+
+    def _write_pids(self) -> None:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(json.dumps({c.name: c.popen.pid for c in self.children if c.popen} | {"up": os.getpid()}))
+
+    # ---------------------------------------------------------------- live view
+
+    def snapshot(self) -> dict:
+        """Figures for the status table: per process health, per symbol last VWAP / spread, alerts."""
+        procs = {}
+        now = time.monotonic()
+        for child in self.children:
+            status, body = child.health()
+            count = None
+            if body and child.name == "ingest":
+                count = sum(body.get("messages_produced", {}).values())
+            elif body and child.name == "worker":
+                count = sum(body.get("rows_inserted", {}).values())
+            rate = None
+            if count is not None:
+                last = self._rates.get(child.name)
+                if last and now > last[0]:
+                    rate = (count - last[1]) / (now - last[0])
+                self._rates[child.name] = (now, count)
+            procs[child.name] = {"alive": child.alive(), "pid": child.popen.pid if child.popen else None,
+                                 "restarts": child.restarts, "http": status, "count": count, "rate": rate,
+                                 "lag": (body or {}).get("consumer_lag_total")}
+        return {"processes": procs, "market": self._market()}
+
+    def _market(self) -> dict:
+        try:
+            with psycopg.connect(self.s.pg_dsn, connect_timeout=2) as conn:
+                rows = conn.execute(
+                    "SELECT s.symbol, t.vwap, sp.avg_spread,"
+                    " (SELECT count(*) FROM trade_metrics x WHERE x.symbol = s.symbol AND x.window_start > now() - interval '1 hour'"
+                    "  AND (x.volatility_alert OR x.volume_spike)),"
+                    " (SELECT count(*) FROM spread_metrics y WHERE y.symbol = s.symbol AND y.window_start > now() - interval '1 hour'"
+                    "  AND y.spread_warning)"
+                    " FROM unnest(%s::text[]) AS s(symbol)"
+                    " LEFT JOIN LATERAL (SELECT vwap FROM trade_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) t ON true"
+                    " LEFT JOIN LATERAL (SELECT avg_spread FROM spread_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) sp ON true",
+                    (list(self.s.symbols),)).fetchall()
+                totals = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker),"
+                                      " (SELECT count(*) FROM trade_metrics), (SELECT count(*) FROM spread_metrics)").fetchone()
+        except psycopg.Error:
+            return {"symbols": {}, "rows": None}
+        return {"symbols": {r[0]: {"vwap": r[1], "spread": r[2], "anomalies": r[3], "spread_warnings": r[4]} for r in rows},
+                "rows": dict(zip(("trades", "book_ticker", "trade_metrics", "spread_metrics"), totals))}
+
+
+def status_table(snap: dict) -> Table:
+    """The live view: one table for the processes, one for the market, side by side in a grid."""
+    procs = Table("process", "state", "pid", "restarts", "total", "per s", "lag", title="pipeline")
+    for name, p in snap["processes"].items():
+        state = "[green]running[/]" if p["alive"] else "[red]down[/]"
+        if p["alive"] and p["http"] == 503:
+            state = "[yellow]unhealthy[/]"
+        procs.add_row(name, state, str(p["pid"] or "-"), str(p["restarts"]),
+                      "-" if p["count"] is None else f"{p['count']:,}",
+                      "-" if p["rate"] is None else f"{p['rate']:,.0f}", "-" if p["lag"] is None else str(p["lag"]))
+    market = Table("symbol", "last VWAP", "avg spread", "anomalies 1h", "spread warnings 1h", title="market")
+    for sym, m in snap["market"]["symbols"].items():
+        market.add_row(sym, "-" if m["vwap"] is None else f"{m['vwap']:.4f}",
+                       "-" if m["spread"] is None else f"{m['spread']:.6f}", str(m["anomalies"]), str(m["spread_warnings"]))
+    rows = snap["market"].get("rows")
+    caption = " · ".join(f"{k}: {v:,}" for k, v in rows.items()) if rows else "database unreachable"
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(procs, market)
+    grid.caption = caption
+    return grid
