@@ -28,7 +28,8 @@ mkdir -p "$DEPS"
 # ---------------------------------------------------------------- Debian packages
 APT_PACKAGES=(postgresql-$PG_MAJOR postgresql-client-$PG_MAJOR postgresql-server-dev-$PG_MAJOR
   openjdk-17-jdk-headless maven cmake gcc make dpkg-dev libssl-dev libkrb5-dev
-  python3 python3-venv)
+  python3 python3-venv
+  chromium)  # the browser of the web view's test (driven by Playwright; no browser download)
 step "Debian packages"
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -186,6 +186,14 @@ def notify(
     notify_main(s)
 
 
+@app.command("dashboard")
+def dashboard(port: int = typer.Option(None, help="Port (default CRYPTOMON_DASHBOARD_PORT).")) -> None:
+    """Web view of the Market Overview and Risk Monitor dashboards (same SQL as Grafana's), refreshing itself."""
+    from cryptomon.web.server import main as web_main
+
+    web_main(settings(), port)
+
+
 @app.command("worker")
 def worker() -> None:
     """Kafka -> TimescaleDB (health and metrics on CRYPTOMON_WORKER_HEALTH_PORT)."""

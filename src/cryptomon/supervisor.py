@@ -1,8 +1,9 @@
 """`cryptomon up`: the whole pipeline in one command, supervised.
 
 Starts, in order and waiting for each to be ready: the local services (unless told to use external
-ones), topics and schema, the feed (live Binance, the simulator, or a replay), the ingestion, the worker
-and the Spark job. A child that exits unexpectedly is restarted with backoff and reported. Ctrl-C or
+ones), topics and schema, the feed (live Binance, the simulator, or a replay), the ingestion, the worker,
+the Spark job, the web view (`cryptomon dashboard`, unless its port is 0) and the alert notifier (when
+CRYPTOMON_ALERT_EMAIL is set). A child that exits unexpectedly is restarted with backoff and reported. Ctrl-C or
 SIGTERM stops the children in pipeline order (feed, ingestion, worker, Spark), each with SIGTERM so it
 flushes what it buffered, then the services `up` itself started. The pids of the children are kept in
 <state>/up.json while it runs.
@@ -103,6 +104,13 @@ class Pipeline:
                   f"http://{health}:{settings.worker_health_port}/health" if settings.worker_health_port else None),
             Child("spark", ["spark"], env, logs / "spark.log"),
         ]
+        if settings.dashboard_port:
+            self.children.append(Child("dashboard", ["dashboard"], env, logs / "dashboard.log",
+                                       f"http://{health}:{settings.dashboard_port}/health"))
+        if settings.alert_email.strip():
+            self.children.append(Child("notify", ["notify"], env, logs / "notify.log",
+                                       f"http://{health}:{settings.notify_health_port}/health"
+                                       if settings.notify_health_port else None))
         self.pid_file = settings.state_dir.resolve() / "up.json"
         self._rates: dict[str, tuple[float, int]] = {}
 

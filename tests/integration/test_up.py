@@ -18,9 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 def up_env(stack, tmp_path, symbol: str) -> tuple[dict, dict]:
-    ports = {"ingest": free_port(), "worker": free_port(), "sim": free_port()}
+    ports = {"ingest": free_port(), "worker": free_port(), "sim": free_port(), "dashboard": free_port(),
+             "notify": free_port()}
     env = env_for(stack, CRYPTOMON_SYMBOLS=symbol, CRYPTOMON_INGEST_HEALTH_PORT=ports["ingest"],
-                  CRYPTOMON_WORKER_HEALTH_PORT=ports["worker"], CRYPTOMON_WORKER_GROUP=f"up-{uuid.uuid4().hex[:6]}",
+                  CRYPTOMON_WORKER_HEALTH_PORT=ports["worker"], CRYPTOMON_DASHBOARD_PORT=ports["dashboard"],
+                  CRYPTOMON_NOTIFY_HEALTH_PORT=ports["notify"], CRYPTOMON_ALERT_EMAIL="risk@example.com",
+                  CRYPTOMON_WORKER_GROUP=f"up-{uuid.uuid4().hex[:6]}",
                   CRYPTOMON_SPARK_CHECKPOINT_DIR=tmp_path / "ckpt", CRYPTOMON_SPARK_UI_PORT=0,
                   CRYPTOMON_SPARK_TRIGGER_SECONDS=2, CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000)
     return env, ports
@@ -46,8 +49,10 @@ def test_up_with_the_simulator_fills_all_four_tables_and_ctrl_c_leaves_nothing(s
                  what="rows in trades, book_ticker, trade_metrics and spread_metrics")
         assert get_json(f"http://127.0.0.1:{ports['ingest']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['worker']}/health")[0] == 200
+        assert get_json(f"http://127.0.0.1:{ports['dashboard']}/health")[0] == 200
+        assert get_json(f"http://127.0.0.1:{ports['notify']}/health")[1]["recipients"] == ["risk@example.com"]
         pids = children(stack)
-        assert {"feed", "ingest", "worker", "spark", "up"} <= set(pids)
+        assert {"feed", "ingest", "worker", "spark", "dashboard", "notify", "up"} <= set(pids)
         up.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert up.popen.wait(120) == 0, up.log()[-2000:]
     finally:

@@ -1,0 +1,1 @@
+"""`cryptomon dashboard`: the Grafana dashboards, rendered in a browser without Grafana."""
