@@ -48,3 +48,41 @@ def test_no_secret_in_the_compose_file():
     assert tsdb["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     assert SERVICES["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert not (ROOT / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text()
+
+
+APP = ("migrate", "ingest", "worker", "spark", "dashboard")
+
+
+def test_the_app_profile_runs_every_process_from_the_one_dockerfile():
+    from typer.main import get_command
+
+    from cryptomon.cli import app
+
+    commands = set(get_command(app).commands)
+    for name in APP:
+        svc = SERVICES[name]
+        assert svc["profiles"] == ["app"] and svc["build"] == "." and svc["image"] == "cryptomon:latest"
+        assert svc["command"][0] in commands, f"{name} runs an unknown command {svc['command']}"
+        assert svc["environment"]["CRYPTOMON_KAFKA_BOOTSTRAP"] == "kafka:29092"
+        assert "@timescaledb:5432/" in svc["environment"]["CRYPTOMON_PG_DSN"]
+        assert "${POSTGRES_PASSWORD:?" in svc["environment"]["CRYPTOMON_PG_DSN"]  # no default password
+    for name in APP[1:]:  # the processes wait for the topics and the schema
+        deps = SERVICES[name]["depends_on"]
+        assert deps["kafka-init"]["condition"] == deps["migrate"]["condition"] == "service_completed_successfully"
+        assert SERVICES[name]["restart"] == "unless-stopped"
+    assert "notify" not in SERVICES  # Grafana mails the alerts in docker compose
+    assert "spark-checkpoints" in COMPOSE["volumes"]  # restarts resume from the checkpoint
+    for name in ("ingest", "worker", "dashboard"):
+        assert "healthcheck" in SERVICES[name]
+
+
+def test_the_dockerfile_resolves_the_connector_like_setup_does():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    setup = (ROOT / "scripts/setup.sh").read_text()
+    plugin = next(line.split("=", 1)[1] for line in setup.splitlines() if line.startswith("MVN_DEP_PLUGIN="))
+    assert plugin in dockerfile
+    assert "COPY setup/maven/spark-kafka/pom.xml" in dockerfile
+    assert "CRYPTOMON_DEPS_DIR=/opt/cryptomon/deps" in dockerfile and "/deps/spark-jars" in dockerfile
+    assert "USER cryptomon" in dockerfile  # not root
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".env", ".venv/", ".deps/"} <= set(ignored)
