@@ -150,8 +150,9 @@ def up(
                 if time.monotonic() - last >= 10:
                     last = time.monotonic()
                     snap = pipeline.snapshot()
-                    console.print(" | ".join(f"{n}: {'up' if p['alive'] else 'DOWN'} {p['count'] or 0:,}"
-                                             for n, p in snap["processes"].items()))
+                    console.print(" | ".join(f"{n}: {'up' if p['alive'] else 'DOWN'}"
+                                             + ("" if p["count"] is None else f" {p['count']:,}")
+                                             for n, p in snap["processes"].items()), soft_wrap=True)
     except RuntimeError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         pipeline.stop(report)

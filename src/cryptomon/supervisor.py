@@ -30,6 +30,7 @@ from cryptomon.backoff import Backoff
 from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.up")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # the health polls are not news
 
 
 @dataclass

@@ -20,7 +20,8 @@ function traces(panel) {
     return [{ type: "indicator", mode: "number", value: v, number: { font: { size: 48, color: v > 0 ? "#f2495c" : "#73bf69" } } }];
   }
   if (panel.type === "table") {
-    const fmt = (v, i) => cols[i] === "time" ? new Date(v).toISOString().replace("T", " ").slice(0, 19) : v;
+    const fmt = (v, i) => cols[i] === "time" ? new Date(v).toISOString().replace("T", " ").slice(0, 19)
+      : typeof v === "number" ? v.toLocaleString("en-US", { maximumSignificantDigits: 8 }) : v;
     return [{ type: "table", header: { values: cols, fill: { color: "#22252b" }, line: { color: "#2c3235" }, align: "left" },
               cells: { values: cols.map((_, i) => rows.map(r => fmt(r[i], i))), fill: { color: "#181b1f" }, line: { color: "#2c3235" }, align: "left" } }];
   }
