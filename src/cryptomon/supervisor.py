@@ -134,7 +134,7 @@ class Pipeline:
             child.start()
             self._wait_ready(child)
             report(f"{child.name} started (pid {child.popen.pid}, log {child.log_path})")
-        self._write_pids()
+            self._write_pids()
 
     def _wait_ready(self, child: Child, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

@@ -70,7 +70,7 @@ def test_a_worker_killed_under_up_is_restarted_and_the_row_count_is_exact(stack,
                           "--sim-max-steps", "400", "--no-live"], env)
     try:
         wait_for(lambda: table_counts(stack.pg_dsn, symbol)["trades"] > 100, 120, what="rows flowing")
-        first = children(stack)["worker"]
+        first = wait_for(lambda: children(stack).get("worker"), 30, what="the worker's pid in up.json")
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: children(stack).get("worker") not in (None, first), 60, what="the worker to be restarted")
         stats = wait_json(f"http://127.0.0.1:{ports['sim']}/sim/stats", lambda b: b["done"], 120, "the simulator")
