@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 
+from cryptomon.backoff import Backoff
 from cryptomon.kafka.topics import topic_name
 from cryptomon.settings import Settings
 from cryptomon.spark import metrics as M
@@ -137,21 +139,35 @@ class MetricsWriter:
         self.s = settings
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # the two queries' batches may run concurrently
+        self.db_failures = 0
+        self.stopping = threading.Event()
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.s.pg_dsn, autocommit=True, application_name="cryptomon-spark")
         return self._conn
 
-    def _execute(self, work) -> None:
-        # a failure raises: Spark fails the batch, and the restarted query replays it from its checkpoint
+    def _execute(self, work, retry: bool = True) -> None:
+        """Run `work` in one transaction. While the database is unreachable (down, restarting), the batch
+        waits and retries with backoff instead of failing the query: the job stays up, the batch is not
+        committed to the checkpoint until its rows are in, and it resumes by itself. Other errors raise:
+        Spark fails the batch, and the restarted job replays it from the checkpoint."""
+        backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
         with self._lock:
-            try:
-                with self._db().transaction():
-                    work(self._conn)
-            except psycopg.OperationalError:
-                self._conn = None
-                raise
+            while True:
+                try:
+                    with self._db().transaction():
+                        work(self._conn)
+                    return
+                except psycopg.OperationalError as exc:
+                    self._conn = None
+                    self.db_failures += 1
+                    if not retry or self.stopping.is_set():
+                        raise  # at shutdown: the uncommitted batch is replayed by the next start
+                    delay = backoff.next_delay()
+                    log.warning("database unavailable (%s): retrying this micro-batch's write in %.1fs",
+                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+                    self.stopping.wait(delay)
 
     def write_trades(self, batch_df, batch_id: int) -> None:
         rows = batch_df.collect()
@@ -187,7 +203,7 @@ class MetricsWriter:
         row = (p.get("name"), p.get("batchId"), p.get("runId"), _ts(p["timestamp"]), p.get("numInputRows", 0),
                dropped, p.get("batchDuration", 0), _ts(wm) if wm else None)
         try:
-            self._execute(lambda conn: conn.execute(M.PROGRESS_INSERT, row))
+            self._execute(lambda conn: conn.execute(M.PROGRESS_INSERT, row), retry=False)
         except psycopg.Error as exc:  # progress is informative: never fail the job for it
             log.warning("could not record progress: %s", exc)
 
@@ -244,8 +260,6 @@ def stop_between_batches(query, timeout: float = 30.0) -> None:
     committed, replayed from the checkpoint by the next start. py4j would log the interruption of its
     foreachBatch callback as an exception with a traceback: during a requested stop that is expected,
     so that logger is silenced."""
-    import time
-
     logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
     deadline = time.monotonic() + timeout
     while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
@@ -274,6 +288,7 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
         for q in failed:
             log.error("query %s stopped: %s", q.name, q.exception())
     finally:
+        writer.stopping.set()
         for q in queries:
             stop_between_batches(q)  # the next start resumes from the checkpoint
         spark.stop()
