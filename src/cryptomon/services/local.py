@@ -140,6 +140,9 @@ class KafkaBroker:
                     "offsets.topic.replication.factor=1",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
+                    # idempotent producers get their id from the transaction coordinator; one partition
+                    # (not 50) makes its topic quick to create and load on a fresh single-node broker
+                    "transaction.state.log.num.partitions=1",
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
@@ -373,8 +376,19 @@ def stack_up(settings: Settings, report=lambda msg: None) -> None:
         report(f"{svc.name} {'already running' if already else 'started'} on {svc.address}")
     result = ensure_topics(settings.kafka_bootstrap)
     report("topics: " + ", ".join(f"{t} ({r})" for t, r in result.items()))
+    warm_up_producer_ids(settings.kafka_bootstrap)
     applied = migrate(settings.pg_dsn)
     report(f"schema: {'applied migrations ' + str(applied) if applied else 'up to date'}")
+
+
+def warm_up_producer_ids(bootstrap: str, timeout: float = 60.0) -> None:
+    """Have the broker create and load its transaction coordinator now (what hands idempotent producers
+    their ids), so that the ingestion's first messages on a fresh broker do not wait for it
+    ("Coordinator load in progress" for seconds). Harmless when it is loaded already."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "cryptomon-warm-up"})
+    p.init_transactions(timeout)
 
 
 def stack_down(settings: Settings, report=lambda msg: None) -> None:
