@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 from confluent_kafka import Producer
@@ -76,11 +77,13 @@ def latency(settings, seconds: float, logs: Path) -> dict:
     port, rate_events = 39445, 2000
     env = env_for(settings, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
                   CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=0,
-                  CRYPTOMON_WORKER_HEALTH_PORT=0, CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}")
+                  CRYPTOMON_WORKER_HEALTH_PORT=port + 1, CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}")
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE trades, book_ticker")
         worker = spawn([sys.executable, "-m", "cryptomon.cli", "worker"], env, logs / "lat-worker.log")
-        time.sleep(3)  # let the worker join its group and reach the log end
+        # a new group starts at the earliest offset: let it work through the drain runs' messages first,
+        # so that what is measured is the steady state, not a backlog
+        wait(lambda: _caught_up(port + 1), 300, "the worker to reach the log end", interval=0.5)
         conn.execute("TRUNCATE trades, book_ticker")
         # one market step is ~3.7 events (1-3 trades, 1 aggTrade, 1 bookTicker)
         sim = spawn([sys.executable, "-m", "cryptomon.cli", "feed", "sim", "--port", str(port), "--rate",
@@ -100,6 +103,14 @@ def latency(settings, seconds: float, logs: Path) -> dict:
         n, (p50, p99) = conn.execute(q).fetchone()
     return {"events_per_second": rate_events, "seconds": seconds, "rows": n, "rate_measured": round(n / (seconds - 5)),
             "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}
+
+
+def _caught_up(health_port: int) -> bool:
+    try:
+        body = httpx.get(f"http://127.0.0.1:{health_port}/health", timeout=1).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return bool(body.get("assigned_partitions")) and body.get("consumer_lag") and body["consumer_lag_total"] == 0
 
 
 def main() -> None:
