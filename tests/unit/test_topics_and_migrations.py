@@ -29,3 +29,16 @@ def test_migrations_are_numbered_and_record_themselves():
     for m in found:
         text = m.path.read_text()
         assert f"VALUES ({m.version}, '{m.name}')" in text, f"{m.path.name} must record itself"
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash():
+    from unittest import mock
+
+    from cryptomon.services import local
+
+    ids = [local.new_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    # the case that broke `kafka-storage format`: a UUID whose base64 starts with '-' is drawn again
+    dash_first = local.uuid.UUID(bytes=b"\xf8" + bytes(15))
+    with mock.patch.object(local.uuid, "uuid4", side_effect=[dash_first, local.uuid.UUID(int=1)]):
+        assert local.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"

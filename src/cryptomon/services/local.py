@@ -84,6 +84,15 @@ class Status:
     log_file: Path
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka makes them: a random UUID in URL-safe base64, never starting with '-'
+    (the storage tool would read such an id as an option: 1 format in 64 failed that way)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 class KafkaBroker:
     """Apache Kafka 4 in KRaft combined mode (broker + controller), one node, from Maven jars."""
 
@@ -187,8 +196,7 @@ class KafkaBroker:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            run_checked(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)),
+            run_checked(self._java("kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(self.config)),
                         "formatting Kafka's log directory")
         with open(self.dir / "stdout.log", "ab") as out:
             proc = subprocess.Popen(
