@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("ingest", "worker", "spark", "e2e")
 
 
-def run(name: str, quick: bool, out_dir: Path) -> dict:
-    out = out_dir / f"{name}.json"
+def run(name: str, quick: bool, out_dir: Path, extra: list[str] = (), out_name: str | None = None) -> dict:
+    out = out_dir / f"{out_name or name}.json"
     cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--out", str(out)] + (["--quick"] if quick else [])
+    cmd += list(extra)
     print(f"==> {name}: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -124,10 +125,28 @@ def render(report: dict) -> str:
                                  f"{n} {g:+g}" for n, g in x["rss_growth_mb"].items())
                              + f"; consumer lag trend {fmt(x.get('lag_trend'))}.")
         lines.append("")
+    soak = report.get("soak")
+    if soak and not soak.get("failed"):
+        x = soak["runs"][0]
+        raw, lag = x["raw_row_latency"], x["consumer_lag"]
+        lines += ["## Soak", "",
+                  f"`bench/run --soak` ({soak['finished']}): {x['target_events_per_second']:,} events/s for "
+                  f"{x['seconds'] / 60:.0f} minutes, memory sampled every 10 s; measured "
+                  f"{fmt(x['measured_events_per_second'])} events/s, raw rows p50 {fmt(raw['p50_ms'], ' ms')} / "
+                  f"p99 {fmt(raw['p99_ms'], ' ms')}, consumer lag max {fmt(lag['max'])} / mean {fmt(lag['mean'])}.", "",
+                  "| process tree | CPU (cores) | peak RSS (MiB) | RSS growth, last quarter vs. second (MiB) |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {x['rss_growth_mb'][n]:+g} |"
+                  for n in x["cpu_cores"]]
+        lines += ["", f"Consumer lag trend (last quarter vs. second): {fmt(x['lag_trend'])}; every event stored "
+                  f"exactly once: {fmt(x['accounting']['exact'])} ({x['accounting']['stored']}).", ""]
     lines += ["## Goals", "", "| benchmark | goal | met |", "| --- | --- | --- |"]
     for name in BENCHMARKS:
         for goal, met in (r.get(name) or {}).get("goals", {}).items():
             lines.append(f"| {name} | `{goal}` | {fmt(met)} |")
+    for goal, met in ((soak or {}).get("goals") or {}).items():
+        if goal.startswith("soak"):
+            lines.append(f"| soak | `{goal}` | {fmt(met)} |")
     failed = [n for n, x in r.items() if x.get("failed")]
     if failed:
         lines += ["", f"Failed to run: {', '.join(failed)} (see the harness output)."]
@@ -138,6 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="CI-smoke sizes: minutes instead of tens of minutes")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    ap.add_argument("--soak", action="store_true", help="only the soak run (30 min at 2,000 events/s)")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(BENCHMARKS)
@@ -147,6 +167,15 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from common import machine
 
+    if args.soak:
+        soak = run("e2e", False, work, extra=["--soak"], out_name="soak")
+        soak["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        (out_dir / "soak.json").write_text(json.dumps(soak, indent=2, default=str) + "\n")
+        report = json.loads((out_dir / "full.json").read_text())
+        report["soak"] = soak
+        args.report.write_text(render(report))
+        print(f"wrote {out_dir / 'soak.json'} and {args.report}")
+        sys.exit(1 if soak.get("failed") else 0)
     results = {name: run(name, args.quick, work) for name in names}
     previous = out_dir / f"{'quick' if args.quick else 'full'}.json"
     if args.only and previous.exists():  # a partial run updates the last full report
@@ -155,6 +184,8 @@ def main() -> None:
     report = {"quick": args.quick, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine(), "versions": versions(), "results": results,
               "file": f"{'quick' if args.quick else 'full'}.json"}
+    if not args.quick and (out_dir / "soak.json").exists():
+        report["soak"] = json.loads((out_dir / "soak.json").read_text())
     (out_dir / report["file"]).write_text(json.dumps(report, indent=2, default=str) + "\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(render(report))
