@@ -15,7 +15,7 @@ from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.services.local import KafkaBroker, TimescaleDB
 from tests.conftest import wait_for
 from tests.helpers import Proc, env_for, free_port, get_json, post, running, wait_json
-from tests.integration.test_spark import MINUTE, assert_metrics_match_oracle, new_symbols, spark_env
+from tests.integration.test_spark import MINUTE, new_symbols, spark_env, wait_metrics_match_oracle
 from tests.integration.test_spark import produce as produce_events
 from tests.integration.test_worker import counts, make_events, produce, symbols_for_test, worker_env
 
@@ -119,15 +119,7 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
         db.start()
         wait_for(lambda: counts(chaos_stack.pg_dsn, symbols) == (n_trades, len(events) - n_trades), 120,
                  what="exact raw rows after the restart")
-
-        def matches():
-            try:
-                assert_metrics_match_oracle(chaos_stack, symbols)
-                return True
-            except AssertionError:
-                return False
-
-        wait_for(matches, 180, interval=1.0, what="metrics equal to the oracle after the restart")
+        wait_metrics_match_oracle(chaos_stack, symbols, what="metrics equal to the oracle after the restart")
         assert worker.alive() and spark.alive()
         assert get_json(f"http://127.0.0.1:{wport}/health")[1]["db_failures"] > 0
     assert "retrying this micro-batch's write" in spark.log()

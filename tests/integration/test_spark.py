@@ -93,6 +93,18 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
     return trade, spread
 
 
+def wait_metrics_match_oracle(stack, symbols, timeout: float = 180.0, what: str = "metrics equal to the oracle"):
+    """Wait until the metric tables equal the SQL oracle (a running job may still be catching up)."""
+    def matches():
+        try:
+            assert_metrics_match_oracle(stack, symbols)
+            return True
+        except AssertionError:
+            return False
+
+    wait_for(matches, timeout, interval=1.0, what=what)
+
+
 def test_metrics_equal_the_sql_oracle_and_a_replay_changes_nothing(stack, tmp_path):
     symbols = new_symbols("OR")
     start = (int(time.time() * 1000) // MINUTE - 8) * MINUTE + 17_000  # windows not aligned with the data
@@ -154,14 +166,7 @@ def test_job_killed_mid_run_restarts_from_its_checkpoint(stack, tmp_path):
     produce(stack.kafka_bootstrap, second[len(second) // 2:])
     load_raw(stack, events, symbols)
     with running("spark-restarted", ["spark"], env) as restarted:
-        def matches():
-            try:
-                assert_metrics_match_oracle(stack, symbols)
-                return True
-            except AssertionError:
-                return False
-
-        wait_for(matches, 180, interval=1.0, what="metrics to equal the oracle after the restart")
+        wait_metrics_match_oracle(stack, symbols, what="metrics to equal the oracle after the restart")
     assert "Traceback" not in restarted.log()
 
 

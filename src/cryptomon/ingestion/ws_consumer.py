@@ -25,7 +25,6 @@ from websockets.asyncio.client import connect
 
 from cryptomon.backoff import Backoff
 from cryptomon.ingestion.events import (
-    BOOK_TICKER,
     DUPLICATE,
     LATE,
     ROUTE,
