@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
