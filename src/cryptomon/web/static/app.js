@@ -61,7 +61,12 @@ function draw(body) {
     }
   }
   const firing = document.getElementById("firing");
-  firing.innerHTML = body.firing.map(a => `<span class="alert">${a.rule} ${a.symbol} since ${new Date(a.since).toISOString().slice(11, 19)}</span>`).join("");
+  firing.replaceChildren(...body.firing.map(a => {  // text from the database: never parsed as HTML
+    const span = document.createElement("span");
+    span.className = "alert";
+    span.textContent = `${a.rule} ${a.symbol} since ${new Date(a.since).toISOString().slice(11, 19)}`;
+    return span;
+  }));
   document.body.dataset.updated = String(Date.now());
   document.body.dataset.dashboard = body.uid;
 }
