@@ -158,8 +158,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CI-smoke sizes: minutes instead of tens of minutes")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--soak", action="store_true", help="only the soak run (30 min at 2,000 events/s)")
-    ap.add_argument("--report", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--report", type=Path, help="default: docs/benchmarks.md (full), bench/results/quick.md (quick)")
     args = ap.parse_args()
+    args.report = args.report or (ROOT / "bench" / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md")
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     out_dir = ROOT / "bench" / "results"
     work = out_dir / ("quick" if args.quick else "full")
