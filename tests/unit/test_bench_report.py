@@ -1,0 +1,41 @@
+"""The benchmark report renders every figure of a `bench/run` result (bench/run itself is not run in CI:
+it takes minutes to tens of minutes)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("harness", ROOT / "bench" / "harness.py")
+harness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(harness)
+REPORT = json.loads((ROOT / "bench" / "results" / "full.json").read_text())
+if (ROOT / "bench" / "results" / "soak.json").exists():
+    REPORT["soak"] = json.loads((ROOT / "bench" / "results" / "soak.json").read_text())
+
+
+def test_the_committed_report_is_the_rendering_of_the_committed_results():
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == harness.render(REPORT)
+
+
+def test_every_headline_figure_is_in_the_report():
+    text = harness.render(REPORT)
+    r = REPORT["results"]
+    assert f"{r['ingest']['cryptomon']['msgs_per_second']:,}" in text
+    assert f"**{r['ingest']['ratio_msgs_per_second']}×**" in text
+    assert f"{r['worker']['cryptomon_flush_500']['rows_per_second']:,}" in text
+    assert f"p99 {r['worker']['latency_2000_events_per_s']['p99_ms']} ms" in text
+    assert f"Highest sustained: **{r['spark']['highest_sustained_events_per_second']:,} events/s**" in text
+    for run in r["e2e"]["runs"]:
+        assert f"| {run['target_events_per_second']:,} | {run['measured_events_per_second']:,} |" in text
+
+
+def test_unmet_goals_and_failed_benchmarks_are_said():
+    report = copy.deepcopy(REPORT)
+    report["results"]["spark"] = {"benchmark": "spark", "failed": True, "exit_code": 1}
+    text = harness.render(report)
+    assert "Failed to run: spark" in text and "## Spark" not in text
+    assert "| worker | `rows_per_second>=100000` | **no** |" in text
