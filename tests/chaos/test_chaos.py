@@ -155,6 +155,6 @@ def test_exchange_dropped_stalled_and_malformed_under_load(chaos_stack):
         wait_for(lambda: counts(chaos_stack.pg_dsn, symbols) == want, 120, interval=0.5, what=f"exactly {want} rows")
         health = get_json(f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}/health")[1]
         assert ingest.alive()
-    assert stats["drops"] >= 3 and stats["malformed_sent"] >= 5
+    assert stats["drops"] == 3 and stats["malformed_sent"] == 5  # a fault counts once a client received it
     assert health["reconnects"] >= 4 and health["events_backfilled"] > 0  # 3 drops + the stall
-    assert sum(health["dead_letters"].values()) >= 5  # the malformed frames
+    assert sum(health["dead_letters"].values()) == 5  # the malformed frames

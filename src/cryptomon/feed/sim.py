@@ -206,15 +206,16 @@ class Simulator:
         if self._held is not None:
             held, self._held = self._held, None
             await self._send(held[0], "trade", held[1], held[2])
-        if self.pending_faults["duplicate"]:
+        # an injected fault counts once a client received it: one that would have gone to no client (all
+        # disconnected or stalled) stays pending for the next frame
+        if self.pending_faults["duplicate"] and await self._broadcast(stream, frame):
             self.pending_faults["duplicate"] -= 1
-            if await self._broadcast(stream, frame):
-                self.stats.duplicates_sent += 1
+            self.stats.duplicates_sent += 1
         if self.pending_faults["malformed"]:
-            self.pending_faults["malformed"] -= 1
             bad = MALFORMED[self.stats.malformed_sent % len(MALFORMED)]
             bad = bad.replace(b"%(sym)s", symbol.lower().encode()).replace(b"%(SYM)s", symbol.encode())
             if await self._broadcast(stream, bad, any_stream=True):
+                self.pending_faults["malformed"] -= 1
                 self.stats.malformed_sent += 1
 
     async def _send(self, symbol: str, kind: str, stream: str, frame: bytes) -> None:
