@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         3.0, gt=0, description="volume_spike fires when a window's volume exceeds this many times the mean of the previous windows."
     )
     volume_spike_windows: int = Field(10, ge=1, description="How many previous windows the volume mean covers.")
+    volume_spike_min_windows: int = Field(
+        3, ge=1,
+        description="volume_spike needs at least this many previous windows, so that the partial first window "
+                    "after a start does not flag the next one.",
+    )
     spread_warning_factor: float = Field(
         3.0, gt=0, description="spread_warning fires when a 30-second window's max spread exceeds this many times its min."
     )

@@ -76,7 +76,7 @@ def fetch(dsn: str, sql: str, params) -> list[tuple]:
 def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple[list, list]:
     trade = fetch(stack.pg_dsn, "SELECT symbol, window_start, vwap, price_stddev, trade_count, volume, volatility_alert,"
                   " volume_spike FROM trade_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2", (list(symbols),))
-    oracle = fetch(stack.pg_dsn, M.TRADE_ORACLE, {"symbols": list(symbols), "k": 3.0, "n": 10})
+    oracle = fetch(stack.pg_dsn, M.TRADE_ORACLE, {"symbols": list(symbols), "k": 3.0, "n": 10, "m": 3})
     assert len(trade) == len(oracle) > 0
     for got, want in zip(trade, oracle):
         sym, ws, vwap, sd, n, vol, alert, spike = got

@@ -12,7 +12,8 @@ floating-point approximation of it. Flags:
 
     volatility_alert = price_stddev > threshold(symbol)
     volume_spike     = volume > K * mean(volume of the previous N windows of the symbol that had trades)
-                       (false while a symbol has no previous window)
+                       (false while the symbol has fewer than M previous windows: the partial
+                       first window after a start would make the next one a "spike")
     spread_warning   = max_spread > F * min_spread
 """
 
@@ -49,10 +50,10 @@ VOLUME_SPIKE_UPDATE = """
 UPDATE trade_metrics t SET volume_spike = c.spike
 FROM (
     SELECT symbol, window_start,
-           coalesce(volume > %(k)s * avg(volume) OVER (PARTITION BY symbol ORDER BY window_start
-                                                       ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING), false) AS spike
+           coalesce(volume > %(k)s * avg(volume) OVER prev AND count(*) OVER prev >= %(m)s, false) AS spike
     FROM trade_metrics
     WHERE symbol = ANY(%(symbols)s) AND window_start >= %(since)s::timestamptz - interval '1 day'
+    WINDOW prev AS (PARTITION BY symbol ORDER BY window_start ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING)
 ) c
 WHERE t.symbol = c.symbol AND t.window_start = c.window_start
   AND t.window_start >= %(since)s AND t.volume_spike IS DISTINCT FROM c.spike
@@ -90,9 +91,10 @@ WITH w AS (
     GROUP BY 1, 2
 )
 SELECT symbol, window_start, vwap, price_stddev, trade_count, volume,
-       coalesce(volume > %(k)s * avg(volume) OVER (PARTITION BY symbol ORDER BY window_start
-                                                  ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING), false) AS volume_spike
-FROM w ORDER BY symbol, window_start
+       coalesce(volume > %(k)s * avg(volume) OVER prev AND count(*) OVER prev >= %(m)s, false) AS volume_spike
+FROM w
+WINDOW prev AS (PARTITION BY symbol ORDER BY window_start ROWS BETWEEN %(n)s PRECEDING AND 1 PRECEDING)
+ORDER BY symbol, window_start
 """
 
 SPREAD_ORACLE = """

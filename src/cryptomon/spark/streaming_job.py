@@ -181,6 +181,7 @@ class MetricsWriter:
         def work(conn):
             conn.execute(M.TRADE_UPSERT, M.columns(data))
             conn.execute(M.VOLUME_SPIKE_UPDATE, {"k": self.s.volume_spike_factor, "n": self.s.volume_spike_windows,
+                                                 "m": min(self.s.volume_spike_min_windows, self.s.volume_spike_windows),
                                                  "symbols": symbols, "since": since})
 
         self._execute(work)
