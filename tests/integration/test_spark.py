@@ -187,3 +187,21 @@ def test_events_later_than_the_watermark_are_counted_as_dropped(stack, tmp_path)
     first_minute = fetch(stack.pg_dsn, "SELECT trade_count FROM trade_metrics WHERE symbol = %s ORDER BY window_start LIMIT 1",
                          (symbols[0],))[0][0]
     assert first_minute == sum(1 for k, p in on_time if k == "trade" and p["T"] < start + MINUTE)
+
+
+def test_volume_spike_needs_the_minimum_history_and_k_times_the_mean(stack):
+    """The rule as the job applies it, on hand-made windows: no flag before 3 previous windows (a partial
+    first window of 1 must not make the next 10 a spike), then volume > 3 x mean(previous <= 10)."""
+    sym = new_symbols("VS", 1)[0]
+    volumes = [1, 10, 10, 10, 50, 20, 200]
+    # mean of the previous windows:  -, 1, 5.5, 7, 7.75, 16.2, 16.83..  -> only 50 (>23.25) and 200 (>50.5) spike
+    with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
+        for i, v in enumerate(volumes):
+            conn.execute("INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev, trade_count,"
+                         " volume, volatility_alert, volume_spike) VALUES (%s, '2026-01-01'::timestamptz + %s * interval"
+                         " '1 min', '2026-01-01'::timestamptz + (%s + 1) * interval '1 min', 100, 0, 1, %s, false, true)",
+                         (sym, i, i, v))
+        conn.execute(M.VOLUME_SPIKE_UPDATE, {"k": 3.0, "n": 10, "m": 3, "symbols": [sym], "since": "2026-01-01"})
+        got = [r[0] for r in conn.execute("SELECT volume_spike FROM trade_metrics WHERE symbol = %s ORDER BY window_start",
+                                          (sym,))]
+    assert got == [False, False, False, False, True, False, True]
