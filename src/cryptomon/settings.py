@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         Path(".cryptomon"),
         description="Folder holding the local stack's data and logs (Kafka log dirs, PostgreSQL cluster).",
     )
+    disk_min_free_mb: int = Field(
+        100, ge=0,
+        description="Below this many MB free on the state folder's disk the ingestion disconnects and the worker "
+                    "stops inserting until there is room again, so that Kafka and PostgreSQL never hit a full "
+                    "disk (0: off).",
+    )
     deps_dir: Path = Field(
         default_factory=default_deps_dir,
         description="Folder where `scripts/setup.sh` put the Kafka and Spark connector jars.",

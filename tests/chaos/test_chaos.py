@@ -158,3 +158,56 @@ def test_exchange_dropped_stalled_and_malformed_under_load(chaos_stack):
     assert stats["drops"] == 3 and stats["malformed_sent"] == 5  # a fault counts once a client received it
     assert health["reconnects"] >= 4 and health["events_backfilled"] > 0  # 3 drops + the stall
     assert sum(health["dead_letters"].values()) == 5  # the malformed frames
+
+
+def test_state_folder_disk_nearly_full(small_disk_stack):
+    """The state folder's disk filled to below CRYPTOMON_DISK_MIN_FREE_MB while the exchange streams: the
+    ingestion disconnects and the worker holds its inserts, each saying why on /health and in its log;
+    `services up` refuses with the same reason; Kafka and PostgreSQL never run out of space (same
+    processes throughout). Once room is made, everything resumes by itself and every trade is stored
+    exactly once (the ones streamed meanwhile backfilled), bookTickers as received."""
+    from cryptomon.diskguard import MB
+    from cryptomon.services.local import ServiceError, stack_up
+
+    stack = small_disk_stack
+    symbols = tuple(f"DF{uuid.uuid4().hex[:4].upper()}{i}USDT" for i in range(2))
+    port = free_port()
+    env = sim_env(stack, port, symbols, CRYPTOMON_DISK_MIN_FREE_MB=64, CRYPTOMON_BACKOFF_INITIAL=0.2,
+                  CRYPTOMON_BACKOFF_MAX=1, CRYPTOMON_DB_RETRY_MAX=1)
+    base = f"http://127.0.0.1:{port}"
+    ingest_health = f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}/health"
+    worker_health = f"http://127.0.0.1:{env['CRYPTOMON_WORKER_HEALTH_PORT']}/health"
+    broker, db = KafkaBroker(stack), TimescaleDB(stack)
+    pids = (broker.pid(), db.pid())
+    filler = stack.state_dir / "filler"
+    with running("chaos-disk-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "2000"], env), \
+            running("chaos-disk-ingest", ["ingest"], env) as ingest, running("chaos-disk-worker", ["worker"], env) as worker:
+        wait_for(lambda: counts(stack.pg_dsn, symbols)[0] > 200, 90, what="rows flowing")
+        st = os.statvfs(stack.state_dir)
+        with open(filler, "wb") as f:  # leaves 32 MB: below the minimum, far from full
+            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - 32 * MB)
+        ing = wait_json(ingest_health, lambda b: b["disk_full_pauses"] >= 1 and not b["connected"], 30,
+                        "the ingestion to disconnect")
+        wrk = wait_json(worker_health, lambda b: b["paused"] and b["disk_full_pauses"] >= 1, 30,
+                        "the worker to hold its inserts")
+        held = counts(stack.pg_dsn, symbols)
+        with pytest.raises(ServiceError, match="disk nearly full"):
+            stack_up(stack)
+        steps = wait_json(f"{base}/sim/stats", lambda b: True)["symbols"][symbols[0]]["steps"]
+        wait_json(f"{base}/sim/stats", lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 240, 30,
+                  "the exchange to stream on for 3 s while the pipeline waits")
+        assert counts(stack.pg_dsn, symbols) == held  # nothing was written meanwhile
+        assert get_json(ingest_health)[0] == 503 and get_json(worker_health)[0] == 503
+        filler.unlink()
+        stats = wait_json(f"{base}/sim/stats", lambda b: b["done"], 120, "the simulator to finish")
+        want = (expected_rows(stats, symbols)[0], sum(stats["symbols"][s]["sent"]["bookTicker"] for s in symbols))
+        wait_for(lambda: counts(stack.pg_dsn, symbols) == want, 120, interval=0.5, what=f"exactly {want} rows")
+        after = get_json(ingest_health)[1]
+        assert ingest.alive() and worker.alive()
+    assert ing["disk"]["ok"] is False and ing["disk"]["free_mb"] < 64 and ing["disk"]["min_free_mb"] == 64
+    assert wrk["disk"]["ok"] is False and "disk nearly full" in wrk["pause_reason"]
+    assert sum(held) < sum(want) and after["events_backfilled"] > 0
+    assert "disk nearly full" in ingest.log() and "disk nearly full" in worker.log()
+    assert "disk has room again" in ingest.log() and "disk has room again" in worker.log()
+    assert (broker.pid(), db.pid()) == pids  # neither service ran out of space and died
+    assert "Traceback" not in ingest.log() and "Traceback" not in worker.log()

@@ -6,6 +6,7 @@
 A crash anywhere replays from the last committed offsets and the replayed rows are no-ops. A dead
 database pauses consumption (memory stays bounded), is retried with backoff, and the worker resumes by
 itself. A message that cannot become a row goes to `dead_letters` and never blocks its partition.
+A nearly full disk under the local stack pauses it the same way (see `cryptomon.diskguard`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cryptomon.backoff import Backoff
 from cryptomon.consumer.rows import BOOK_TICKER, TRADES, Batch
 from cryptomon.consumer.sink import DatabaseUnavailable, TimescaleSink
+from cryptomon.diskguard import DiskGuard
 from cryptomon.kafka.topics import topic_name
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.worker")
+
+
+class DiskNearlyFull(DatabaseUnavailable):
+    """Inserting more could fill the disk under PostgreSQL: wait, commit nothing."""
 
 
 class Worker:
@@ -35,6 +41,7 @@ class Worker:
         self.table_of = {topic_name("trades"): TRADES, topic_name("book_ticker"): BOOK_TICKER}
         self.batches = {t: Batch(t) for t in (TRADES, BOOK_TICKER)}
         self.sink = TimescaleSink(settings.pg_dsn)
+        self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stop_event = threading.Event()
         self.db_ok = False
         self.paused = False
@@ -44,6 +51,8 @@ class Worker:
         self.rows_inserted = {TRADES: 0, BOOK_TICKER: 0}
         self.dead_letters = 0
         self.db_failures = 0
+        self.disk_pauses = 0
+        self.pause_reason: DatabaseUnavailable | None = None
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": settings.worker_group,
@@ -72,6 +81,11 @@ class Worker:
         self.m_lag = Gauge("cryptomon_worker_consumer_lag", "Messages behind the log end", ["partition"], registry=r)
         self.m_db = Gauge("cryptomon_worker_db_up", "1 when the last database operation succeeded", registry=r)
         self.m_db_fail = Counter("cryptomon_worker_db_failures", "Failed database attempts", registry=r)
+        self.m_disk = Counter("cryptomon_worker_disk_full_pauses", "Flushes held back by a nearly full disk",
+                              registry=r)
+        self.m_disk_free = Gauge("cryptomon_worker_disk_free_bytes", "Free bytes on the state folder's disk",
+                                 registry=r)
+        self.m_disk_free.set_function(self._disk_free)
         port = settings.worker_health_port if health_port is None else health_port
         self.health_server = HealthServer(settings.health_host, port, self.health, r) if port else None
 
@@ -127,12 +141,19 @@ class Worker:
                     self.consumer.poll(0.2)
                     if now < retry_at:
                         continue
-                    if not self.sink.ping():
+                    low = self.disk.check()
+                    if low or not self.sink.ping():
                         retry_at = time.monotonic() + backoff.next_delay()
-                        self._db_failed("database still unavailable")
+                        self._db_failed(DiskNearlyFull(low) if low else DatabaseUnavailable("still unavailable"))
                         continue
-                    log.info("database is back: flushing and resuming")
+                    log.info("%s: flushing and resuming", "disk has room again"
+                             if isinstance(self.pause_reason, DiskNearlyFull) else "database is back")
                     backoff.success(0)
+                elif low := self.disk.check():  # hold off before consuming what could not be written
+                    self._db_failed(DiskNearlyFull(low))
+                    self._pause()
+                    retry_at = time.monotonic() + backoff.next_delay()
+                    continue
                 msgs = [] if self.paused else self.consumer.consume(self.s.flush_max_rows, self.s.worker_poll_timeout)
                 for m in msgs:
                     err = m.error()
@@ -151,7 +172,7 @@ class Worker:
                     if self.paused:
                         self._resume()
                 except DatabaseUnavailable as exc:
-                    self._db_failed(str(exc))
+                    self._db_failed(exc)
                     if not self.paused:
                         self._pause()
                     retry_at = time.monotonic() + backoff.next_delay()
@@ -161,6 +182,8 @@ class Worker:
     def _flush(self, batch: Batch) -> None:
         started = time.monotonic()
         n = len(batch)
+        if low := self.disk.check():
+            raise DiskNearlyFull(low)
         inserted, rejected = self.sink.write(batch.table, batch.rows, batch.poison, batch.dead_letter_for)
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.commit_offsets().items()
                    if (t, p) in self.assigned]
@@ -186,12 +209,18 @@ class Worker:
         self.last_flush = time.monotonic()
         batch.clear()
 
-    def _db_failed(self, why: str) -> None:
+    def _db_failed(self, exc: DatabaseUnavailable) -> None:
+        self.pause_reason = exc
+        if isinstance(exc, DiskNearlyFull):
+            self.disk_pauses += 1
+            self.m_disk.inc()
+            log.error("%s: inserts and consumption paused, nothing committed; resuming when there is room", exc)
+            return
         self.db_ok = False
         self.db_failures += 1
         self.m_db.set(0)
         self.m_db_fail.inc()
-        log.warning("database unavailable (%s): consumption paused, nothing committed", why)
+        log.warning("database unavailable (%s): consumption paused, nothing committed", exc)
 
     def _pause(self) -> None:
         self.paused = True
@@ -199,6 +228,7 @@ class Worker:
 
     def _resume(self) -> None:
         self.paused = False
+        self.pause_reason = None
         self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
 
     def _shutdown(self) -> None:
@@ -207,9 +237,9 @@ class Worker:
             if len(batch):
                 try:
                     self._flush(batch)
-                except DatabaseUnavailable:
-                    log.warning("database unavailable at shutdown: %d messages left uncommitted (replayed on "
-                                "restart)", len(batch))
+                except DatabaseUnavailable as exc:
+                    log.warning("cannot flush at shutdown (%s): %d messages left uncommitted (replayed on "
+                                "restart)", exc, len(batch))
         self.consumer.close()  # leaves the group: partitions move at once
         self.sink.close()
         if self.health_server:
@@ -218,12 +248,19 @@ class Worker:
 
     # ---------------------------------------------------------------- health
 
+    def _disk_free(self) -> float:
+        st = self.disk.status()
+        return float("nan") if st is None else st.free_bytes
+
     def health(self) -> tuple[bool, dict]:
         age = time.monotonic() - self.last_flush
         total_lag = sum(self.lag.values())
         body = {
             "db_reachable": self.db_ok,
             "paused": self.paused,
+            "pause_reason": str(self.pause_reason) if self.pause_reason else None,
+            "disk": self.disk.as_dict(),
+            "disk_full_pauses": self.disk_pauses,
             "consumer_lag": self.lag,
             "consumer_lag_total": total_lag,
             "rows_inserted": self.rows_inserted,

@@ -4,7 +4,8 @@ One persistent WebSocket for every symbol x {trade, aggTrade, bookTicker}. Each 
 `ingestion_timestamp`, validated and produced to `binance.trades` / `binance.book_ticker` with the symbol
 as key. trade and aggTrade ids are consecutive per symbol: a skipped range (after a reconnect, a stall
 or a lost frame) is fetched from the REST API and produced with `"backfilled": true`. Anything that
-cannot be routed goes to the dead-letter topic with its raw bytes and the reason.
+cannot be routed goes to the dead-letter topic with its raw bytes and the reason. On a nearly full disk
+under the local stack it disconnects until there is room again (see `cryptomon.diskguard`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from websockets.asyncio.client import connect
 
 from cryptomon.backoff import Backoff
+from cryptomon.diskguard import DiskGuard, DiskNearlyFull
 from cryptomon.ingestion.events import (
     DUPLICATE,
     LATE,
@@ -66,6 +68,7 @@ class IngestStats:
     backfilled: int = 0
     unfillable: int = 0
     book_ticker_gaps: int = 0
+    disk_pauses: int = 0
 
 
 class _Rotate(Exception):
@@ -88,8 +91,10 @@ class Ingestor:
         self.tracker = SequenceTracker()
         self.recent_book = {s: RecentIds() for s in settings.symbols}
         self.stats = IngestStats()
+        self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stopping = asyncio.Event()
         self._handover: tuple | None = None  # (open replacement connection, its first frame) during a rotation
+        self._disk_low: str | None = None  # why the current connection is being closed for lack of disk
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         port = settings.ingest_health_port if health_port is None else health_port
@@ -146,6 +151,9 @@ class Ingestor:
         try:
             handover = None
             while not self.stopping.is_set():
+                if self.disk.check():
+                    await self._wait_for_disk()
+                    continue
                 started = time.monotonic()
                 session, handover = handover, None
                 try:
@@ -155,6 +163,9 @@ class Ingestor:
                     backoff.success(float("inf"))  # a planned reconnect starts right away
                     self.stats.reconnects += 1
                     continue
+                except DiskNearlyFull:
+                    self.stats.reconnects += 1
+                    continue  # waits for room at the top of the loop
                 except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                     log.warning("connection to %s lost: %s", self.s.binance_ws_url, exc or type(exc).__name__)
                 if self.stopping.is_set():
@@ -176,6 +187,16 @@ class Ingestor:
             if self.health_server:
                 self.health_server.stop()
 
+    async def _wait_for_disk(self) -> None:
+        while not self.stopping.is_set() and self.disk.check():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.disk.interval * 2)
+            except asyncio.TimeoutError:
+                pass
+        if not self.stopping.is_set():
+            log.info("disk has room again (%.0f MB free): reconnecting; the trades missed are backfilled",
+                     self.disk.status().free_bytes / (1 << 20))
+
     def _connect(self):
         return connect(self.url, max_size=self.s.ws_max_frame_bytes, ping_interval=20, ping_timeout=20,
                        open_timeout=10, close_timeout=2, max_queue=4096)
@@ -183,7 +204,7 @@ class Ingestor:
     async def _session(self, handover: tuple | None = None) -> None:
         """One connection: consume until it closes, goes silent, or must be rotated."""
         ws, first = handover if handover else (await self._connect(), None)
-        self._handover = None
+        self._handover = self._disk_low = None
         async with ws:
             if first is not None:
                 self.handle(first)
@@ -201,6 +222,9 @@ class Ingestor:
                     reader.result()  # re-raise _Rotate or connection errors
                     if self._handover:  # the old connection was closed and drained for a handover
                         raise _Rotate("max age", self._handover)
+                    if self._disk_low:  # closed and drained for lack of disk
+                        low, self._disk_low = self._disk_low, None
+                        raise DiskNearlyFull(low)
                 elif watchdog in done:
                     reader.cancel()
                     watchdog.result()
@@ -221,6 +245,13 @@ class Ingestor:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
+            if low := self.disk.check():
+                st.disk_pauses += 1
+                log.error("%s: disconnecting from the exchange until there is room (trades missed meanwhile are "
+                          "backfilled then; bookTicker updates are not)", low)
+                self._disk_low = low
+                await ws.close()
+                await asyncio.Event().wait()  # the reader drains what was received and ends the session
             if now - st.last_message > self.s.ws_stale_after:
                 log.warning("no data for %.0fs: treating the connection as dead", now - st.last_message)
                 await ws.close()
@@ -330,8 +361,10 @@ class Ingestor:
             "delivery_failures": self.sink.delivery_failures,
             "dead_letters": dict(st.dead_letters),
             "kafka_last_error": self.sink.last_error,
+            "disk": self.disk.as_dict(),
+            "disk_full_pauses": st.disk_pauses,
         }
-        ok = st.connected and since is not None and since < self.s.ws_stale_after and not kafka_error_recent
+        ok = self.disk.check() is None and st.connected and since is not None and since < self.s.ws_stale_after and not kafka_error_recent
         return ok, body
 
 
@@ -361,12 +394,16 @@ class _Collector:
             ("ids_unfillable", "Missing ids that could not be backfilled", st.unfillable),
             ("book_ticker_gaps", "bookTicker gaps (reconnects) per symbol", st.book_ticker_gaps),
             ("delivery_failures", "Kafka delivery failures (each retried)", ing.sink.delivery_failures),
+            ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", st.disk_pauses),
         ):
             yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
         yield GaugeMetricFamily("cryptomon_ingest_connected", "1 while the WebSocket is connected", value=int(st.connected))
         since = time.monotonic() - st.last_message if st.last_message else float("nan")
         yield GaugeMetricFamily("cryptomon_ingest_seconds_since_last_message", "Age of the last frame", value=since)
         yield GaugeMetricFamily("cryptomon_ingest_producer_queue", "Messages waiting in the producer", value=ing.sink.queued())
+        disk = ing.disk.status()
+        yield GaugeMetricFamily("cryptomon_ingest_disk_free_bytes", "Free bytes on the state folder's disk",
+                                value=float("nan") if disk is None else disk.free_bytes)
 
 
 def main(settings: Settings) -> None:

@@ -376,8 +376,12 @@ def services(settings: Settings) -> list[KafkaBroker | TimescaleDB]:
 def stack_up(settings: Settings, report=lambda msg: None) -> None:
     """Start what is not running, wait for it, then create the topics and apply the schema."""
     from cryptomon.db.migrate import migrate
+    from cryptomon.diskguard import DiskGuard
     from cryptomon.kafka.topics import ensure_topics
 
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if low := DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb).check():
+        raise ServiceError(f"{low}: make room before starting Kafka and TimescaleDB there")
     for svc in services(settings):
         already = svc.running()
         svc.start()
