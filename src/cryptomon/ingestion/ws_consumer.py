@@ -364,7 +364,8 @@ class Ingestor:
             "disk": self.disk.as_dict(),
             "disk_full_pauses": st.disk_pauses,
         }
-        ok = self.disk.check() is None and st.connected and since is not None and since < self.s.ws_stale_after and not kafka_error_recent
+        ok = (st.connected and since is not None and since < self.s.ws_stale_after and not kafka_error_recent
+              and self.disk.check() is None)
         return ok, body
 
 
