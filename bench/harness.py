@@ -134,10 +134,12 @@ def render(report: dict) -> str:
                   f"{x['seconds'] / 60:.0f} minutes, memory sampled every 10 s; measured "
                   f"{fmt(x['measured_events_per_second'])} events/s, raw rows p50 {fmt(raw['p50_ms'], ' ms')} / "
                   f"p99 {fmt(raw['p99_ms'], ' ms')}, consumer lag max {fmt(lag['max'])} / mean {fmt(lag['mean'])}.", "",
-                  "| process tree | CPU (cores) | peak RSS (MiB) | RSS growth, last quarter vs. second (MiB) |",
-                  "| --- | --- | --- | --- |"]
-        lines += [f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {x['rss_growth_mb'][n]:+g} |"
-                  for n in x["cpu_cores"]]
+                  "| process tree | CPU (cores) | peak RSS (MiB) | RSS growth, last quarter vs. second (MiB) | bound (MiB) |",
+                  "| --- | --- | --- | --- | --- |"]
+        bounds = soak.get("rss_bounds_mb", {})
+        lines += [f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {x['rss_growth_mb'][n]:+g} | "
+                  f"{bounds.get(n, 'none')} |" for n in x["cpu_cores"]]
+        lines += ["", " ".join(soak[k] + "." for k in ("rss_bounds_note", "goals_reevaluated") if soak.get(k))]
         lines += ["", f"Consumer lag trend (last quarter vs. second): {fmt(x['lag_trend'])}; every event stored "
                   f"exactly once: {fmt(x['accounting']['exact'])} ({x['accounting']['stored']}).", ""]
     lines += ["## Goals", "", "| benchmark | goal | met |", "| --- | --- | --- |"]
