@@ -44,6 +44,7 @@ class Proc:
 
     def __init__(self, name: str, args: list[str], env: dict):
         ARTIFACTS.mkdir(exist_ok=True)
+        self.env = env
         self.log_path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen([sys.executable, "-m", "cryptomon.cli", *args], env=env, stdout=self._log,

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         "", description="Optional Binance API key, sent with the REST backfill requests (never logged)."
     )
     ingest_health_port: int = Field(8081, ge=0, le=65535, description="Ingestion's /health and /metrics port.")
+    resume_max_gap: int = Field(
+        1_000_000, ge=0,
+        description="At start, continue each symbol's trade/aggTrade ids after the last ones in Kafka, so that "
+                    "trades streamed while the ingestion was down are backfilled over REST, when no more than "
+                    "this many ids are missing (0: start afresh).",
+    )
     ws_stale_after: float = Field(
         30.0, gt=0, description="Seconds without any frame after which the WebSocket is treated as dead."
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
+import uuid
 from collections import Counter, defaultdict
 
 import pytest
@@ -107,6 +109,34 @@ def test_server_drop_and_stall_are_backfilled(stack):
     backfilled = sum(1 for events in streams.values() for d in events if d.get("backfilled"))
     assert backfilled == health["events_backfilled"]
     assert health["book_ticker_gaps"] >= 3  # counted per symbol and reconnect, cannot be backfilled
+
+
+def test_ingestion_killed_and_restarted_backfills_what_it_missed(stack):
+    """kill -9 of the ingestion mid-stream (its producer queue lost with it), the exchange streaming on
+    while it is down: the restarted ingestion continues after the last ids in Kafka and backfills the
+    rest, so every trade/aggTrade id of the run is in Kafka exactly once."""
+    symbols = tuple(f"RS{uuid.uuid4().hex[:4].upper()}{i}USDT" for i in range(2))
+    tap = TopicTap(stack.kafka_bootstrap, TOPICS)
+    sim, ing, sim_url, health_url = start_pair(stack, steps=1500, rate=150, CRYPTOMON_SYMBOLS=",".join(symbols))
+    with sim, ing as first:
+        wait_json(f"{health_url}/health", lambda b: sum(b["messages_produced"].values()) > 300, 30, "first events")
+        first.stop(signal.SIGKILL)
+        steps = get_json(f"{sim_url}/sim/stats")[1]["symbols"][symbols[0]]["steps"]
+        wait_json(f"{sim_url}/sim/stats", lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 150, 30,
+                  "the exchange to stream on for 2 s without the ingestion")
+        with running("ingest-restarted", ["ingest"], first.env) as second:
+            stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
+            health = wait_json(f"{health_url}/health",
+                               lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0
+                               and b["seconds_since_last_message"] > 0.5, 60, "backfill to complete")
+            tap.drain(quiet=1.5)
+    tap.close()
+    assert health["resumed_from_kafka"] == 2 * len(symbols) and health["baseline_resets"] == 0
+    assert health["events_backfilled"] > 0 and health["ids_unfillable"] == 0
+    assert "resuming after the last ids in Kafka" in second.log()
+    streams = assert_exactly_once(stats, [m for m in tap.messages if decode(m).get("s") in symbols])
+    backfilled = sum(1 for events in streams.values() for d in events if d.get("backfilled"))
+    assert backfilled == health["events_backfilled"]
 
 
 def test_malformed_duplicated_and_reordered_frames(stack):

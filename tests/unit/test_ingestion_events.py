@@ -163,3 +163,36 @@ def test_backoff_doubles_with_jitter_caps_and_resets():
     assert b.attempt == 8  # not stable long enough
     b.success(31.0)
     assert b.attempt == 0 and b.next_delay() <= 1.0
+
+
+def test_tracker_resumes_after_the_previous_runs_last_id():
+    tr = SequenceTracker(max_resume_gap=1000)
+    key = ("BTCUSDT", "trade")
+    tr.seed(key, 500)
+    assert tr.observe(key, 620, now=1.0) == NEW  # streamed while the ingestion was down: 501..619
+    assert tr.pending() == [(key, 501, 619)] and tr.ids_missed == 119 and tr.baseline_resets == 0
+    assert tr.observe(key, 621) == NEW and tr.observe(key, 600) == LATE
+
+
+def test_tracker_does_not_resume_when_ids_started_over_or_the_gap_is_too_long():
+    tr = SequenceTracker(max_resume_gap=1000)
+    over, far = ("SIMUSDT", "trade"), ("BTCUSDT", "aggTrade")
+    tr.seed(over, 1_000_800)
+    tr.seed(far, 1_000_800)
+    assert tr.observe(over, 1_000_000) == NEW  # a restarted simulator: ids begin again
+    assert tr.observe(far, 1_002_000) == NEW  # 1,199 missing > 1,000
+    assert tr.pending() == [] and tr.baseline_resets == 2 and tr.resume_ids_skipped == 1199
+    assert tr.observe(over, 1_000_001) == NEW and tr.observe(over, 1_000_000) == DUPLICATE
+
+
+def test_highest_ids_per_symbol_and_kind_from_kafka_values():
+    from cryptomon.ingestion.resume import highest_ids
+
+    values = [orjson.dumps(v) for v in (
+        {"e": "trade", "s": "BTCUSDT", "t": 10}, {"e": "trade", "s": "BTCUSDT", "t": 12},
+        {"e": "trade", "s": "BTCUSDT", "t": 11, "backfilled": True},  # produced later, older id
+        {"e": "aggTrade", "s": "BTCUSDT", "a": 7}, {"e": "trade", "s": "OTHERUSDT", "t": 99},
+        {"e": "trade", "s": "ETHUSDT", "t": "5"}, {"e": "trade", "s": "ETHUSDT", "t": True},
+    )] + [b"not json", b'{"e": "bookTicker"}']
+    assert highest_ids(values, frozenset({"BTCUSDT", "ETHUSDT"})) == {("BTCUSDT", "trade"): 12,
+                                                                       ("BTCUSDT", "aggTrade"): 7}

@@ -12,12 +12,15 @@ receipt) and, for events fetched over REST after a gap, `"backfilled": true`.
 
 from __future__ import annotations
 
+import logging
 import re
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
 import orjson
+
+log = logging.getLogger("cryptomon.ingestion")
 
 TRADES = "trades"
 BOOK_TICKER = "book_ticker"
@@ -160,6 +163,7 @@ class _Seq:
     # missing ids as sorted, disjoint, inclusive [start, end] intervals, with the time each was found
     gaps: list[list[int]] = field(default_factory=list)
     found_at: dict[int, float] = field(default_factory=dict)  # gap start -> monotonic time found
+    resumed: bool = False  # `last` comes from a previous run (read back from Kafka), not from this stream
 
 
 class SequenceTracker:
@@ -169,24 +173,42 @@ class SequenceTracker:
     Gaps (ids skipped by the stream) stay pending until filled by late arrivals or a backfill.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_resume_gap: int = 1_000_000) -> None:
         self._seqs: dict[tuple[str, str], _Seq] = {}
+        self.max_resume_gap = max_resume_gap
         self.gaps_found = 0
         self.ids_missed = 0
+        self.baseline_resets = 0
+        self.resume_ids_skipped = 0  # ids between a previous run and this one too many to backfill
 
     def last(self, key: tuple[str, str]) -> int | None:
         s = self._seqs.get(key)
         return s.last if s else None
 
     def seed(self, key: tuple[str, str], last: int) -> None:
-        """Start from a known last id (e.g. recovered from Kafka) instead of the first one seen."""
-        self._seqs.setdefault(key, _Seq(last))
+        """Start from a known last id (recovered from Kafka) instead of the first one seen: the ids between
+        it and the first one seen become a gap to backfill."""
+        self._seqs.setdefault(key, _Seq(last, resumed=True))
 
     def observe(self, key: tuple[str, str], seq: int, now: float = 0.0) -> str:
         s = self._seqs.get(key)
         if s is None:
             self._seqs[key] = _Seq(seq)
             return NEW
+        if s.resumed:
+            s.resumed = False
+            if seq <= s.last or seq - s.last - 1 > self.max_resume_gap:
+                # a fresh connection streams only new trades: ids at or below the previous run's last one
+                # mean they started over (a restarted simulator, another exchange); a gap beyond the limit
+                # is another exchange or a downtime too long to backfill
+                if seq > s.last:
+                    self.resume_ids_skipped += seq - s.last - 1
+                log.warning("%s %s: first id %d after %d in the previous run: %s", key[0], key[1], seq, s.last,
+                            "ids started over, not resuming" if seq <= s.last else
+                            f"{seq - s.last - 1} ids missed, more than CRYPTOMON_RESUME_MAX_GAP: not backfilled")
+                self.baseline_resets += 1
+                self._seqs[key] = _Seq(seq)
+                return NEW
         if seq == s.last + 1:
             s.last = seq
             return NEW

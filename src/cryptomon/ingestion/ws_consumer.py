@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 import websockets
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from websockets.asyncio.client import connect
@@ -42,6 +43,7 @@ from cryptomon.ingestion.events import (
     trade_from_rest,
 )
 from cryptomon.ingestion.producer import KafkaSink
+from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.kafka.topics import topic_name
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
@@ -88,12 +90,13 @@ class Ingestor:
         self.topics = {"trades": topic_name("trades"), "book_ticker": topic_name("book_ticker")}
         self.deadletter_topic = topic_name("deadletter")
         self.sink = KafkaSink(settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic)
-        self.tracker = SequenceTracker()
+        self.tracker = SequenceTracker(settings.resume_max_gap)
         self.recent_book = {s: RecentIds() for s in settings.symbols}
         self.stats = IngestStats()
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stopping = asyncio.Event()
         self._handover: tuple | None = None  # (open replacement connection, its first frame) during a rotation
+        self.resumed = 0  # (symbol, kind) streams continued from the ids in Kafka at start
         self._disk_low: str | None = None  # why the current connection is being closed for lack of disk
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -147,6 +150,7 @@ class Ingestor:
         if self.health_server:
             self.health_server.start()
         backoff = Backoff(self.s.backoff_initial, self.s.backoff_max, reset_after=30.0)
+        await self._resume()
         tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._backfill_loop())]
         try:
             handover = None
@@ -186,6 +190,24 @@ class Ingestor:
             log.info("stopped: %d messages produced, %d left undelivered", sum(self.stats.produced.values()), left)
             if self.health_server:
                 self.health_server.stop()
+
+    async def _resume(self) -> None:
+        """Continue each trade/aggTrade stream after the last id the previous run put in Kafka, so that
+        what was streamed while the ingestion was down is backfilled (see cryptomon.ingestion.resume)."""
+        if not self.s.resume_max_gap:
+            return
+        try:
+            last = await asyncio.to_thread(last_ids_in_kafka, self.s.kafka_bootstrap, self.topics["trades"],
+                                           self.symbols)
+        except KafkaException as exc:
+            log.warning("cannot read where the previous run stopped (%s): starting without a baseline", exc)
+            return
+        for key, seq in sorted(last.items()):
+            self.tracker.seed(key, seq)
+        self.resumed = len(last)
+        if last:
+            log.info("resuming after the last ids in Kafka: %s",
+                     ", ".join(f"{sym} {kind} {seq}" for (sym, kind), seq in sorted(last.items())))
 
     async def _wait_for_disk(self) -> None:
         while not self.stopping.is_set() and self.disk.check():
@@ -353,6 +375,9 @@ class Ingestor:
             "late_arrivals": st.late,
             "gaps_found": self.tracker.gaps_found,
             "ids_missed": self.tracker.ids_missed,
+            "resumed_from_kafka": self.resumed,
+            "baseline_resets": self.tracker.baseline_resets,
+            "resume_ids_skipped": self.tracker.resume_ids_skipped,
             "gaps_filled": st.gaps_filled,
             "events_backfilled": st.backfilled,
             "ids_unfillable": st.unfillable,
@@ -393,6 +418,7 @@ class _Collector:
             ("gaps_filled", "Gaps filled from REST", st.gaps_filled),
             ("events_backfilled", "Events fetched from REST", st.backfilled),
             ("ids_unfillable", "Missing ids that could not be backfilled", st.unfillable),
+            ("resume_ids_skipped", "Ids missed between two runs, too many to backfill", ing.tracker.resume_ids_skipped),
             ("book_ticker_gaps", "bookTicker gaps (reconnects) per symbol", st.book_ticker_gaps),
             ("delivery_failures", "Kafka delivery failures (each retried)", ing.sink.delivery_failures),
             ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", st.disk_pauses),

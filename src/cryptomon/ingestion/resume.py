@@ -1,0 +1,71 @@
+"""Where the last run of the ingestion stopped, read back from Kafka.
+
+trade and aggTrade ids are consecutive per symbol, so the highest id of each (symbol, kind) already in
+`binance.trades` tells a restarted ingestion where its stream must continue: seeded with it, the
+sequence tracker sees the ids streamed while the ingestion was down (or lost in its producer queue by a
+kill -9) as a gap, and the backfill fetches them over REST. Only the tail of each partition is read
+(symbols of the same partition interleave): a symbol with nothing among the last `tail` messages of
+its partition starts fresh, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+log = logging.getLogger(__name__)
+
+ID_FIELD = {"trade": "t", "aggTrade": "a"}
+
+
+def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]:
+    """The highest trade/aggTrade id per (symbol, kind) among Kafka message values (bytes); values that
+    are not such events (or not of these symbols) are skipped."""
+    last: dict[tuple[str, str], int] = {}
+    for value in messages:
+        try:
+            d = orjson.loads(value)
+            key, seq = (d["s"], d["e"]), d[ID_FIELD[d["e"]]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if key[0] in symbols and isinstance(seq, int) and not isinstance(seq, bool) and seq > last.get(key, -1):
+            last[key] = seq
+    return last
+
+
+def last_ids_in_kafka(bootstrap: str, topic: str, symbols: frozenset[str], tail: int = 10_000,
+                      timeout: float = 30.0) -> dict[tuple[str, str], int]:
+    """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
+    broker raises KafkaException (the ingestion then starts without a baseline and says so)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"cryptomon-ingestion-resume-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True, "client.id": "cryptomon-resume"})
+    try:
+        parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if parts.error is not None:
+            raise KafkaException(parts.error)
+        start, pending = [], set()
+        for p in parts.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                start.append(TopicPartition(topic, p, max(low, high - tail)))
+                pending.add(p)
+        values = []
+        if start:
+            consumer.assign(start)
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                for m in consumer.consume(1000, 0.5):
+                    if m.error() is None:
+                        values.append(m.value())
+                    elif m.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+            if pending:
+                log.warning("read the tail of %s partitions %s only partly within %.0fs", topic, sorted(pending),
+                            timeout)
+        return highest_ids(values, symbols)
+    finally:
+        consumer.close()
