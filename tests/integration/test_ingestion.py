@@ -60,6 +60,16 @@ def assert_exactly_once(stats: dict, messages) -> dict[tuple[str, str], list[dic
     return streams
 
 
+def finish_and_drain(sim_url: str, health_url: str, tap: TopicTap) -> tuple[dict, dict]:
+    """Wait for the simulator to finish and the ingestion to backfill and deliver everything; read it all."""
+    stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
+    health = wait_json(f"{health_url}/health",
+                       lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0
+                       and b["seconds_since_last_message"] > 0.5, 60, "backfill to complete")
+    tap.drain(quiet=1.5)
+    return stats, health
+
+
 def test_events_arrive_exactly_once_routed_keyed_and_in_order(stack):
     tap = TopicTap(stack.kafka_bootstrap, TOPICS)
     sim, ing, sim_url, health_url = start_pair(stack, steps=400, rate=600)
@@ -98,11 +108,7 @@ def test_server_drop_and_stall_are_backfilled(stack):
         wait_json(f"{health_url}/health", lambda b: b["reconnects"] >= 1 and b["connected"], 30, "reconnect")
         post(f"{sim_url}/sim/stall?seconds=4")  # silent but open: the ingestion must notice by itself
         wait_json(f"{health_url}/health", lambda b: b["reconnects"] >= 2 and b["connected"], 30, "stale reconnect")
-        stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
-        health = wait_json(f"{health_url}/health",
-                           lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0
-                           and b["seconds_since_last_message"] > 0.5, 60, "backfill to complete")
-        tap.drain(quiet=1.5)
+        stats, health = finish_and_drain(sim_url, health_url, tap)
     tap.close()
     assert health["gaps_found"] >= 2 and health["events_backfilled"] > 0 and health["ids_unfillable"] == 0
     streams = assert_exactly_once(stats, tap.messages)
@@ -125,11 +131,7 @@ def test_ingestion_killed_and_restarted_backfills_what_it_missed(stack):
         wait_json(f"{sim_url}/sim/stats", lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 150, 30,
                   "the exchange to stream on for 2 s without the ingestion")
         with running("ingest-restarted", ["ingest"], first.env) as second:
-            stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
-            health = wait_json(f"{health_url}/health",
-                               lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0
-                               and b["seconds_since_last_message"] > 0.5, 60, "backfill to complete")
-            tap.drain(quiet=1.5)
+            stats, health = finish_and_drain(sim_url, health_url, tap)
     tap.close()
     assert health["resumed_from_kafka"] == 2 * len(symbols) and health["baseline_resets"] == 0
     assert health["events_backfilled"] > 0 and health["ids_unfillable"] == 0
