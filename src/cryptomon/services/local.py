@@ -389,6 +389,7 @@ def stack_up(settings: Settings, report=lambda msg: None) -> None:
     result = ensure_topics(settings.kafka_bootstrap)
     report("topics: " + ", ".join(f"{t} ({r})" for t, r in result.items()))
     warm_up_producer_ids(settings.kafka_bootstrap)
+    warm_up_group_coordinator(settings.kafka_bootstrap, settings.worker_group)
     applied = migrate(settings.pg_dsn)
     report(f"schema: {'applied migrations ' + str(applied) if applied else 'up to date'}")
 
@@ -401,6 +402,29 @@ def warm_up_producer_ids(bootstrap: str, timeout: float = 60.0) -> None:
 
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "cryptomon-warm-up"})
     p.init_transactions(timeout)
+
+
+def warm_up_group_coordinator(bootstrap: str, group: str, timeout: float = 60.0) -> None:
+    """Have the broker create and load its group coordinator (the `__consumer_offsets` topic) now, by
+    reading the group's committed offsets, so that the worker's first offset commit on a fresh broker
+    does not wait for it. Writes nothing; harmless when it is loaded already."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from cryptomon.kafka.topics import topic_name
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c.committed([TopicPartition(topic_name("trades"), 0)], timeout=10)
+                return
+            except KafkaException:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS while it loads
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        c.close()
 
 
 def stack_down(settings: Settings, report=lambda msg: None) -> None:
