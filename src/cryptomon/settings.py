@@ -100,11 +100,14 @@ class Settings(BaseSettings):
     # ---- worker
     worker_group: str = Field("binance-buffer", description="Kafka consumer group of the worker.")
     worker_health_port: int = Field(8082, ge=0, le=65535, description="Worker's /health and /metrics port.")
-    flush_max_rows: int = Field(500, ge=1, le=100_000, description="Flush a table's buffer at this many messages.")
+    flush_max_rows: int = Field(500, ge=1, le=100_000, description="Flush a partition's buffer at this many messages.")
     flush_max_seconds: float = Field(2.0, gt=0, description="Flush a buffer at the latest this long after its first message.")
     worker_poll_timeout: float = Field(
         0.05, gt=0, le=5,
         description="Seconds the worker waits for more messages before treating the topic as drained (and flushing).",
+    )
+    worker_writers: int = Field(
+        2, ge=1, le=16, description="Database connections writing batches side by side (a partition's one by one)."
     )
     db_retry_max: float = Field(10.0, gt=0, description="Longest wait between database retries while it is down.")
     # ---- Spark job and alert rules (the Grafana alerts read the same values)

@@ -40,10 +40,22 @@ def test_batch_flush_triggers_and_offsets():
     assert b.due(101.0, 5, 2.0, drained=True)  # topic drained
     assert b.commit_offsets() == {("binance.trades", 0): 12, ("binance.trades", 1): 5}
     assert b.dead_letter_for(1, "boom") == ("binance.trades", 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
-    assert b.drop_partitions({("binance.trades", 0)}) == 2
-    assert b.commit_offsets() == {("binance.trades", 1): 5} and not b.rows
     b.clear()
     assert len(b) == 0 and b.started is None
+
+
+def test_a_failed_batch_takes_the_newer_messages_back_behind_its_own():
+    older, newer = Batch("trades"), Batch("trades")
+    older.add("binance.trades", 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
+    newer.add("binance.trades", 0, 11, b"k", b"garbage", now=101.0)
+    newer.add("binance.trades", 0, 12, b"k", orjson.dumps(dict(TRADE, t=7)), now=101.5)
+    older.absorb(newer)
+    assert [p[2] for p in older.positions] == [10, 12] and older.poison_positions == [("binance.trades", 0, 11)]
+    assert [r[3] for r in older.rows] == [TRADE["t"], 7] and older.started == 100.0
+    assert older.commit_offsets() == {("binance.trades", 0): 13}
+    empty = Batch("trades")
+    empty.absorb(newer)
+    assert empty.started == 101.0 and len(empty) == 2
 
 
 def test_scripted_events_follow_the_spans():

@@ -109,19 +109,16 @@ class Batch:
                 out[(topic, partition)] = offset + 1
         return out
 
-    def drop_partitions(self, revoked: set[tuple[str, int]]) -> int:
-        """Forget rows from revoked partitions (uncommitted: their new owner replays them)."""
-        keep = [(r, p, w) for r, p, w in zip(self.rows, self.positions, self.raw) if p[:2] not in revoked]
-        keep_poison = [(x, p) for x, p in zip(self.poison, self.poison_positions) if p[:2] not in revoked]
-        dropped = len(self) - len(keep) - len(keep_poison)
-        self.rows = [r for r, _, _ in keep]
-        self.positions = [p for _, p, _ in keep]
-        self.raw = [w for _, _, w in keep]
-        self.poison = [x for x, _ in keep_poison]
-        self.poison_positions = [p for _, p in keep_poison]
-        if not len(self):
-            self.started = None
-        return dropped
+    def absorb(self, newer: Batch) -> None:
+        """Append the messages of a batch buffered after this one (a failed write takes its newer
+        messages back behind its own, so that the retry keeps Kafka's order)."""
+        self.rows += newer.rows
+        self.positions += newer.positions
+        self.raw += newer.raw
+        self.poison += newer.poison
+        self.poison_positions += newer.poison_positions
+        if self.started is None:
+            self.started = newer.started
 
     def clear(self) -> None:
         self.rows, self.positions, self.raw, self.poison, self.poison_positions = [], [], [], [], []

@@ -1,7 +1,9 @@
 """Bulk writes to TimescaleDB: one statement (one round trip) per batch, idempotent.
 
 Each column travels as one array parameter and `unnest` turns the arrays back into rows inside
-PostgreSQL: a single INSERT ... SELECT ... ON CONFLICT DO NOTHING, in its own transaction. Prices and
+PostgreSQL: a single INSERT ... SELECT ... ON CONFLICT DO NOTHING, with the batch's dead letters
+inserted by a data-modifying CTE of the same statement. One statement in autocommit mode is one
+round trip and one transaction: no BEGIN and COMMIT of their own. Prices and
 quantities stay decimal strings until PostgreSQL casts them to NUMERIC; times stay epoch milliseconds
 until PostgreSQL adds them to the epoch: nothing is rounded on the way.
 """
@@ -42,6 +44,10 @@ DEAD_LETTER_SQL = (
     "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bytea[], %s::bytea[], %s::text[]) "
     "ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
 )
+DEAD_LETTER_COLUMNS = 6
+
+# rows and dead letters of a batch, atomically, in one statement; the row count is the table's
+WRITE_SQL = {table: f"WITH dead AS ({DEAD_LETTER_SQL}) {sql}" for table, sql in INSERT_SQL.items()}
 
 # errors caused by the data of a row, not by the database being unavailable
 ROW_ERRORS = (errors.DataError, errors.IntegrityError)
@@ -107,14 +113,10 @@ class TimescaleSink:
             raise DatabaseUnavailable(str(exc).strip()) from None
 
     def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
-        with self.conn.transaction():
-            inserted = 0
-            if rows:
-                cur = self.conn.execute(INSERT_SQL[table], [list(col) for col in zip(*rows)])
-                inserted = cur.rowcount
-            if dead:
-                self.conn.execute(DEAD_LETTER_SQL, [list(col) for col in zip(*dead)])
-        return inserted
+        if not dead:
+            return self.conn.execute(INSERT_SQL[table], _columns(rows, INSERT_SQL[table].count("%s"))).rowcount
+        return self.conn.execute(WRITE_SQL[table], _columns(dead, DEAD_LETTER_COLUMNS)
+                                 + _columns(rows, INSERT_SQL[table].count("%s"))).rowcount
 
     def _bisect(self, table: str, rows: list[tuple]) -> list[tuple[int, str]]:
         """Indexes (and errors) of the rows PostgreSQL rejects; nothing is written."""
@@ -123,7 +125,7 @@ class TimescaleSink:
         def probe(lo: int, hi: int) -> None:
             try:
                 with self.conn.transaction(force_rollback=True):
-                    self.conn.execute(INSERT_SQL[table], [list(col) for col in zip(*rows[lo:hi])])
+                    self.conn.execute(INSERT_SQL[table], _columns(rows[lo:hi], INSERT_SQL[table].count("%s")))
             except ROW_ERRORS as exc:
                 if hi - lo == 1:
                     bad.append((lo, str(exc).strip().splitlines()[0]))
@@ -134,3 +136,8 @@ class TimescaleSink:
 
         probe(0, len(rows))
         return bad
+
+
+def _columns(rows: list[tuple], n: int) -> list[list]:
+    """Rows as n column arrays (n empty arrays for no rows)."""
+    return [list(col) for col in zip(*rows)] if rows else [[] for _ in range(n)]

@@ -1,7 +1,17 @@
 """`cryptomon worker`: Kafka -> TimescaleDB, crash-safe, exactly one row per event.
 
-    consume -> buffer per table -> flush (N rows | T seconds | topic drained) -> one INSERT per batch
-    (ON CONFLICT DO NOTHING) -> commit the Kafka offsets, synchronously, only after the database commit.
+    consume -> buffer per partition -> flush (N messages | T seconds | topic drained) -> one INSERT per
+    batch (ON CONFLICT DO NOTHING) -> commit the Kafka offsets, synchronously, only after the database
+    commit.
+
+Batches are written by a pool of writers (CRYPTOMON_WORKER_WRITERS threads, a database connection
+each) while the main thread consumes and parses the next ones: PostgreSQL works on several batches
+at once instead of taking turns with Python. Batches of one partition may be written at the same
+time, but their offsets are committed strictly in the partition's order: a batch's offsets only once
+it and every earlier batch of its partition are in the database. A failed write takes the partition's
+later batches (written or not) and its newer buffered messages back behind its own, and is retried
+first; rows already written are no-ops the second time. (Two such writes could deadlock only on
+replayed duplicates in opposite orders; PostgreSQL then aborts one, which is retried like an outage.)
 
 A crash anywhere replays from the last committed offsets and the replayed rows are no-ops. A dead
 database pauses consumption (memory stays bounded), is retried with backoff, and the worker resumes by
@@ -15,6 +25,9 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,22 +43,50 @@ from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.worker")
 
+Partition = tuple[str, int]  # (topic, partition)
+
+# Offsets of written batches are committed together, at most this often (a synchronous commit is a
+# broker round trip of a few ms; per batch it would take more time than parsing the batch). Rebalances,
+# pauses and shutdown commit at once. What a crash leaves uncommitted is replayed as no-ops.
+COMMIT_INTERVAL_S = 0.2
+
 
 class DiskNearlyFull(DatabaseUnavailable):
     """Inserting more could fill the disk under PostgreSQL: wait, commit nothing."""
+
+
+@dataclass
+class Writer:
+    """A thread and the database connection only it uses (and the main thread while none is writing)."""
+
+    sink: TimescaleSink
+    thread: ThreadPoolExecutor
+
+
+@dataclass
+class Flight:
+    batch: Batch
+    future: Future
+    writer: Writer
 
 
 class Worker:
     def __init__(self, settings: Settings, health_port: int | None = None):
         self.s = settings
         self.table_of = {topic_name("trades"): TRADES, topic_name("book_ticker"): BOOK_TICKER}
-        self.batches = {t: Batch(t) for t in (TRADES, BOOK_TICKER)}
-        self.sink = TimescaleSink(settings.pg_dsn)
+        self.batches: dict[Partition, Batch] = {}
+        self.writers = [Writer(TimescaleSink(settings.pg_dsn), ThreadPoolExecutor(1, f"cryptomon-db-writer-{i}"))
+                        for i in range(settings.worker_writers)]
+        self.idle = list(self.writers)
+        self.in_flight: dict[Partition, deque[Flight]] = {}  # per partition, in Kafka's order
+        self.to_commit: dict[Partition, int] = {}
+        self.last_commit = 0.0
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stop_event = threading.Event()
         self.db_ok = False
         self.paused = False
-        self.assigned: set[tuple[str, int]] = set()
+        self.retry_at = 0.0
+        self.assigned: set[Partition] = set()
         self.lag: dict[str, int] = {}
         self.last_flush = time.monotonic()
         self.rows_inserted = {TRADES: 0, BOOK_TICKER: 0}
@@ -76,7 +117,7 @@ class Worker:
         self.m_dead = Counter("cryptomon_worker_dead_letters", "Messages sent to dead_letters", ["table"], registry=r)
         self.m_batch = Histogram("cryptomon_worker_batch_size", "Messages per flushed batch", ["table"], registry=r,
                                  buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
-        self.m_flush = Histogram("cryptomon_worker_flush_seconds", "Insert + offset commit latency", ["table"],
+        self.m_flush = Histogram("cryptomon_worker_flush_seconds", "Database write latency per batch", ["table"],
                                  registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.m_lag = Gauge("cryptomon_worker_consumer_lag", "Messages behind the log end", ["partition"], registry=r)
         self.m_db = Gauge("cryptomon_worker_db_up", "1 when the last database operation succeeded", registry=r)
@@ -113,13 +154,13 @@ class Worker:
         (the next owner replays it). Never commit rows that are not in the database."""
         revoked = {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(f"{t}/{p}" for t, p in revoked))
-        for batch in self.batches.values():
-            if any(pos[:2] in revoked for pos in batch.positions + batch.poison_positions):
-                try:
-                    self._flush(batch)
-                except DatabaseUnavailable:
-                    dropped = batch.drop_partitions(revoked)
-                    log.warning("database unavailable during rebalance: %d buffered messages left uncommitted", dropped)
+        self._settle()
+        left = self._flush_all(revoked & self.batches.keys())
+        if left:
+            log.warning("database unavailable during rebalance: %d buffered messages left uncommitted", left)
+        for tp in revoked:
+            self.batches.pop(tp, None)  # the next owner replays what was not written
+        self._commit()
         self.assigned -= revoked
 
     # ---------------------------------------------------------------- main loop
@@ -131,68 +172,113 @@ class Worker:
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
-        retry_at = 0.0
-        log.info("worker consuming %s as group %s", topics, self.s.worker_group)
+        log.info("worker consuming %s as group %s with %d database writers", topics, self.s.worker_group,
+                 len(self.writers))
         try:
             while not self.stop_event.is_set():
-                now = time.monotonic()
-                if self.paused:
-                    # stay in the group (poll serves rebalances and heartbeats) without fetching more
-                    self.consumer.poll(0.2)
-                    if now < retry_at:
-                        continue
-                    low = self.disk.check()
-                    if low or not self.sink.ping():
-                        retry_at = time.monotonic() + backoff.next_delay()
-                        self._db_failed(DiskNearlyFull(low) if low else DatabaseUnavailable("still unavailable"))
-                        continue
-                    log.info("%s: flushing and resuming", "disk has room again"
-                             if isinstance(self.pause_reason, DiskNearlyFull) else "database is back")
-                    backoff.success(0)
-                elif low := self.disk.check():  # hold off before consuming what could not be written
-                    self._db_failed(DiskNearlyFull(low))
-                    self._pause()
-                    retry_at = time.monotonic() + backoff.next_delay()
-                    continue
-                msgs = [] if self.paused else self.consumer.consume(self.s.flush_max_rows, self.s.worker_poll_timeout)
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("kafka: %s", err)
-                        continue
-                    self.batches[self.table_of[m.topic()]].add(m.topic(), m.partition(), m.offset(), m.key(),
-                                                              m.value(), now)
-                drained = len(msgs) < self.s.flush_max_rows
                 try:
-                    for batch in self.batches.values():
-                        if batch.due(time.monotonic(), self.s.flush_max_rows, self.s.flush_max_seconds,
-                                     drained or self.paused):
-                            self._flush(batch)
-                    if self.paused:
-                        self._resume()
+                    self._step(backoff)
                 except DatabaseUnavailable as exc:
+                    self._settle()
+                    self._commit()
                     self._db_failed(exc)
                     if not self.paused:
                         self._pause()
-                    retry_at = time.monotonic() + backoff.next_delay()
+                    self.retry_at = time.monotonic() + backoff.next_delay()
         finally:
             self._shutdown()
 
-    def _flush(self, batch: Batch) -> None:
-        started = time.monotonic()
-        n = len(batch)
+    def _step(self, backoff: Backoff) -> None:
+        """One turn of the loop. A DatabaseUnavailable out of it pauses consumption."""
+        now = time.monotonic()
+        if self.paused:  # nothing in flight: every writer is idle
+            # stay in the group (poll serves rebalances and heartbeats) without fetching more
+            self.consumer.poll(0.2)
+            if now < self.retry_at:
+                return
+            if low := self.disk.check():
+                raise DiskNearlyFull(low)
+            if not self.writers[0].sink.ping():
+                raise DatabaseUnavailable("still unavailable")
+            log.info("%s: flushing and resuming", "disk has room again"
+                     if isinstance(self.pause_reason, DiskNearlyFull) else "database is back")
+            backoff.success(0)
+        elif low := self.disk.check():  # hold off before consuming what could not be written
+            raise DiskNearlyFull(low)
+        msgs = [] if self.paused else self.consumer.consume(self.s.flush_max_rows, self.s.worker_poll_timeout)
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka: %s", err)
+                continue
+            tp = (m.topic(), m.partition())
+            batch = self.batches.get(tp)
+            if batch is None:
+                batch = self.batches[tp] = Batch(self.table_of[tp[0]])
+            batch.add(tp[0], tp[1], m.offset(), m.key(), m.value(), now)
+        drained = len(msgs) < self.s.flush_max_rows
+        self._reap()
+        for tp, batch in list(self.batches.items()):
+            if batch.due(time.monotonic(), self.s.flush_max_rows, self.s.flush_max_seconds, drained or self.paused):
+                while not self.idle:  # a writer is freed when its batch heads its partition's queue
+                    busy = [f.future for q in self.in_flight.values() for f in q if not f.future.done()]
+                    wait(busy, return_when=FIRST_COMPLETED)
+                    self._reap()
+                self._submit(tp)
+        if self.paused:
+            self._settle(raise_first=True)
+            self._resume()
+        if time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+            self._commit()
+
+    # ---------------------------------------------------------------- writing
+
+    def _submit(self, tp: Partition) -> None:
+        """Seal the partition's buffer and hand it to an idle writer; the partition buffers anew."""
         if low := self.disk.check():
             raise DiskNearlyFull(low)
-        inserted, rejected = self.sink.write(batch.table, batch.rows, batch.poison, batch.dead_letter_for)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.commit_offsets().items()
-                   if (t, p) in self.assigned]
-        if offsets:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                # the rows are in the database; a replay of these offsets will be a no-op
-                log.warning("offset commit failed (%s): the batch may be replayed, harmlessly", exc)
+        batch = self.batches.pop(tp)
+        writer = self.idle.pop()
+        flight = Flight(batch, writer.thread.submit(self._write, writer.sink, batch), writer)
+        self.in_flight.setdefault(tp, deque()).append(flight)
+
+    @staticmethod
+    def _write(sink: TimescaleSink, batch: Batch) -> tuple[int, list[tuple], float]:  # on a writer thread
+        started = time.monotonic()
+        inserted, rejected = sink.write(batch.table, batch.rows, batch.poison, batch.dead_letter_for)
+        return inserted, rejected, time.monotonic() - started
+
+    def _reap(self) -> None:
+        """Take in the written batches that head their partition's queue: stage their offsets for the
+        next commit and free their writers. A batch that failed goes back in front of its partition's
+        buffer, with the partition's later batches, and DatabaseUnavailable is raised."""
+        for tp in list(self.in_flight):
+            queue = self.in_flight[tp]
+            while queue and queue[0].future.done():
+                self._land(tp, queue)
+            if not queue:
+                del self.in_flight[tp]
+
+    def _land(self, tp: Partition, queue: deque[Flight]) -> None:
+        flight = queue.popleft()
+        self.idle.append(flight.writer)
+        batch = flight.batch
+        try:
+            inserted, rejected, seconds = flight.future.result()
+        except DatabaseUnavailable:
+            wait([f.future for f in queue])  # whatever they did is redone (as no-ops) after this one
+            for later in queue:
+                self.idle.append(later.writer)
+                batch.absorb(later.batch)
+            queue.clear()
+            del self.in_flight[tp]
+            if tp in self.batches:
+                batch.absorb(self.batches[tp])
+            self.batches[tp] = batch
+            raise
+        for key, offset in batch.commit_offsets().items():
+            self.to_commit[key] = max(offset, self.to_commit.get(key, 0))
         dead = len(batch.poison) + len(rejected)
         if dead:
             log.warning("%d %s messages sent to dead_letters", dead, batch.table)
@@ -202,12 +288,48 @@ class Worker:
         self.dead_letters += dead
         self.m_rows.labels(batch.table).inc(inserted)
         self.m_dead.labels(batch.table).inc(dead)
-        self.m_batch.labels(batch.table).observe(n)
-        self.m_flush.labels(batch.table).observe(time.monotonic() - started)
+        self.m_batch.labels(batch.table).observe(len(batch))
+        self.m_flush.labels(batch.table).observe(seconds)
         self.m_db.set(1)
         self.db_ok = True
         self.last_flush = time.monotonic()
-        batch.clear()
+
+    def _settle(self, raise_first: bool = False) -> None:
+        """Wait for every batch in flight and take them in; failed ones go back to their buffers.
+        Afterwards every writer is idle. With raise_first, the first failure is raised then."""
+        wait([f.future for q in self.in_flight.values() for f in q])
+        failure = None
+        while self.in_flight:
+            try:
+                self._reap()
+            except DatabaseUnavailable as exc:
+                failure = failure or exc
+        if failure and raise_first:
+            raise failure
+
+    def _flush_all(self, partitions: set[Partition]) -> int:
+        """Write these partitions' buffers now, one after the other (nothing in flight), and stage their
+        offsets. Stops at the first failure (no connect timeout per partition); returns the number of
+        messages left in their buffers."""
+        for tp in sorted(partitions):
+            try:
+                self._submit(tp)
+                self._settle(raise_first=True)
+            except DatabaseUnavailable:
+                break
+        return sum(len(self.batches[tp]) for tp in partitions if tp in self.batches)
+
+    def _commit(self) -> None:
+        """Commit, synchronously, the offsets of the batches that are in the database."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.to_commit.items() if (t, p) in self.assigned]
+        self.to_commit.clear()
+        self.last_commit = time.monotonic()
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                # the rows are in the database; a replay of these offsets will be a no-op
+                log.warning("offset commit failed (%s): the batches may be replayed, harmlessly", exc)
 
     def _db_failed(self, exc: DatabaseUnavailable) -> None:
         self.pause_reason = exc
@@ -233,15 +355,15 @@ class Worker:
 
     def _shutdown(self) -> None:
         log.info("stopping: flushing buffered rows")
-        for batch in self.batches.values():
-            if len(batch):
-                try:
-                    self._flush(batch)
-                except DatabaseUnavailable as exc:
-                    log.warning("cannot flush at shutdown (%s): %d messages left uncommitted (replayed on "
-                                "restart)", exc, len(batch))
+        self._settle()  # a failed batch goes back to its buffer and is tried once more
+        if left := self._flush_all(set(self.batches)):
+            log.warning("cannot flush at shutdown (database unavailable): %d messages left uncommitted "
+                        "(replayed on restart)", left)
+        self._commit()
+        for w in self.writers:
+            w.thread.shutdown()
+            w.sink.close()
         self.consumer.close()  # leaves the group: partitions move at once
-        self.sink.close()
         if self.health_server:
             self.health_server.stop()
         log.info("stopped: %s rows inserted, %d dead letters", self.rows_inserted, self.dead_letters)
@@ -265,7 +387,9 @@ class Worker:
             "consumer_lag_total": total_lag,
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
-            "buffered": {t: len(b) for t, b in self.batches.items()},
+            "buffered": {t: sum(len(b) for b in list(self.batches.values()) if b.table == t) for t in self.rows_inserted},
+            "writing": sum(len(f.batch) for q in list(self.in_flight.values()) for f in list(q)),
+            "writers": len(self.writers),
             "last_flush_seconds_ago": round(age, 3),
             "db_failures": self.db_failures,
             "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
