@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         description="Seconds the worker waits for more messages before treating the topic as drained (and flushing).",
     )
     worker_writers: int = Field(
-        2, ge=1, le=16, description="Database connections writing batches side by side (a partition's one by one)."
+        2, ge=1, le=16, description="Database connections writing batches side by side."
     )
     db_retry_max: float = Field(10.0, gt=0, description="Longest wait between database retries while it is down.")
     # ---- Spark job and alert rules (the Grafana alerts read the same values)

@@ -119,7 +119,3 @@ class Batch:
         self.poison_positions += newer.poison_positions
         if self.started is None:
             self.started = newer.started
-
-    def clear(self) -> None:
-        self.rows, self.positions, self.raw, self.poison, self.poison_positions = [], [], [], [], []
-        self.started = None
