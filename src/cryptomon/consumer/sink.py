@@ -44,7 +44,9 @@ DEAD_LETTER_SQL = (
     "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bytea[], %s::bytea[], %s::text[]) "
     "ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
 )
-DEAD_LETTER_COLUMNS = 6
+# parameters (column arrays) of each statement
+COLUMNS = {table: sql.count("%s") for table, sql in INSERT_SQL.items()}
+DEAD_LETTER_COLUMNS = DEAD_LETTER_SQL.count("%s")
 
 # rows and dead letters of a batch, atomically, in one statement; the row count is the table's
 WRITE_SQL = {table: f"WITH dead AS ({DEAD_LETTER_SQL}) {sql}" for table, sql in INSERT_SQL.items()}
@@ -114,9 +116,9 @@ class TimescaleSink:
 
     def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
         if not dead:
-            return self.conn.execute(INSERT_SQL[table], _columns(rows, INSERT_SQL[table].count("%s"))).rowcount
+            return self.conn.execute(INSERT_SQL[table], _columns(rows, COLUMNS[table])).rowcount
         return self.conn.execute(WRITE_SQL[table], _columns(dead, DEAD_LETTER_COLUMNS)
-                                 + _columns(rows, INSERT_SQL[table].count("%s"))).rowcount
+                                 + _columns(rows, COLUMNS[table])).rowcount
 
     def _bisect(self, table: str, rows: list[tuple]) -> list[tuple[int, str]]:
         """Indexes (and errors) of the rows PostgreSQL rejects; nothing is written."""
@@ -125,7 +127,7 @@ class TimescaleSink:
         def probe(lo: int, hi: int) -> None:
             try:
                 with self.conn.transaction(force_rollback=True):
-                    self.conn.execute(INSERT_SQL[table], _columns(rows[lo:hi], INSERT_SQL[table].count("%s")))
+                    self.conn.execute(INSERT_SQL[table], _columns(rows[lo:hi], COLUMNS[table]))
             except ROW_ERRORS as exc:
                 if hi - lo == 1:
                     bad.append((lo, str(exc).strip().splitlines()[0]))
