@@ -387,7 +387,8 @@ class Worker:
             "consumer_lag_total": total_lag,
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
-            "buffered": {t: sum(len(b) for b in list(self.batches.values()) if b.table == t) for t in self.rows_inserted},
+            "buffered": {t: sum(len(b) for b in list(self.batches.values()) if b.table == t)
+                         for t in self.table_of.values()},
             "writing": sum(len(f.batch) for q in list(self.in_flight.values()) for f in list(q)),
             "writers": len(self.writers),
             "last_flush_seconds_ago": round(age, 3),

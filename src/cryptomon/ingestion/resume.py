@@ -17,6 +17,8 @@ import uuid
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from cryptomon.ingestion.events import _is_type
+
 log = logging.getLogger(__name__)
 
 ID_FIELD = {"trade": "t", "aggTrade": "a"}
@@ -32,7 +34,7 @@ def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]
             key, seq = (d["s"], d["e"]), d[ID_FIELD[d["e"]]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
-        if key[0] in symbols and isinstance(seq, int) and not isinstance(seq, bool) and seq > last.get(key, -1):
+        if key[0] in symbols and _is_type(seq, int) and seq > last.get(key, -1):
             last[key] = seq
     return last
 
