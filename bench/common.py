@@ -35,8 +35,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def env_for(settings: Settings, **extra) -> dict:
-    env = {**os.environ, "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CRYPTOMON_PG_DSN": settings.pg_dsn,
-           "CRYPTOMON_STATE_DIR": str(settings.state_dir), "CRYPTOMON_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CRYPTOMON_PG_DSN": settings.pg_dsn,
+        "CRYPTOMON_STATE_DIR": str(settings.state_dir),
+        "CRYPTOMON_LOG_LEVEL": "WARNING",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -67,8 +72,12 @@ class TopicCounter:
 def machine() -> dict:
     import pyspark
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "pyspark": pyspark.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pyspark": pyspark.__version__,
+    }
 
 
 def emit(result: dict, out: Path | None = None) -> None:

@@ -20,6 +20,7 @@ after window close. `--soak` runs one rate for a long time and samples memory ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,9 +32,9 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_stack, emit, env_for, machine, spawn, wait  # noqa: E402
+from common import bench_stack, emit, env_for, machine, spawn, wait
 
-from cryptomon.services.local import KafkaBroker, TimescaleDB  # noqa: E402
+from cryptomon.services.local import KafkaBroker, TimescaleDB
 
 # RSS growth allowed over the soak, MiB per process tree (last quarter of the run against its second).
 # The pipeline's own processes must stay flat. The services may grow into the caches they are configured
@@ -41,10 +42,12 @@ from cryptomon.services.local import KafkaBroker, TimescaleDB  # noqa: E402
 # Kafka's JVM its heap (512 MB). The simulator is the exchange, not the pipeline: it keeps every trade it
 # streamed to serve the REST backfill (as Binance keeps its history), so it is reported, not bounded.
 SOAK_RSS_BOUND_MB = {"ingest": 50, "worker": 50, "spark": 50, "kafka": 512, "postgres": 256}
-SOAK_RSS_BOUNDS_NOTE = ("Bounds: the pipeline's own processes stay within 50 MiB; PostgreSQL and Kafka within the "
-                        "caches they are configured with (shared_buffers 256 MB, JVM heap 512 MB). The simulator is "
-                        "the exchange, not the pipeline: it keeps every trade it streamed to serve the REST backfill, "
-                        "so it grows with the run and is not bounded")
+SOAK_RSS_BOUNDS_NOTE = (
+    "Bounds: the pipeline's own processes stay within 50 MiB; PostgreSQL and Kafka within the "
+    "caches they are configured with (shared_buffers 256 MB, JVM heap 512 MB). The simulator is "
+    "the exchange, not the pipeline: it keeps every trade it streamed to serve the REST backfill, "
+    "so it grows with the run and is not bounded"
+)
 EVENTS_PER_STEP = 3.67  # one market step (of one symbol) is ~3.7 events: 1-3 trades, 1 aggTrade, 1 bookTicker
 
 
@@ -78,26 +81,45 @@ def tree_usage(root: int) -> tuple[float, int]:
 
 def percentiles(conn, sql: str) -> dict:
     n, pct = conn.execute(
-        f"SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) FROM ({sql}) x").fetchone()
+        f"SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) FROM ({sql}) x"
+    ).fetchone()
     return {"n": n, "p50_ms": round(pct[0], 1) if n else None, "p99_ms": round(pct[1], 1) if n else None}
 
 
 def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -> dict:
     port, worker_health = 39446, 39447
     with bench_stack() as s:
-        env = env_for(s, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-                      CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=0,
-                      CRYPTOMON_WORKER_HEALTH_PORT=worker_health, CRYPTOMON_SPARK_UI_PORT=0,
-                      CRYPTOMON_WORKER_GROUP=f"bench-e2e-{uuid.uuid4().hex[:6]}",
-                      CRYPTOMON_SPARK_CHECKPOINT_DIR=logs / f"ckpt-{rate}")
-        cli = [sys.executable, "-m", "cryptomon.cli"]
-        procs = {"worker": spawn([*cli, "worker"], env, logs / f"{rate}-worker.log"),
-                 "spark": spawn([*cli, "spark"], {**env, "CRYPTOMON_LOG_LEVEL": "INFO"}, logs / f"{rate}-spark.log")}
+        env = env_for(
+            s,
+            CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+            CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
+            CRYPTOMON_INGEST_HEALTH_PORT=0,
+            CRYPTOMON_WORKER_HEALTH_PORT=worker_health,
+            CRYPTOMON_SPARK_UI_PORT=0,
+            CRYPTOMON_WORKER_GROUP=f"bench-e2e-{uuid.uuid4().hex[:6]}",
+            CRYPTOMON_SPARK_CHECKPOINT_DIR=logs / f"ckpt-{rate}",
+        )
+        cli = [sys.executable, "-m", "cryptomon"]
+        procs = {
+            "worker": spawn([*cli, "worker"], env, logs / f"{rate}-worker.log"),
+            "spark": spawn([*cli, "spark"], {**env, "CRYPTOMON_LOG_LEVEL": "INFO"}, logs / f"{rate}-spark.log"),
+        }
         wait(lambda: "streaming:" in (logs / f"{rate}-spark.log").read_text(errors="replace"), 120, "Spark to start")
-        wait(lambda: httpx.get(f"http://127.0.0.1:{worker_health}/health", timeout=1).status_code == 200
-             if _alive(procs["worker"]) else None, 60, "the worker", interval=0.5)
-        procs["feed"] = spawn([*cli, "feed", "sim", "--port", str(port), "--rate", str(rate / EVENTS_PER_STEP)],
-                              env, logs / f"{rate}-sim.log")
+        wait(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{worker_health}/health", timeout=1).status_code == 200
+                if _alive(procs["worker"])
+                else None
+            ),
+            60,
+            "the worker",
+            interval=0.5,
+        )
+        procs["feed"] = spawn(
+            [*cli, "feed", "sim", "--port", str(port), "--rate", str(rate / EVENTS_PER_STEP)],
+            env,
+            logs / f"{rate}-sim.log",
+        )
         wait(lambda: _get(f"http://127.0.0.1:{port}/sim/stats"), 30, "the simulator", interval=0.2)
         procs["ingest"] = spawn([*cli, "ingest"], env, logs / f"{rate}-ingest.log")
         services = {"kafka": KafkaBroker(s).pid(), "postgres": TimescaleDB(s).pid()}
@@ -122,54 +144,75 @@ def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -
         ended_wall = time.time()
         stats = _pause_feed(port)  # the market stops; everything it generated must arrive
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
-            expected = {"trades": stats.get("trade", 0) + stats.get("aggTrade", 0), "book_ticker": stats.get("bookTicker", 0)}
+            expected = {
+                "trades": stats.get("trade", 0) + stats.get("aggTrade", 0),
+                "book_ticker": stats.get("bookTicker", 0),
+            }
 
             def counts():
-                return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in expected}  # noqa: S608
+                return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in expected}
 
-            try:
+            with contextlib.suppress(TimeoutError):
                 wait(lambda: counts() == expected, 120, "every generated event to be stored", interval=0.5)
-            except TimeoutError:
-                pass
             stored = counts()
             since, until = started_wall + 5, ended_wall  # leave out the start-up seconds
-            raw = percentiles(conn, "SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 AS ms FROM trades"
-                                    f" WHERE ingestion_ts BETWEEN to_timestamp({since}) AND to_timestamp({until})"
-                                    " UNION ALL SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000"
-                                    f" FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp({since})"
-                                    f" AND to_timestamp({until})")
+            raw = percentiles(
+                conn,
+                "SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 AS ms FROM trades"
+                f" WHERE ingestion_ts BETWEEN to_timestamp({since}) AND to_timestamp({until})"
+                " UNION ALL SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000"
+                f" FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp({since})"
+                f" AND to_timestamp({until})",
+            )
             closed = f"window_start >= to_timestamp({since}) AND window_end <= to_timestamp({until - 15})"
-            metric = percentiles(conn, "SELECT extract(epoch FROM updated_at - window_end) * 1000 AS ms FROM trade_metrics"
-                                       f" WHERE {closed} UNION ALL SELECT extract(epoch FROM updated_at - window_end)"
-                                       f" * 1000 FROM spread_metrics WHERE {closed}")
+            metric = percentiles(
+                conn,
+                "SELECT extract(epoch FROM updated_at - window_end) * 1000 AS ms FROM trade_metrics"
+                f" WHERE {closed} UNION ALL SELECT extract(epoch FROM updated_at - window_end)"
+                f" * 1000 FROM spread_metrics WHERE {closed}",
+            )
             rows_in_run = conn.execute(
                 "SELECT (SELECT count(*) FROM trades WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))"
                 " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
-                (since, until, since, until)).fetchone()[0]
+                (since, until, since, until),
+            ).fetchone()[0]
         for name in ("feed", "ingest", "worker", "spark"):
             procs[name].terminate()
         for name in ("feed", "ingest", "worker", "spark"):
             procs[name].wait(90)
     measured_rate = round(rows_in_run / (until - since))
     return {
-        "target_events_per_second": rate, "seconds": round(elapsed, 1), "measured_events_per_second": measured_rate,
-        "raw_row_latency": raw, "metric_after_window_close": metric,
-        "consumer_lag": {"max": max(lag, default=None), "last": lag[-1] if lag else None,
-                         "mean": round(sum(lag) / len(lag), 1) if lag else None},
-        "cpu_cores": cpu, "peak_rss_mb": {n: round(v / 2**20) for n, v in peak.items()},
+        "target_events_per_second": rate,
+        "seconds": round(elapsed, 1),
+        "measured_events_per_second": measured_rate,
+        "raw_row_latency": raw,
+        "metric_after_window_close": metric,
+        "consumer_lag": {
+            "max": max(lag, default=None),
+            "last": lag[-1] if lag else None,
+            "mean": round(sum(lag) / len(lag), 1) if lag else None,
+        },
+        "cpu_cores": cpu,
+        "peak_rss_mb": {n: round(v / 2**20) for n, v in peak.items()},
         # memory and lag trend: the last quarter of the run against the second (the first is warm-up)
         "rss_growth_mb": {n: round((_quarter(v, 3) - _quarter(v, 1)) / 2**20, 1) for n, v in rss_series.items()},
         "lag_trend": round(_quarter(lag, 3) - _quarter(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {"generated": expected, "stored": stored, "exact": stored == expected},
-        "goal_met": (measured_rate >= 0.95 * rate and raw["p99_ms"] is not None and raw["p99_ms"] <= 1000
-                     and metric["p99_ms"] is not None and metric["p99_ms"] <= 15000 and stored == expected),
+        "goal_met": (
+            measured_rate >= 0.95 * rate
+            and raw["p99_ms"] is not None
+            and raw["p99_ms"] <= 1000
+            and metric["p99_ms"] is not None
+            and metric["p99_ms"] <= 15000
+            and stored == expected
+        ),
     }
 
 
 def _quarter(values: list[float], q: int) -> float:
     """Mean of the q-th quarter (0-3) of a series."""
     n = len(values)
-    part = values[q * n // 4:(q + 1) * n // 4] or values[-1:] or [0]
+    part = values[q * n // 4 : (q + 1) * n // 4] or values[-1:] or [0]
     return sum(part) / len(part)
 
 
@@ -239,9 +282,19 @@ def main() -> None:
     if args.soak:
         goals.update(soak_goals(results[0]))
     bounds = {"rss_bounds_mb": SOAK_RSS_BOUND_MB, "rss_bounds_note": SOAK_RSS_BOUNDS_NOTE} if args.soak else {}
-    emit({"benchmark": "e2e", "quick": args.quick, "soak": args.soak, "machine": machine(), "runs": results,
-          "goals": goals, **bounds,
-          "logs": str(logs)}, args.out)
+    emit(
+        {
+            "benchmark": "e2e",
+            "quick": args.quick,
+            "soak": args.soak,
+            "machine": machine(),
+            "runs": results,
+            "goals": goals,
+            **bounds,
+            "logs": str(logs),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,10 +37,16 @@ def versions() -> dict:
     from importlib.metadata import version
 
     kafka = sorted((ROOT / ".deps" / "kafka").glob("kafka_2.13-*.jar"))
-    return {"cryptomon": version("cryptomon"), "pyspark": version("pyspark"), "confluent-kafka": version("confluent-kafka"),
-            "psycopg": version("psycopg"), "kafka": kafka[0].stem.split("-", 1)[1] if kafka else None,
-            "postgresql": subprocess.run(["/usr/lib/postgresql/15/bin/postgres", "--version"], capture_output=True,
-                                         text=True).stdout.strip()}
+    return {
+        "cryptomon": version("cryptomon"),
+        "pyspark": version("pyspark"),
+        "confluent-kafka": version("confluent-kafka"),
+        "psycopg": version("psycopg"),
+        "kafka": kafka[0].stem.split("-", 1)[1] if kafka else None,
+        "postgresql": subprocess.run(
+            ["/usr/lib/postgresql/15/bin/postgres", "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
 
 
 def fmt(v, unit: str = "") -> str:
@@ -70,78 +76,123 @@ def render(report: dict) -> str:
     ]
     if (ing := r.get("ingest")) and not ing.get("failed"):
         o, b = ing["cryptomon"], ing["baseline_naive"]
-        lines += ["## Ingestion: simulator firehose → `cryptomon ingest` → Kafka (acks=all)", "",
-                  "| | msgs/s | CPU-s per 100k msgs | msgs per CPU-second |", "| --- | --- | --- | --- |",
-                  f"| cryptomon | {fmt(o['msgs_per_second'])} | {fmt(o['cpu_s_per_100k'])} | {fmt(o['msgs_per_cpu_second'])} |",
-                  f"| baseline: naive client (stdlib json, produce + flush per message) | {fmt(b['msgs_per_second'])} | "
-                  f"{fmt(b['cpu_s_per_100k'])} | {fmt(b['msgs_per_cpu_second'])} |",
-                  f"| **ratio** | **{ing['ratio_msgs_per_second']}×** | **{ing['ratio_cpu_per_message']}× less** | |", ""]
+        lines += [
+            "## Ingestion: simulator firehose → `cryptomon ingest` → Kafka (acks=all)",
+            "",
+            "| | msgs/s | CPU-s per 100k msgs | msgs per CPU-second |",
+            "| --- | --- | --- | --- |",
+            f"| cryptomon | {fmt(o['msgs_per_second'])} | {fmt(o['cpu_s_per_100k'])} | {fmt(o['msgs_per_cpu_second'])} |",
+            f"| baseline: naive client (stdlib json, produce + flush per message) | {fmt(b['msgs_per_second'])} | "
+            f"{fmt(b['cpu_s_per_100k'])} | {fmt(b['msgs_per_cpu_second'])} |",
+            f"| **ratio** | **{ing['ratio_msgs_per_second']}×** | **{ing['ratio_cpu_per_message']}× less** | |",
+            "",
+        ]
     if (w := r.get("worker")) and not w.get("failed"):
         lat = w["latency_2000_events_per_s"]
-        lines += ["## Worker: Kafka → TimescaleDB", "",
-                  f"{w['preloaded_messages']:,} messages preloaded in Kafka, drained into empty tables; rows/s from the first to the last committed offset (both commit only after their insert), row count checked at the end.", "",
-                  "| | rows/s | CPU-s per 100k rows |", "| --- | --- | --- |",
-                  f"| cryptomon, 500-row flushes | {fmt(w['cryptomon_flush_500']['rows_per_second'])} | "
-                  f"{fmt(w['cryptomon_flush_500']['cpu_s_per_100k_rows'])} |",
-                  f"| cryptomon, 5,000-row flushes | {fmt(w['cryptomon_flush_5000']['rows_per_second'])} | "
-                  f"{fmt(w['cryptomon_flush_5000']['cpu_s_per_100k_rows'])} |",
-                  f"| baseline: the spec's psycopg2 `execute_values`, 500 rows | "
-                  f"{fmt(w['baseline_spec_execute_values_500']['rows_per_second'])} | "
-                  f"{fmt(w['baseline_spec_execute_values_500']['cpu_s_per_100k_rows'])} |",
-                  f"| **ratio** (500 / 5,000) | **{w['ratio_rows_per_second']}× / {w['ratio_rows_per_second_flush_5000']}×** | |",
-                  "", f"Latency `inserted_at − ingestion_ts` at {fmt(lat['rate_measured'])} events/s: "
-                  f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms.", ""]
+        lines += [
+            "## Worker: Kafka → TimescaleDB",
+            "",
+            f"{w['preloaded_messages']:,} messages preloaded in Kafka, drained into empty tables; rows/s from the first to the last committed offset (both commit only after their insert), row count checked at the end.",
+            "",
+            "| | rows/s | CPU-s per 100k rows |",
+            "| --- | --- | --- |",
+            f"| cryptomon, 500-row flushes | {fmt(w['cryptomon_flush_500']['rows_per_second'])} | "
+            f"{fmt(w['cryptomon_flush_500']['cpu_s_per_100k_rows'])} |",
+            f"| cryptomon, 5,000-row flushes | {fmt(w['cryptomon_flush_5000']['rows_per_second'])} | "
+            f"{fmt(w['cryptomon_flush_5000']['cpu_s_per_100k_rows'])} |",
+            f"| baseline: the spec's psycopg2 `execute_values`, 500 rows | "
+            f"{fmt(w['baseline_spec_execute_values_500']['rows_per_second'])} | "
+            f"{fmt(w['baseline_spec_execute_values_500']['cpu_s_per_100k_rows'])} |",
+            f"| **ratio** (500 / 5,000) | **{w['ratio_rows_per_second']}× / {w['ratio_rows_per_second_flush_5000']}×** | |",
+            "",
+            f"Latency `inserted_at − ingestion_ts` at {fmt(lat['rate_measured'])} events/s: "
+            f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms.",
+            "",
+        ]
     if (sp := r.get("spark")) and not sp.get("failed"):
-        lines += ["## Spark Structured Streaming", "",
-                  f"Micro-batches of {sp['trigger_seconds']:g} s of input at each rate, back to back; a rate is sustained "
-                  "when every batch ends within the trigger.", "",
-                  "| events/s | batches | median batch | slowest batch | sustained |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {x['rate']:,} | {x['batches']} | {fmt(x['p50_s'], ' s')} | {fmt(x['p99_s'], ' s')} | {fmt(x['sustained'])} |"
-                  for x in sp["results"]]
+        lines += [
+            "## Spark Structured Streaming",
+            "",
+            f"Micro-batches of {sp['trigger_seconds']:g} s of input at each rate, back to back; a rate is sustained "
+            "when every batch ends within the trigger.",
+            "",
+            "| events/s | batches | median batch | slowest batch | sustained |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {x['rate']:,} | {x['batches']} | {fmt(x['p50_s'], ' s')} | {fmt(x['p99_s'], ' s')} | {fmt(x['sustained'])} |"
+            for x in sp["results"]
+        ]
         lines += ["", f"Highest sustained: **{sp['highest_sustained_events_per_second']:,} events/s**.", ""]
     if (e := r.get("e2e")) and not e.get("failed"):
-        lines += ["## End to end: simulator → ingestion → Kafka → worker → TimescaleDB, and → Spark → metrics", "",
-                  "| target events/s | measured | raw row p50 / p99 | metric after window close p50 / p99 | lag max / mean | "
-                  "every event stored once | goal |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "## End to end: simulator → ingestion → Kafka → worker → TimescaleDB, and → Spark → metrics",
+            "",
+            "| target events/s | measured | raw row p50 / p99 | metric after window close p50 / p99 | lag max / mean | "
+            "every event stored once | goal |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for x in e["runs"]:
             raw, met, lag = x["raw_row_latency"], x["metric_after_window_close"], x["consumer_lag"]
-            lines.append(f"| {x['target_events_per_second']:,} | {fmt(x['measured_events_per_second'])} | "
-                         f"{fmt(raw['p50_ms'], ' ms')} / {fmt(raw['p99_ms'], ' ms')} | "
-                         f"{fmt(met['p50_ms'] and round(met['p50_ms'] / 1000, 1), ' s')} / "
-                         f"{fmt(met['p99_ms'] and round(met['p99_ms'] / 1000, 1), ' s')} "
-                         f"({met['n']} windows) | {fmt(lag['max'])} / {fmt(lag['mean'])} | {fmt(x['accounting']['exact'])} | "
-                         f"{fmt(x['goal_met'])} |")
-        lines += ["", "CPU (cores) and peak RSS (MiB) per process tree:", "",
-                  "| events/s | " + " | ".join(e["runs"][0]["cpu_cores"]) + " |",
-                  "| --- |" + " --- |" * len(e["runs"][0]["cpu_cores"])]
+            lines.append(
+                f"| {x['target_events_per_second']:,} | {fmt(x['measured_events_per_second'])} | "
+                f"{fmt(raw['p50_ms'], ' ms')} / {fmt(raw['p99_ms'], ' ms')} | "
+                f"{fmt(met['p50_ms'] and round(met['p50_ms'] / 1000, 1), ' s')} / "
+                f"{fmt(met['p99_ms'] and round(met['p99_ms'] / 1000, 1), ' s')} "
+                f"({met['n']} windows) | {fmt(lag['max'])} / {fmt(lag['mean'])} | {fmt(x['accounting']['exact'])} | "
+                f"{fmt(x['goal_met'])} |"
+            )
+        lines += [
+            "",
+            "CPU (cores) and peak RSS (MiB) per process tree:",
+            "",
+            "| events/s | " + " | ".join(e["runs"][0]["cpu_cores"]) + " |",
+            "| --- |" + " --- |" * len(e["runs"][0]["cpu_cores"]),
+        ]
         for x in e["runs"]:
-            lines.append(f"| {x['target_events_per_second']:,} | " + " | ".join(
-                f"{x['cpu_cores'][n]:g} / {x['peak_rss_mb'][n]}" for n in x["cpu_cores"]) + " |")
+            lines.append(
+                f"| {x['target_events_per_second']:,} | "
+                + " | ".join(f"{x['cpu_cores'][n]:g} / {x['peak_rss_mb'][n]}" for n in x["cpu_cores"])
+                + " |"
+            )
         lines.append("")
         for x in e["runs"]:
             if "rss_growth_mb" in x:
-                lines.append(f"Memory trend at {x['target_events_per_second']:,} events/s over {x['seconds']:g} s (last "
-                             "quarter against the second, MiB): " + ", ".join(
-                                 f"{n} {g:+g}" for n, g in x["rss_growth_mb"].items())
-                             + f"; consumer lag trend {fmt(x.get('lag_trend'))}.")
+                lines.append(
+                    f"Memory trend at {x['target_events_per_second']:,} events/s over {x['seconds']:g} s (last "
+                    "quarter against the second, MiB): "
+                    + ", ".join(f"{n} {g:+g}" for n, g in x["rss_growth_mb"].items())
+                    + f"; consumer lag trend {fmt(x.get('lag_trend'))}."
+                )
         lines.append("")
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]
         raw, lag = x["raw_row_latency"], x["consumer_lag"]
-        lines += ["## Soak", "",
-                  f"`bench/run --soak` ({soak['finished']}): {x['target_events_per_second']:,} events/s for "
-                  f"{x['seconds'] / 60:.0f} minutes, memory sampled every 10 s; measured "
-                  f"{fmt(x['measured_events_per_second'])} events/s, raw rows p50 {fmt(raw['p50_ms'], ' ms')} / "
-                  f"p99 {fmt(raw['p99_ms'], ' ms')}, consumer lag max {fmt(lag['max'])} / mean {fmt(lag['mean'])}.", "",
-                  "| process tree | CPU (cores) | peak RSS (MiB) | RSS growth, last quarter vs. second (MiB) | bound (MiB) |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "## Soak",
+            "",
+            f"`bench/run --soak` ({soak['finished']}): {x['target_events_per_second']:,} events/s for "
+            f"{x['seconds'] / 60:.0f} minutes, memory sampled every 10 s; measured "
+            f"{fmt(x['measured_events_per_second'])} events/s, raw rows p50 {fmt(raw['p50_ms'], ' ms')} / "
+            f"p99 {fmt(raw['p99_ms'], ' ms')}, consumer lag max {fmt(lag['max'])} / mean {fmt(lag['mean'])}.",
+            "",
+            "| process tree | CPU (cores) | peak RSS (MiB) | RSS growth, last quarter vs. second (MiB) | bound (MiB) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         bounds = soak.get("rss_bounds_mb", {})
-        lines += [f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {x['rss_growth_mb'][n]:+g} | "
-                  f"{bounds.get(n, 'none')} |" for n in x["cpu_cores"]]
+        lines += [
+            f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {x['rss_growth_mb'][n]:+g} | "
+            f"{bounds.get(n, 'none')} |"
+            for n in x["cpu_cores"]
+        ]
         lines += ["", " ".join(soak[k] + "." for k in ("rss_bounds_note", "goals_reevaluated") if soak.get(k))]
-        lines += ["", f"Consumer lag trend (last quarter vs. second): {fmt(x['lag_trend'])}; every event stored "
-                  f"exactly once: {fmt(x['accounting']['exact'])} ({x['accounting']['stored']}).", ""]
+        lines += [
+            "",
+            f"Consumer lag trend (last quarter vs. second): {fmt(x['lag_trend'])}; every event stored "
+            f"exactly once: {fmt(x['accounting']['exact'])} ({x['accounting']['stored']}).",
+            "",
+        ]
     lines += ["## Goals", "", "| benchmark | goal | met |", "| --- | --- | --- |"]
     for name in BENCHMARKS:
         for goal, met in (r.get(name) or {}).get("goals", {}).items():
@@ -162,7 +213,9 @@ def main() -> None:
     ap.add_argument("--soak", action="store_true", help="only the soak run (30 min at 2,000 events/s)")
     ap.add_argument("--report", type=Path, help="default: docs/benchmarks.md (full), bench/results/quick.md (quick)")
     args = ap.parse_args()
-    args.report = args.report or (ROOT / "bench" / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md")
+    args.report = args.report or (
+        ROOT / "bench" / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md"
+    )
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     out_dir = ROOT / "bench" / "results"
     work = out_dir / ("quick" if args.quick else "full")
@@ -172,7 +225,7 @@ def main() -> None:
 
     if args.soak:
         soak = run("e2e", False, work, extra=["--soak"], out_name="soak")
-        soak["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        soak["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         (out_dir / "soak.json").write_text(json.dumps(soak, indent=2, default=str) + "\n")
         report = json.loads((out_dir / "full.json").read_text())
         report["soak"] = soak
@@ -184,9 +237,14 @@ def main() -> None:
     if args.only and previous.exists():  # a partial run updates the last full report
         results = {**json.loads(previous.read_text())["results"], **results}
         results = {name: results[name] for name in BENCHMARKS if name in results}
-    report = {"quick": args.quick, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine(), "versions": versions(), "results": results,
-              "file": f"{'quick' if args.quick else 'full'}.json"}
+    report = {
+        "quick": args.quick,
+        "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": versions(),
+        "results": results,
+        "file": f"{'quick' if args.quick else 'full'}.json",
+    }
     if not args.quick and (out_dir / "soak.json").exists():
         report["soak"] = json.loads((out_dir / "soak.json").read_text())
     (out_dir / report["file"]).write_text(json.dumps(report, indent=2, default=str) + "\n")

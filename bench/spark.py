@@ -22,11 +22,11 @@ import orjson
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_stack, emit, machine  # noqa: E402
+from common import bench_stack, emit, machine
 
-from cryptomon.feed.scripted import Span, scripted_events  # noqa: E402
-from cryptomon.settings import load_settings  # noqa: E402
-from cryptomon.spark.streaming_job import (  # noqa: E402
+from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.settings import load_settings
+from cryptomon.spark.streaming_job import (
     SPREAD_QUERY,
     TRADES_QUERY,
     MetricsWriter,
@@ -42,8 +42,15 @@ def preload(bootstrap: str, events_per_second: int, seconds: int) -> dict[str, i
     steps = events_per_second / 3.67 / len(symbols)  # a market step is ~3.67 events
     start = int(time.time() * 1000) - seconds * 1000
     events = scripted_events(symbols, start, [Span(seconds)], steps_per_second=steps, seed=4)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4",
-                  "queue.buffering.max.messages": 2_000_000, "partitioner": "murmur2_random"})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 2_000_000,
+            "partitioner": "murmur2_random",
+        }
+    )
     counts = {TRADES_QUERY: 0, SPREAD_QUERY: 0}
     for kind, payload in events:
         topic = "binance.book_ticker" if kind == "bookTicker" else "binance.trades"
@@ -71,18 +78,22 @@ def run_rate(settings, spark, rate: int, share: dict[str, float], batches: int, 
             time.sleep(0.5)
         durations = {}
         for q in queries:
-            full = [p for p in q.recentProgress if p["numInputRows"] > 0][1: batches + 1]  # skip the warm-up batch
+            full = [p for p in q.recentProgress if p["numInputRows"] > 0][1 : batches + 1]  # skip the warm-up batch
             durations[q.name] = [p["batchDuration"] / 1000 for p in full]
     finally:
         for q in queries:
             q.stop()
     # the two queries run concurrently on the same 2 cores: a rate holds when both keep up
-    worst = [max(a, b) for a, b in zip(durations[TRADES_QUERY], durations[SPREAD_QUERY])]
-    return {"rate": rate, "batch_messages": caps, "batches": len(worst),
-            "batch_seconds": [round(x, 2) for x in worst],
-            "p50_s": round(statistics.median(worst), 2) if worst else None,
-            "p99_s": round(max(worst), 2) if worst else None,
-            "sustained": bool(worst) and max(worst) < TRIGGER_S}
+    worst = [max(a, b) for a, b in zip(durations[TRADES_QUERY], durations[SPREAD_QUERY], strict=True)]
+    return {
+        "rate": rate,
+        "batch_messages": caps,
+        "batches": len(worst),
+        "batch_seconds": [round(x, 2) for x in worst],
+        "p50_s": round(statistics.median(worst), 2) if worst else None,
+        "p99_s": round(max(worst), 2) if worst else None,
+        "sustained": bool(worst) and max(worst) < TRIGGER_S,
+    }
 
 
 def main() -> None:
@@ -110,12 +121,23 @@ def main() -> None:
             spark.stop()
     sustained = [r["rate"] for r in results if r["sustained"]]
     at5k = next(r for r in results if r["rate"] == 5_000)
-    emit({"benchmark": "spark", "quick": args.quick, "machine": machine(), "trigger_seconds": TRIGGER_S,
-          "preloaded_events": total, "results": results,
-          "highest_sustained_events_per_second": max(sustained) if sustained else 0,
-          "at_5000_events_per_second": {"p50_s": at5k["p50_s"], "p99_s": at5k["p99_s"]},
-          "goals": {"sustains>=20000": bool(sustained) and max(sustained) >= 20_000,
-                    "p99<=3s_at_5000": at5k["p99_s"] is not None and at5k["p99_s"] <= 3.0}}, args.out)
+    emit(
+        {
+            "benchmark": "spark",
+            "quick": args.quick,
+            "machine": machine(),
+            "trigger_seconds": TRIGGER_S,
+            "preloaded_events": total,
+            "results": results,
+            "highest_sustained_events_per_second": max(sustained) if sustained else 0,
+            "at_5000_events_per_second": {"p50_s": at5k["p50_s"], "p99_s": at5k["p99_s"]},
+            "goals": {
+                "sustains>=20000": bool(sustained) and max(sustained) >= 20_000,
+                "p99<=3s_at_5000": at5k["p99_s"] is not None and at5k["p99_s"] <= 3.0,
+            },
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

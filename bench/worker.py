@@ -28,15 +28,23 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait  # noqa: E402
+from common import ROOT, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 
-from cryptomon.feed.market import Market  # noqa: E402
+from cryptomon.feed.market import Market
 
 
 def preload(bootstrap: str, n: int) -> int:
     market = Market(("BTCUSDT", "ETHUSDT", "BNBUSDT"), seed=9)
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 50, "compression.type": "lz4",
-                  "queue.buffering.max.messages": 1_000_000, "partitioner": "murmur2_random"})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 50,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+            "partitioner": "murmur2_random",
+        }
+    )
     now, sent = int(time.time() * 1000), 0
     while sent < n:
         for sym in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
@@ -67,8 +75,9 @@ class Committed:
     def __init__(self, bootstrap: str, group: str):
         self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
         md = self.c.list_topics(timeout=10)
-        self.parts = [TopicPartition(t, p) for t in ("binance.trades", "binance.book_ticker")
-                      for p in md.topics[t].partitions]
+        self.parts = [
+            TopicPartition(t, p) for t in ("binance.trades", "binance.book_ticker") for p in md.topics[t].partitions
+        ]
 
     def __call__(self) -> int:
         try:
@@ -92,40 +101,71 @@ def drain(settings, name: str, cmd: list[str], env: dict, group: str, total: int
         assert row_count(conn) == total, f"{name}: {row_count(conn)} rows, not {total}"
     committed.c.close()
     rows = total - n0
-    return {"rows": total, "measured_rows": rows, "seconds": round(t1 - t0, 3),
-            "rows_per_second": round(rows / (t1 - t0)), "cpu_s_per_100k_rows": round((c1 - c0) / rows * 1e5, 3)}
+    return {
+        "rows": total,
+        "measured_rows": rows,
+        "seconds": round(t1 - t0, 3),
+        "rows_per_second": round(rows / (t1 - t0)),
+        "cpu_s_per_100k_rows": round((c1 - c0) / rows * 1e5, 3),
+    }
 
 
 def latency(settings, seconds: float, logs: Path) -> dict:
     port, rate_events = 39445, 2000
-    env = env_for(settings, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-                  CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=0,
-                  CRYPTOMON_WORKER_HEALTH_PORT=port + 1, CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}")
+    env = env_for(
+        settings,
+        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
+        CRYPTOMON_INGEST_HEALTH_PORT=0,
+        CRYPTOMON_WORKER_HEALTH_PORT=port + 1,
+        CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}",
+    )
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE trades, book_ticker")
-        worker = spawn([sys.executable, "-m", "cryptomon.cli", "worker"], env, logs / "lat-worker.log")
+        worker = spawn([sys.executable, "-m", "cryptomon", "worker"], env, logs / "lat-worker.log")
         # a new group starts at the earliest offset: let it work through the drain runs' messages first,
         # so that what is measured is the steady state, not a backlog
         wait(lambda: _caught_up(port + 1), 300, "the worker to reach the log end", interval=0.5)
         conn.execute("TRUNCATE trades, book_ticker")
         # one market step is ~3.7 events (1-3 trades, 1 aggTrade, 1 bookTicker)
-        sim = spawn([sys.executable, "-m", "cryptomon.cli", "feed", "sim", "--port", str(port), "--rate",
-                     str(rate_events / 3.67)], env, logs / "lat-sim.log")
-        ing = spawn([sys.executable, "-m", "cryptomon.cli", "ingest"], env, logs / "lat-ingest.log")
+        sim = spawn(
+            [
+                sys.executable,
+                "-m",
+                "cryptomon",
+                "feed",
+                "sim",
+                "--port",
+                str(port),
+                "--rate",
+                str(rate_events / 3.67),
+            ],
+            env,
+            logs / "lat-sim.log",
+        )
+        ing = spawn([sys.executable, "-m", "cryptomon", "ingest"], env, logs / "lat-ingest.log")
         time.sleep(seconds)
-        start_cut = "now() - interval '%s seconds'" % int(seconds - 5)
+        start_cut = f"now() - interval '{int(seconds - 5)} seconds'"
         for p in (sim, ing, worker):
             p.terminate()
         for p in (sim, ing, worker):
             p.wait(60)
-        q = ("SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) FROM ("
-             " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 AS ms FROM trades"
-             f" WHERE ingestion_ts > {start_cut} UNION ALL"
-             " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 FROM book_ticker"
-             f" WHERE ingestion_ts > {start_cut}) x")
+        q = (
+            "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) FROM ("
+            " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 AS ms FROM trades"
+            f" WHERE ingestion_ts > {start_cut} UNION ALL"
+            " SELECT extract(epoch FROM inserted_at - ingestion_ts) * 1000 FROM book_ticker"
+            f" WHERE ingestion_ts > {start_cut}) x"
+        )
         n, (p50, p99) = conn.execute(q).fetchone()
-    return {"events_per_second": rate_events, "seconds": seconds, "rows": n, "rate_measured": round(n / (seconds - 5)),
-            "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}
+    return {
+        "events_per_second": rate_events,
+        "seconds": seconds,
+        "rows": n,
+        "rate_measured": round(n / (seconds - 5)),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+    }
 
 
 def _caught_up(health_port: int) -> bool:
@@ -146,24 +186,64 @@ def main() -> None:
     with bench_stack() as s:
         total = preload(s.kafka_bootstrap, n)
         base_env = env_for(s, CRYPTOMON_WORKER_HEALTH_PORT=0)
-        ours = drain(s, "cryptomon", [sys.executable, "-m", "cryptomon.cli", "worker"],
-                     {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours"}, "bench-ours", total, logs)
-        ours_big = drain(s, "cryptomon-5000", [sys.executable, "-m", "cryptomon.cli", "worker"],
-                         {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours-5000", "CRYPTOMON_FLUSH_MAX_ROWS": "5000"},
-                         "bench-ours-5000", total, logs)
-        spec = drain(s, "spec-psycopg2", [sys.executable, str(ROOT / "bench/baselines/spec_worker.py"),
-                                          s.kafka_bootstrap, s.pg_dsn, "bench-spec", str(total)], base_env,
-                     "bench-spec", total, logs)
+        ours = drain(
+            s,
+            "cryptomon",
+            [sys.executable, "-m", "cryptomon", "worker"],
+            {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours"},
+            "bench-ours",
+            total,
+            logs,
+        )
+        ours_big = drain(
+            s,
+            "cryptomon-5000",
+            [sys.executable, "-m", "cryptomon", "worker"],
+            {**base_env, "CRYPTOMON_WORKER_GROUP": "bench-ours-5000", "CRYPTOMON_FLUSH_MAX_ROWS": "5000"},
+            "bench-ours-5000",
+            total,
+            logs,
+        )
+        spec = drain(
+            s,
+            "spec-psycopg2",
+            [
+                sys.executable,
+                str(ROOT / "bench/baselines/spec_worker.py"),
+                s.kafka_bootstrap,
+                s.pg_dsn,
+                "bench-spec",
+                str(total),
+            ],
+            base_env,
+            "bench-spec",
+            total,
+            logs,
+        )
         lat = latency(s, 20 if args.quick else 60, logs)
     ratio = ours["rows_per_second"] / spec["rows_per_second"]
-    emit({"benchmark": "worker", "quick": args.quick, "machine": machine(), "preloaded_messages": total,
-          "cryptomon_flush_500": ours, "cryptomon_flush_5000": ours_big, "baseline_spec_execute_values_500": spec,
-          "ratio_rows_per_second": round(ratio, 2),
-          "ratio_rows_per_second_flush_5000": round(ours_big["rows_per_second"] / spec["rows_per_second"], 2),
-          "latency_2000_events_per_s": lat,
-          "goals": {"rows_per_second>=100000": max(ours["rows_per_second"], ours_big["rows_per_second"]) >= 100_000,
-                    "ratio>=3": ratio >= 3, "p50<=150ms": lat["p50_ms"] <= 150, "p99<=500ms": lat["p99_ms"] <= 500},
-          "logs": str(logs)}, args.out)
+    emit(
+        {
+            "benchmark": "worker",
+            "quick": args.quick,
+            "machine": machine(),
+            "preloaded_messages": total,
+            "cryptomon_flush_500": ours,
+            "cryptomon_flush_5000": ours_big,
+            "baseline_spec_execute_values_500": spec,
+            "ratio_rows_per_second": round(ratio, 2),
+            "ratio_rows_per_second_flush_5000": round(ours_big["rows_per_second"] / spec["rows_per_second"], 2),
+            "latency_2000_events_per_s": lat,
+            "goals": {
+                "rows_per_second>=100000": max(ours["rows_per_second"], ours_big["rows_per_second"]) >= 100_000,
+                "ratio>=3": ratio >= 3,
+                "p50<=150ms": lat["p50_ms"] <= 150,
+                "p99<=500ms": lat["p99_ms"] <= 500,
+            },
+            "logs": str(logs),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

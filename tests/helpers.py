@@ -46,9 +46,14 @@ class Proc:
         ARTIFACTS.mkdir(exist_ok=True)
         self.env = env
         self.log_path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", "cryptomon.cli", *args], env=env, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "cryptomon", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -64,7 +69,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
-        self._log.close()
         return self.popen.returncode
 
 
@@ -116,8 +120,14 @@ class TopicTap:
 
     def __init__(self, bootstrap: str, topics: list[str]):
         self.bootstrap = bootstrap
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"tap-{uuid.uuid4()}",
-                                  "enable.auto.commit": False, "enable.partition.eof": False})
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"tap-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
         md = self.consumer.list_topics(timeout=10)
         self.start: list[TopicPartition] = []
         for topic in topics:

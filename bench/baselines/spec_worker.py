@@ -9,16 +9,26 @@ import psycopg2
 from confluent_kafka import Consumer
 from psycopg2.extras import execute_values
 
-TRADES_SQL = ("INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ts)"
-              " VALUES %s ON CONFLICT DO NOTHING")
-BOOK_SQL = ("INSERT INTO book_ticker (ingestion_ts, symbol, update_id, best_bid_price, best_bid_qty, best_ask_price,"
-            " best_ask_qty) VALUES %s ON CONFLICT DO NOTHING")
+TRADES_SQL = (
+    "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ts)"
+    " VALUES %s ON CONFLICT DO NOTHING"
+)
+BOOK_SQL = (
+    "INSERT INTO book_ticker (ingestion_ts, symbol, update_id, best_bid_price, best_bid_qty, best_ask_price,"
+    " best_ask_qty) VALUES %s ON CONFLICT DO NOTHING"
+)
 TS = "to_timestamp(%s / 1000.0)"
 
 
 def main(bootstrap: str, dsn: str, group: str, n: int) -> None:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe(["binance.trades", "binance.book_ticker"])
     conn = psycopg2.connect(dsn)
     trades, books, seen = [], [], 0
@@ -38,7 +48,9 @@ def main(bootstrap: str, dsn: str, group: str, n: int) -> None:
         d = json.loads(msg.value())
         seen += 1
         if msg.topic() == "binance.trades":
-            trades.append((d["T"], d["s"], d["e"], d.get("t", d.get("a")), d["p"], d["q"], d["m"], d["ingestion_timestamp"]))
+            trades.append(
+                (d["T"], d["s"], d["e"], d.get("t", d.get("a")), d["p"], d["q"], d["m"], d["ingestion_timestamp"])
+            )
             if len(trades) >= 500:
                 flush(trades, TRADES_SQL, f"({TS}, %s, %s, %s, %s, %s, %s, {TS})")
         else:

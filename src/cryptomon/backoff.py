@@ -10,8 +10,9 @@ class Backoff:
     so that many clients reconnecting at once spread out. `success(stable_for)` resets the sequence once
     a connection has stayed up for `reset_after` seconds."""
 
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0, reset_after: float = 30.0,
-                 rng: random.Random | None = None):
+    def __init__(
+        self, initial: float = 1.0, maximum: float = 60.0, reset_after: float = 30.0, rng: random.Random | None = None
+    ):
         if not 0 < initial <= maximum:
             raise ValueError("need 0 < initial <= maximum")
         self.initial = initial
@@ -21,7 +22,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * (2 ** self.attempt))
+        base = min(self.maximum, self.initial * (2**self.attempt))
         self.attempt += 1
         return base / 2 + self._rng.uniform(0, base / 2)
 

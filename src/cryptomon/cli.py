@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cryptomon.settings import Settings, SettingsError, get_settings
+from cryptomon.settings import SettingsError, get_settings
 
 console = Console(stderr=True)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Real-time crypto market monitoring pipeline.")
@@ -28,16 +28,14 @@ app.add_typer(feed_app, name="feed")
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per Python<->JVM call otherwise
 
 
-def settings() -> Settings:
-    s = get_settings()
-    setup_logging(s.log_level)
-    return s
+@app.callback()
+def _configure() -> None:
+    """Before any command: read the settings (a bad one stops here, naming it) and set up logging."""
+    setup_logging(get_settings().log_level)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -52,7 +50,7 @@ def services_up() -> None:
 
     try:
         with console.status("starting the local stack"):
-            stack_up(settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+            stack_up(get_settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
     except ServiceError as exc:
         raise fail(str(exc)) from None
 
@@ -63,7 +61,7 @@ def services_down() -> None:
     from cryptomon.services.local import stack_down
 
     with console.status("stopping the local stack"):
-        stack_down(settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+        stack_down(get_settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
 
 
 @services_app.command("status")
@@ -75,11 +73,17 @@ def services_status() -> None:
     for column in table.columns:
         column.overflow = "fold"
     all_up = True
-    for svc in services(settings()):
+    for svc in services(get_settings()):
         st = svc.status()
         all_up &= st.running
-        table.add_row(st.name, "[green]running[/]" if st.running else "[red]stopped[/]", st.address,
-                      str(st.pid or "-"), str(st.data_dir), str(st.log_file))
+        table.add_row(
+            st.name,
+            "[green]running[/]" if st.running else "[red]stopped[/]",
+            st.address,
+            str(st.pid or "-"),
+            str(st.data_dir),
+            str(st.log_file),
+        )
     Console().print(table)
     if not all_up:
         raise typer.Exit(3)
@@ -90,7 +94,7 @@ def db_migrate() -> None:
     """Apply pending schema migrations (idempotent)."""
     from cryptomon.db.migrate import migrate
 
-    applied = migrate(settings().pg_dsn)
+    applied = migrate(get_settings().pg_dsn)
     console.print(f"[green]✓[/] {'applied ' + str(applied) if applied else 'schema up to date'}")
 
 
@@ -99,7 +103,7 @@ def topics_ensure() -> None:
     """Create missing topics and apply their configuration (idempotent)."""
     from cryptomon.kafka.topics import ensure_topics
 
-    for topic, result in ensure_topics(settings().kafka_bootstrap).items():
+    for topic, result in ensure_topics(get_settings().kafka_bootstrap).items():
         console.print(f"[green]✓[/] {topic}: {result}")
 
 
@@ -111,8 +115,11 @@ def up(
     sim_port: int = typer.Option(9443, help="Port of the simulator / replay server."),
     sim_rate: float = typer.Option(50.0, help="Simulator market steps per second."),
     sim_max_steps: int = typer.Option(0, help="Stop the simulator after this many steps per symbol (0: never)."),
-    external: bool = typer.Option(False, "--external", help="Use the Kafka/TimescaleDB of the settings (e.g. docker "
-                                                           "compose's) instead of starting local ones."),
+    external: bool = typer.Option(
+        False,
+        "--external",
+        help="Use the Kafka/TimescaleDB of the settings (e.g. docker compose's) instead of starting local ones.",
+    ),
     live: bool = typer.Option(True, help="Live status table (off: a status line every 10 s)."),
 ) -> None:
     """Run the whole pipeline, supervised, until Ctrl-C: services, feed, ingestion, worker, Spark."""
@@ -126,9 +133,17 @@ def up(
         raise fail("--feed is binance, sim or replay", 2)
     if feed == "replay" and replay is None:
         raise fail("--feed replay needs --replay FILE", 2)
-    s = settings()
-    pipeline = Pipeline(s, feed=feed, scenario=scenario, replay=replay, sim_port=sim_port, sim_rate=sim_rate,
-                        sim_max_steps=sim_max_steps, external_services=external)
+    s = get_settings()
+    pipeline = Pipeline(
+        s,
+        feed=feed,
+        scenario=scenario,
+        replay=replay,
+        sim_port=sim_port,
+        sim_rate=sim_rate,
+        sim_max_steps=sim_max_steps,
+        external_services=external,
+    )
     for sig in (_signal.SIGTERM, _signal.SIGINT):
         _signal.signal(sig, lambda *_: pipeline.stop_event.set())
     report = lambda msg: console.print(f"[green]✓[/] {msg}")  # noqa: E731
@@ -150,9 +165,14 @@ def up(
                 if time.monotonic() - last >= 10:
                     last = time.monotonic()
                     snap = pipeline.snapshot()
-                    console.print(" | ".join(f"{n}: {'up' if p['alive'] else 'DOWN'}"
-                                             + ("" if p["count"] is None else f" {p['count']:,}")
-                                             for n, p in snap["processes"].items()), soft_wrap=True)
+                    console.print(
+                        " | ".join(
+                            f"{n}: {'up' if p['alive'] else 'DOWN'}"
+                            + ("" if p["count"] is None else f" {p['count']:,}")
+                            for n, p in snap["processes"].items()
+                        ),
+                        soft_wrap=True,
+                    )
     except RuntimeError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         pipeline.stop(report)
@@ -166,7 +186,7 @@ def ingest() -> None:
     """Binance WebSocket -> Kafka (health and metrics on CRYPTOMON_INGEST_HEALTH_PORT)."""
     from cryptomon.ingestion.ws_consumer import main as ingest_main
 
-    ingest_main(settings())
+    ingest_main(get_settings())
 
 
 @app.command("notify")
@@ -177,7 +197,7 @@ def notify(
     from cryptomon.alerts.notifier import Notifier
     from cryptomon.alerts.notifier import main as notify_main
 
-    s = settings()
+    s = get_settings()
     if not s.alert_email.strip():
         raise fail("CRYPTOMON_ALERT_EMAIL is empty: set the address the alert e-mails go to", 2)
     if once:
@@ -192,7 +212,7 @@ def dashboard(port: int = typer.Option(None, help="Port (default CRYPTOMON_DASHB
     """Web view of the Market Overview and Risk Monitor dashboards (same SQL as Grafana's), refreshing itself."""
     from cryptomon.web.server import main as web_main
 
-    web_main(settings(), port)
+    web_main(get_settings(), port)
 
 
 @app.command("worker")
@@ -200,26 +220,28 @@ def worker() -> None:
     """Kafka -> TimescaleDB (health and metrics on CRYPTOMON_WORKER_HEALTH_PORT)."""
     from cryptomon.consumer.worker import main as worker_main
 
-    worker_main(settings())
+    worker_main(get_settings())
 
 
 @app.command("spark")
 def spark_job(
-    available_now: bool = typer.Option(False, "--available-now",
-                                       help="Process what Kafka holds now, then stop (backfills, tests)."),
+    available_now: bool = typer.Option(
+        False, "--available-now", help="Process what Kafka holds now, then stop (backfills, tests)."
+    ),
 ) -> None:
     """Spark Structured Streaming metrics: Kafka -> trade_metrics, spread_metrics (Spark UI on :4040)."""
     from cryptomon.spark.streaming_job import main as spark_main
 
-    spark_main(settings(), {"availableNow": True} if available_now else None)
+    spark_main(get_settings(), {"availableNow": True} if available_now else None)
 
 
 @feed_app.command("sim")
 def feed_sim(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(9443, help="Port for both the WebSocket and the REST API."),
-    rate: float = typer.Option(50.0, help="Market steps per second over all symbols (each step: 1-3 trades, "
-                                          "1 aggTrade, 1 bookTicker)."),
+    rate: float = typer.Option(
+        50.0, help="Market steps per second over all symbols (each step: 1-3 trades, 1 aggTrade, 1 bookTicker)."
+    ),
     seed: int = typer.Option(1, help="Random seed: the same seed gives the same market."),
     scenario: str = typer.Option("calm", help="calm, risk or faults (see cryptomon/feed/scenarios.py)."),
     max_steps: int = typer.Option(0, help="Stop generating after this many steps per symbol (0: never)."),
@@ -229,7 +251,7 @@ def feed_sim(
     from cryptomon.feed.scenarios import SCENARIOS
     from cryptomon.feed.sim import Simulator, run_forever
 
-    s = settings()
+    s = get_settings()
     if scenario not in SCENARIOS:
         raise fail(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}", 2)
     sim = Simulator(s.symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None)
@@ -249,7 +271,6 @@ def feed_replay(
     from cryptomon.feed.replay import capture_symbols, read_capture
     from cryptomon.feed.sim import Simulator, run_forever
 
-    settings()
     try:
         symbols = capture_symbols(file, symbol or None)
     except ValueError as exc:
@@ -271,9 +292,10 @@ def feed_record(
     from cryptomon.feed.replay import record
     from cryptomon.ingestion.events import combined_stream_url
 
-    s = settings()
-    n = asyncio.run(record(combined_stream_url(s.binance_ws_url, s.symbols), out, max_messages or None,
-                           seconds or None))
+    s = get_settings()
+    n = asyncio.run(
+        record(combined_stream_url(s.binance_ws_url, s.symbols), out, max_messages or None, seconds or None)
+    )
     console.print(f"[green]✓[/] {n} frames recorded to {out}")
 
 
@@ -302,7 +324,7 @@ def show_settings() -> None:
     """Print the effective settings (passwords masked)."""
     from urllib.parse import urlsplit
 
-    s = settings()
+    s = get_settings()
     table = Table("setting", "value")
     for name, value in s.model_dump().items():
         if name == "pg_dsn" and urlsplit(value).password:

@@ -36,21 +36,32 @@ class DiskStatus:
         return self.free_bytes >= self.min_free_bytes
 
     def message(self) -> str:
-        return (f"disk nearly full: {self.free_bytes / MB:.0f} MB free under {self.path}, below the minimum of "
-                f"{self.min_free_bytes / MB:.0f} MB (CRYPTOMON_DISK_MIN_FREE_MB)")
+        return (
+            f"disk nearly full: {self.free_bytes / MB:.0f} MB free under {self.path}, below the minimum of "
+            f"{self.min_free_bytes / MB:.0f} MB (CRYPTOMON_DISK_MIN_FREE_MB)"
+        )
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path), "ok": self.ok, "free_mb": round(self.free_bytes / MB, 1),
-                "min_free_mb": round(self.min_free_bytes / MB, 1)}
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "free_mb": round(self.free_bytes / MB, 1),
+            "min_free_mb": round(self.min_free_bytes / MB, 1),
+        }
 
 
 class DiskGuard:
     """Free space of one folder's disk against a minimum, read at most every `interval` seconds (a
     statvfs call is cheap, but the hot loops ask far more often than the answer changes)."""
 
-    def __init__(self, path: Path | None, min_free_bytes: int, interval: float = 0.5,
-                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        path: Path | None,
+        min_free_bytes: int,
+        interval: float = 0.5,
+        statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = path
         self.min_free_bytes = min_free_bytes
         self.interval = interval

@@ -37,11 +37,14 @@ class HealthServer:
     async def _health_handler(self, request: web.Request) -> web.Response:
         try:
             ok, body = self._health()
-        except Exception as exc:  # noqa: BLE001 - a broken health check is itself unhealthy
+        except Exception as exc:
             ok, body = False, {"error": repr(exc)}
         body = {"status": "ok" if ok else "unhealthy", **body}
-        return web.Response(body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status=200 if ok else 503,
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+            status=200 if ok else 503,
+            content_type="application/json",
+        )
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -57,7 +60,7 @@ class HealthServer:
             try:
                 loop.run_until_complete(runner.setup())
                 loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
+            except BaseException as exc:
                 self._error = exc
                 self._ready.set()
                 return

@@ -59,10 +59,11 @@ class Settings(BaseSettings):
         description="Folder holding the local stack's data and logs (Kafka log dirs, PostgreSQL cluster).",
     )
     disk_min_free_mb: int = Field(
-        100, ge=0,
+        100,
+        ge=0,
         description="Below this many MB free on the state folder's disk the ingestion disconnects and the worker "
-                    "stops inserting until there is room again, so that Kafka and PostgreSQL never hit a full "
-                    "disk (0: off).",
+        "stops inserting until there is room again, so that Kafka and PostgreSQL never hit a full "
+        "disk (0: off).",
     )
     deps_dir: Path = Field(
         default_factory=default_deps_dir,
@@ -78,16 +79,18 @@ class Settings(BaseSettings):
     )
     ingest_health_port: int = Field(8081, ge=0, le=65535, description="Ingestion's /health and /metrics port.")
     resume_max_gap: int = Field(
-        1_000_000, ge=0,
+        1_000_000,
+        ge=0,
         description="At start, continue each symbol's trade/aggTrade ids after the last ones in Kafka, so that "
-                    "trades streamed while the ingestion was down are backfilled over REST, when no more than "
-                    "this many ids are missing (0: start afresh).",
+        "trades streamed while the ingestion was down are backfilled over REST, when no more than "
+        "this many ids are missing (0: start afresh).",
     )
     ws_stale_after: float = Field(
         30.0, gt=0, description="Seconds without any frame after which the WebSocket is treated as dead."
     )
     ws_max_age: float = Field(
-        23 * 3600.0, gt=0,
+        23 * 3600.0,
+        gt=0,
         description="Seconds after which a new connection replaces the current one (Binance cuts at 24 h).",
     )
     ws_max_frame_bytes: int = Field(1 << 20, gt=0, description="Largest WebSocket frame accepted.")
@@ -101,14 +104,16 @@ class Settings(BaseSettings):
     worker_group: str = Field("binance-buffer", description="Kafka consumer group of the worker.")
     worker_health_port: int = Field(8082, ge=0, le=65535, description="Worker's /health and /metrics port.")
     flush_max_rows: int = Field(500, ge=1, le=100_000, description="Flush a partition's buffer at this many messages.")
-    flush_max_seconds: float = Field(2.0, gt=0, description="Flush a buffer at the latest this long after its first message.")
+    flush_max_seconds: float = Field(
+        2.0, gt=0, description="Flush a buffer at the latest this long after its first message."
+    )
     worker_poll_timeout: float = Field(
-        0.05, gt=0, le=5,
+        0.05,
+        gt=0,
+        le=5,
         description="Seconds the worker waits for more messages before treating the topic as drained (and flushing).",
     )
-    worker_writers: int = Field(
-        2, ge=1, le=16, description="Database connections writing batches side by side."
-    )
+    worker_writers: int = Field(2, ge=1, le=16, description="Database connections writing batches side by side.")
     db_retry_max: float = Field(10.0, gt=0, description="Longest wait between database retries while it is down.")
     # ---- Spark job and alert rules (the Grafana alerts read the same values)
     spark_master: str = Field("local[2]", description="Spark master URL of the streaming job.")
@@ -130,21 +135,29 @@ class Settings(BaseSettings):
         description="Per-symbol overrides of the volatility threshold, e.g. `BTCUSDT=50,ETHUSDT=5`.",
     )
     volume_spike_factor: float = Field(
-        3.0, gt=0, description="volume_spike fires when a window's volume exceeds this many times the mean of the previous windows."
+        3.0,
+        gt=0,
+        description="volume_spike fires when a window's volume exceeds this many times the mean of the previous windows.",
     )
     volume_spike_windows: int = Field(10, ge=1, description="How many previous windows the volume mean covers.")
     volume_spike_min_windows: int = Field(
-        3, ge=1,
+        3,
+        ge=1,
         description="volume_spike needs at least this many previous windows, so that the partial first window "
-                    "after a start does not flag the next one.",
+        "after a start does not flag the next one.",
     )
     spread_warning_factor: float = Field(
-        3.0, gt=0, description="spread_warning fires when a 30-second window's max spread exceeds this many times its min."
+        3.0,
+        gt=0,
+        description="spread_warning fires when a 30-second window's max spread exceeds this many times its min.",
     )
 
     # ---- web view and alert e-mails without Grafana
     dashboard_port: int = Field(
-        8050, ge=0, le=65535, description="Port of `cryptomon dashboard`, the web view of both dashboards (0: off in `up`)."
+        8050,
+        ge=0,
+        le=65535,
+        description="Port of `cryptomon dashboard`, the web view of both dashboards (0: off in `up`).",
     )
     alert_email: str = Field(
         "", description="Where alert e-mails go (comma-separated). Empty: `up` does not start the notifier."

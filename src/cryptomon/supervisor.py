@@ -19,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psycopg
 from rich.table import Table
 
@@ -30,7 +31,6 @@ from cryptomon.backoff import Backoff
 from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.up")
-logging.getLogger("httpx").setLevel(logging.WARNING)  # the health polls are not news
 
 
 @dataclass
@@ -48,10 +48,15 @@ class Child:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab")
-        self.popen = subprocess.Popen([sys.executable, "-m", "cryptomon.cli", *self.args], env=self.env, stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "cryptomon", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -72,15 +77,29 @@ class Child:
         if not self.health_url:
             return 0, None
         try:
-            r = httpx.get(self.health_url, timeout=1.0)
-            return r.status_code, r.json()
-        except (httpx.HTTPError, ValueError):
+            with urllib.request.urlopen(self.health_url, timeout=1.0) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:  # 503 and the like still carry the health body
+            try:
+                return exc.code, json.loads(exc.read())
+            except ValueError:
+                return exc.code, None
+        except (OSError, ValueError):
             return 0, None
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, feed: str = "sim", scenario: str = "calm", replay: Path | None = None,
-                 sim_port: int = 9443, sim_rate: float = 50.0, sim_max_steps: int = 0, external_services: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        feed: str = "sim",
+        scenario: str = "calm",
+        replay: Path | None = None,
+        sim_port: int = 9443,
+        sim_rate: float = 50.0,
+        sim_max_steps: int = 0,
+        external_services: bool = False,
+    ):
         self.s = settings
         self.external = external_services
         self.stop_event = threading.Event()
@@ -88,30 +107,72 @@ class Pipeline:
         self.children: list[Child] = []
         logs = settings.state_dir.resolve() / "logs"
         env = dict(os.environ)
-        env.update({"CRYPTOMON_STATE_DIR": str(settings.state_dir), "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                    "CRYPTOMON_PG_DSN": settings.pg_dsn, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "CRYPTOMON_STATE_DIR": str(settings.state_dir),
+                "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "CRYPTOMON_PG_DSN": settings.pg_dsn,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if feed in ("sim", "replay"):
             env["CRYPTOMON_BINANCE_WS_URL"] = f"ws://127.0.0.1:{sim_port}/stream"
             env["CRYPTOMON_BINANCE_REST_URL"] = f"http://127.0.0.1:{sim_port}"
-            args = (["feed", "sim", "--port", str(sim_port), "--rate", str(sim_rate), "--scenario", scenario,
-                     "--max-steps", str(sim_max_steps)] if feed == "sim"
-                    else ["feed", "replay", str(replay), "--port", str(sim_port)])
+            args = (
+                [
+                    "feed",
+                    "sim",
+                    "--port",
+                    str(sim_port),
+                    "--rate",
+                    str(sim_rate),
+                    "--scenario",
+                    scenario,
+                    "--max-steps",
+                    str(sim_max_steps),
+                ]
+                if feed == "sim"
+                else ["feed", "replay", str(replay), "--port", str(sim_port)]
+            )
             self.children.append(Child("feed", args, env, logs / "feed.log", f"http://127.0.0.1:{sim_port}/sim/stats"))
         health = settings.health_host if settings.health_host != "0.0.0.0" else "127.0.0.1"
         self.children += [
-            Child("ingest", ["ingest"], env, logs / "ingest.log",
-                  f"http://{health}:{settings.ingest_health_port}/health" if settings.ingest_health_port else None),
-            Child("worker", ["worker"], env, logs / "worker.log",
-                  f"http://{health}:{settings.worker_health_port}/health" if settings.worker_health_port else None),
+            Child(
+                "ingest",
+                ["ingest"],
+                env,
+                logs / "ingest.log",
+                f"http://{health}:{settings.ingest_health_port}/health" if settings.ingest_health_port else None,
+            ),
+            Child(
+                "worker",
+                ["worker"],
+                env,
+                logs / "worker.log",
+                f"http://{health}:{settings.worker_health_port}/health" if settings.worker_health_port else None,
+            ),
             Child("spark", ["spark"], env, logs / "spark.log"),
         ]
         if settings.dashboard_port:
-            self.children.append(Child("dashboard", ["dashboard"], env, logs / "dashboard.log",
-                                       f"http://{health}:{settings.dashboard_port}/health"))
+            self.children.append(
+                Child(
+                    "dashboard",
+                    ["dashboard"],
+                    env,
+                    logs / "dashboard.log",
+                    f"http://{health}:{settings.dashboard_port}/health",
+                )
+            )
         if settings.alert_email.strip():
-            self.children.append(Child("notify", ["notify"], env, logs / "notify.log",
-                                       f"http://{health}:{settings.notify_health_port}/health"
-                                       if settings.notify_health_port else None))
+            self.children.append(
+                Child(
+                    "notify",
+                    ["notify"],
+                    env,
+                    logs / "notify.log",
+                    f"http://{health}:{settings.notify_health_port}/health" if settings.notify_health_port else None,
+                )
+            )
         self.pid_file = settings.state_dir.resolve() / "up.json"
         self._rates: dict[str, tuple[float, int]] = {}
 
@@ -129,7 +190,9 @@ class Pipeline:
 
             ensure_topics(self.s.kafka_bootstrap)
             migrate(self.s.pg_dsn)
-            report(f"using external services: Kafka {self.s.kafka_bootstrap}, TimescaleDB {self.s.pg_dsn.split('@')[-1]}")
+            report(
+                f"using external services: Kafka {self.s.kafka_bootstrap}, TimescaleDB {self.s.pg_dsn.split('@')[-1]}"
+            )
         for child in self.children:
             child.start()
             self._wait_ready(child)
@@ -140,7 +203,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not child.alive():
-                raise RuntimeError(f"{child.name} exited at start (code {child.popen.returncode}): see {child.log_path}")
+                raise RuntimeError(
+                    f"{child.name} exited at start (code {child.popen.returncode}): see {child.log_path}"
+                )
             if child.health_url is None or child.health()[0] in (200, 503):  # answering: up (503 = not yet connected)
                 return
             time.sleep(0.2)
@@ -182,7 +247,9 @@ class Pipeline:
 
     def _write_pids(self) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(json.dumps({c.name: c.popen.pid for c in self.children if c.popen} | {"up": os.getpid()}))
+        self.pid_file.write_text(
+            json.dumps({c.name: c.popen.pid for c in self.children if c.popen} | {"up": os.getpid()})
+        )
 
     # ---------------------------------------------------------------- live view
 
@@ -203,9 +270,15 @@ class Pipeline:
                 if last and now > last[0]:
                     rate = (count - last[1]) / (now - last[0])
                 self._rates[child.name] = (now, count)
-            procs[child.name] = {"alive": child.alive(), "pid": child.popen.pid if child.popen else None,
-                                 "restarts": child.restarts, "http": status, "count": count, "rate": rate,
-                                 "lag": (body or {}).get("consumer_lag_total")}
+            procs[child.name] = {
+                "alive": child.alive(),
+                "pid": child.popen.pid if child.popen else None,
+                "restarts": child.restarts,
+                "http": status,
+                "count": count,
+                "rate": rate,
+                "lag": (body or {}).get("consumer_lag_total"),
+            }
         return {"processes": procs, "market": self._market()}
 
     def _market(self) -> dict:
@@ -220,13 +293,18 @@ class Pipeline:
                     " FROM unnest(%s::text[]) AS s(symbol)"
                     " LEFT JOIN LATERAL (SELECT vwap FROM trade_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) t ON true"
                     " LEFT JOIN LATERAL (SELECT avg_spread FROM spread_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) sp ON true",
-                    (list(self.s.symbols),)).fetchall()
-                totals = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker),"
-                                      " (SELECT count(*) FROM trade_metrics), (SELECT count(*) FROM spread_metrics)").fetchone()
+                    (list(self.s.symbols),),
+                ).fetchall()
+                totals = conn.execute(
+                    "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker),"
+                    " (SELECT count(*) FROM trade_metrics), (SELECT count(*) FROM spread_metrics)"
+                ).fetchone()
         except psycopg.Error:
             return {"symbols": {}, "rows": None}
-        return {"symbols": {r[0]: {"vwap": r[1], "spread": r[2], "anomalies": r[3], "spread_warnings": r[4]} for r in rows},
-                "rows": dict(zip(("trades", "book_ticker", "trade_metrics", "spread_metrics"), totals))}
+        return {
+            "symbols": {r[0]: {"vwap": r[1], "spread": r[2], "anomalies": r[3], "spread_warnings": r[4]} for r in rows},
+            "rows": dict(zip(("trades", "book_ticker", "trade_metrics", "spread_metrics"), totals, strict=True)),
+        }
 
 
 def status_table(snap: dict) -> Table:
@@ -236,13 +314,24 @@ def status_table(snap: dict) -> Table:
         state = "[green]running[/]" if p["alive"] else "[red]down[/]"
         if p["alive"] and p["http"] == 503:
             state = "[yellow]unhealthy[/]"
-        procs.add_row(name, state, str(p["pid"] or "-"), str(p["restarts"]),
-                      "-" if p["count"] is None else f"{p['count']:,}",
-                      "-" if p["rate"] is None else f"{p['rate']:,.0f}", "-" if p["lag"] is None else str(p["lag"]))
+        procs.add_row(
+            name,
+            state,
+            str(p["pid"] or "-"),
+            str(p["restarts"]),
+            "-" if p["count"] is None else f"{p['count']:,}",
+            "-" if p["rate"] is None else f"{p['rate']:,.0f}",
+            "-" if p["lag"] is None else str(p["lag"]),
+        )
     market = Table("symbol", "last VWAP", "avg spread", "anomalies 1h", "spread warnings 1h", title="market")
     for sym, m in snap["market"]["symbols"].items():
-        market.add_row(sym, "-" if m["vwap"] is None else f"{m['vwap']:.4f}",
-                       "-" if m["spread"] is None else f"{m['spread']:.6f}", str(m["anomalies"]), str(m["spread_warnings"]))
+        market.add_row(
+            sym,
+            "-" if m["vwap"] is None else f"{m['vwap']:.4f}",
+            "-" if m["spread"] is None else f"{m['spread']:.6f}",
+            str(m["anomalies"]),
+            str(m["spread_warnings"]),
+        )
     rows = snap["market"].get("rows")
     caption = " · ".join(f"{k}: {v:,}" for k, v in rows.items()) if rows else "database unreachable"
     grid = Table.grid(padding=(0, 2))

@@ -34,13 +34,20 @@ def small_disk_stack() -> Settings:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the state folder needs root")
     state = throwaway_state_dir("cryptomon-disk-")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384m,mode=0755", "cryptomon-disk", str(state)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=384m,mode=0755", "cryptomon-disk", str(state)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode:
         shutil.rmtree(state, ignore_errors=True)
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    settings = throwaway_settings(state, int(os.environ.get("CRYPTOMON_DISK_KAFKA_PORT", "19292")),
-                                  int(os.environ.get("CRYPTOMON_DISK_PG_PORT", "15633")), disk_min_free_mb=64)
+    settings = throwaway_settings(
+        state,
+        int(os.environ.get("CRYPTOMON_DISK_KAFKA_PORT", "19292")),
+        int(os.environ.get("CRYPTOMON_DISK_PG_PORT", "15633")),
+        disk_min_free_mb=64,
+    )
     try:
         stack_up(settings)
         yield settings

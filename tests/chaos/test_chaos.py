@@ -23,10 +23,16 @@ pytestmark = pytest.mark.integration
 
 
 def sim_env(stack, port: int, symbols: tuple[str, ...], **extra) -> dict:
-    return env_for(stack, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-                   CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=free_port(),
-                   CRYPTOMON_WORKER_HEALTH_PORT=free_port(), CRYPTOMON_WORKER_GROUP=f"chaos-{uuid.uuid4().hex[:6]}",
-                   **extra)
+    return env_for(
+        stack,
+        CRYPTOMON_SYMBOLS=",".join(symbols),
+        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
+        CRYPTOMON_INGEST_HEALTH_PORT=free_port(),
+        CRYPTOMON_WORKER_HEALTH_PORT=free_port(),
+        CRYPTOMON_WORKER_GROUP=f"chaos-{uuid.uuid4().hex[:6]}",
+        **extra,
+    )
 
 
 def expected_rows(stats: dict, symbols: tuple[str, ...]) -> tuple[int, int]:
@@ -41,8 +47,11 @@ def test_kafka_broker_killed_and_restarted_while_ingestion_produces(chaos_stack)
     port = free_port()
     env = sim_env(chaos_stack, port, symbols)
     broker = KafkaBroker(chaos_stack)
-    with running("chaos-kb-sim", ["feed", "sim", "--port", str(port), "--rate", "120", "--max-steps", "2500"], env), \
-            running("chaos-kb-ingest", ["ingest"], env) as ingest, running("chaos-kb-worker", ["worker"], env) as worker:
+    with (
+        running("chaos-kb-sim", ["feed", "sim", "--port", str(port), "--rate", "120", "--max-steps", "2500"], env),
+        running("chaos-kb-ingest", ["ingest"], env) as ingest,
+        running("chaos-kb-worker", ["worker"], env) as worker,
+    ):
         wait_for(lambda: counts(chaos_stack.pg_dsn, symbols)[0] > 500, 90, what="rows flowing")
         os.kill(broker.pid(), signal.SIGKILL)
         wait_for(lambda: not broker.running(), 30, what="the broker to be dead")
@@ -51,8 +60,12 @@ def test_kafka_broker_killed_and_restarted_while_ingestion_produces(chaos_stack)
         broker.start()
         stats = wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 120, "the simulator to finish")
         want = expected_rows(stats, symbols)
-        wait_for(lambda: counts(chaos_stack.pg_dsn, symbols) == want, 180, interval=0.5,
-                 what=f"exactly {want} rows after the broker restart")
+        wait_for(
+            lambda: counts(chaos_stack.pg_dsn, symbols) == want,
+            180,
+            interval=0.5,
+            what=f"exactly {want} rows after the broker restart",
+        )
         assert ingest.alive() and worker.alive()
     assert sum(mid) < sum(want)  # the broker really died mid-run
     assert "Traceback" not in ingest.log() and "Traceback" not in worker.log()
@@ -65,8 +78,9 @@ def test_worker_killed_repeatedly_and_a_second_worker_joining_and_dying(chaos_st
     trades, books = make_events(6000, symbols)
     want = (len(trades), len(books))
     # produced while the workers are killed, so that every kill lands mid-stream
-    producer = threading.Thread(target=produce, args=(chaos_stack.kafka_bootstrap, trades, books),
-                                kwargs={"rate": 900}, daemon=True)
+    producer = threading.Thread(
+        target=produce, args=(chaos_stack.kafka_bootstrap, trades, books), kwargs={"rate": 900}, daemon=True
+    )
     producer.start()
     group = f"chaos-{uuid.uuid4().hex[:6]}"
     env, port = worker_env(chaos_stack, group, CRYPTOMON_FLUSH_MAX_ROWS=200)
@@ -104,7 +118,7 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
     symbols = new_symbols("DB")
     start = (int(time.time() * 1000) // MINUTE + 5) * MINUTE  # later than anything else in the topics
     events = scripted_events(symbols, start, [Span(360)], steps_per_second=2.0, seed=11)
-    first, second = events[: len(events) // 2], events[len(events) // 2:]
+    first, second = events[: len(events) // 2], events[len(events) // 2 :]
     n_trades = sum(1 for k, _ in events if k != "bookTicker")
     env = spark_env(chaos_stack, tmp_path / "ckpt", CRYPTOMON_SPARK_TRIGGER_SECONDS=1, CRYPTOMON_DB_RETRY_MAX=2)
     wenv, wport = worker_env(chaos_stack, CRYPTOMON_DB_RETRY_MAX=2)
@@ -117,8 +131,11 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
         produce_events(chaos_stack.kafka_bootstrap, second)  # arrives while the database is down
         time.sleep(5)  # both processes hit the dead database and retry
         db.start()
-        wait_for(lambda: counts(chaos_stack.pg_dsn, symbols) == (n_trades, len(events) - n_trades), 120,
-                 what="exact raw rows after the restart")
+        wait_for(
+            lambda: counts(chaos_stack.pg_dsn, symbols) == (n_trades, len(events) - n_trades),
+            120,
+            what="exact raw rows after the restart",
+        )
         wait_metrics_match_oracle(chaos_stack, symbols, what="metrics equal to the oracle after the restart")
         assert worker.alive() and spark.alive()
         assert get_json(f"http://127.0.0.1:{wport}/health")[1]["db_failures"] > 0
@@ -137,11 +154,15 @@ def test_exchange_dropped_stalled_and_malformed_under_load(chaos_stack):
     exchange generated is stored once (gaps backfilled over REST), bookTickers as received."""
     symbols = tuple(f"EX{uuid.uuid4().hex[:4].upper()}{i}USDT" for i in range(2))
     port = free_port()
-    env = sim_env(chaos_stack, port, symbols, CRYPTOMON_WS_STALE_AFTER=2, CRYPTOMON_BACKOFF_INITIAL=0.2,
-                  CRYPTOMON_BACKOFF_MAX=1)
+    env = sim_env(
+        chaos_stack, port, symbols, CRYPTOMON_WS_STALE_AFTER=2, CRYPTOMON_BACKOFF_INITIAL=0.2, CRYPTOMON_BACKOFF_MAX=1
+    )
     base = f"http://127.0.0.1:{port}"
-    with running("chaos-ex-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "1500"], env), \
-            running("chaos-ex-ingest", ["ingest"], env) as ingest, running("chaos-ex-worker", ["worker"], env):
+    with (
+        running("chaos-ex-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "1500"], env),
+        running("chaos-ex-ingest", ["ingest"], env) as ingest,
+        running("chaos-ex-worker", ["worker"], env),
+    ):
         wait_for(lambda: counts(chaos_stack.pg_dsn, symbols)[0] > 200, 90, what="rows flowing")
         for _ in range(3):
             post(f"{base}/sim/drop")
@@ -172,30 +193,49 @@ def test_state_folder_disk_nearly_full(small_disk_stack):
     stack = small_disk_stack
     symbols = tuple(f"DF{uuid.uuid4().hex[:4].upper()}{i}USDT" for i in range(2))
     port = free_port()
-    env = sim_env(stack, port, symbols, CRYPTOMON_DISK_MIN_FREE_MB=64, CRYPTOMON_BACKOFF_INITIAL=0.2,
-                  CRYPTOMON_BACKOFF_MAX=1, CRYPTOMON_DB_RETRY_MAX=1)
+    env = sim_env(
+        stack,
+        port,
+        symbols,
+        CRYPTOMON_DISK_MIN_FREE_MB=64,
+        CRYPTOMON_BACKOFF_INITIAL=0.2,
+        CRYPTOMON_BACKOFF_MAX=1,
+        CRYPTOMON_DB_RETRY_MAX=1,
+    )
     base = f"http://127.0.0.1:{port}"
     ingest_health = f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}/health"
     worker_health = f"http://127.0.0.1:{env['CRYPTOMON_WORKER_HEALTH_PORT']}/health"
     broker, db = KafkaBroker(stack), TimescaleDB(stack)
     pids = (broker.pid(), db.pid())
     filler = stack.state_dir / "filler"
-    with running("chaos-disk-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "2000"], env), \
-            running("chaos-disk-ingest", ["ingest"], env) as ingest, running("chaos-disk-worker", ["worker"], env) as worker:
+    with (
+        running("chaos-disk-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "2000"], env),
+        running("chaos-disk-ingest", ["ingest"], env) as ingest,
+        running("chaos-disk-worker", ["worker"], env) as worker,
+    ):
         wait_for(lambda: counts(stack.pg_dsn, symbols)[0] > 200, 90, what="rows flowing")
         st = os.statvfs(stack.state_dir)
         with open(filler, "wb") as f:  # leaves 32 MB: below the minimum, far from full
             os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - 32 * MB)
-        ing = wait_json(ingest_health, lambda b: b["disk_full_pauses"] >= 1 and not b["connected"], 30,
-                        "the ingestion to disconnect")
-        wrk = wait_json(worker_health, lambda b: b["paused"] and b["disk_full_pauses"] >= 1, 30,
-                        "the worker to hold its inserts")
+        ing = wait_json(
+            ingest_health,
+            lambda b: b["disk_full_pauses"] >= 1 and not b["connected"],
+            30,
+            "the ingestion to disconnect",
+        )
+        wrk = wait_json(
+            worker_health, lambda b: b["paused"] and b["disk_full_pauses"] >= 1, 30, "the worker to hold its inserts"
+        )
         held = counts(stack.pg_dsn, symbols)
         with pytest.raises(ServiceError, match="disk nearly full"):
             stack_up(stack)
         steps = wait_json(f"{base}/sim/stats", lambda b: True)["symbols"][symbols[0]]["steps"]
-        wait_json(f"{base}/sim/stats", lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 240, 30,
-                  "the exchange to stream on for 3 s while the pipeline waits")
+        wait_json(
+            f"{base}/sim/stats",
+            lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 240,
+            30,
+            "the exchange to stream on for 3 s while the pipeline waits",
+        )
         assert counts(stack.pg_dsn, symbols) == held  # nothing was written meanwhile
         assert get_json(ingest_health)[0] == 503 and get_json(worker_health)[0] == 503
         filler.unlink()

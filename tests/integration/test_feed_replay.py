@@ -22,18 +22,29 @@ def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
     capture = tmp_path / "capture.jsonl"
     with running("sim", ["feed", "sim", "--port", str(sim_port), "--rate", "300", "--max-steps", "100"], env):
         wait_for(lambda: port_open("127.0.0.1", sim_port), 20, what="the simulator to listen")
-        rec = subprocess.run([sys.executable, "-m", "cryptomon.cli", "feed", "record", str(capture),
-                              "--max-messages", "500"], env=env, capture_output=True, text=True, timeout=60)
+        rec = subprocess.run(
+            [sys.executable, "-m", "cryptomon", "feed", "record", str(capture), "--max-messages", "500"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert rec.returncode == 0, rec.stderr
     frames = [orjson.loads(line) for line in capture.read_bytes().splitlines()]
     assert len(frames) == 500 and all("received_at" in f and "@" in f["stream"] for f in frames)
 
     tap = TopicTap(stack.kafka_bootstrap, TOPICS)
     port, health = free_port(), free_port()
-    env = env_for(stack, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-                  CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=health)
-    with running("replay", ["feed", "replay", str(capture), "--port", str(port), "--rate", "0"], env), \
-            running("ingest", ["ingest"], env):
+    env = env_for(
+        stack,
+        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
+        CRYPTOMON_INGEST_HEALTH_PORT=health,
+    )
+    with (
+        running("replay", ["feed", "replay", str(capture), "--port", str(port), "--rate", "0"], env),
+        running("ingest", ["ingest"], env),
+    ):
         wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 30, "replay to finish")
         tap.read(lambda ms: len(ms) >= 500, 30)
         tap.drain(quiet=1.0)
@@ -50,26 +61,49 @@ def test_binance_csv_dump_replay_with_a_drop_is_backfilled(stack, tmp_path):
     aggs = tmp_path / "BTCUSDT-aggTrades-2025-01-02.csv"
     t0 = 1735776000000000  # microseconds, as in Binance's 2025+ spot dumps
     n = 3000
-    trades.write_text("\n".join(f"{100 + i},97000.{i % 100:02d},0.001,97.0,{t0 + i * 1000},{'true' if i % 2 else 'false'},true"
-                                for i in range(n)) + "\n")
-    aggs.write_text("agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker,is_best_match\n" +
-                    "\n".join(f"{7 + i},97000.{i % 100:02d},0.001,{100 + i},{100 + i},{t0 + i * 1000},false,true"
-                              for i in range(n)) + "\n")
+    trades.write_text(
+        "\n".join(
+            f"{100 + i},97000.{i % 100:02d},0.001,97.0,{t0 + i * 1000},{'true' if i % 2 else 'false'},true"
+            for i in range(n)
+        )
+        + "\n"
+    )
+    aggs.write_text(
+        "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker,is_best_match\n"
+        + "\n".join(
+            f"{7 + i},97000.{i % 100:02d},0.001,{100 + i},{100 + i},{t0 + i * 1000},false,true" for i in range(n)
+        )
+        + "\n"
+    )
     for path, field in ((trades, "t"), (aggs, "a")):
         tap = TopicTap(stack.kafka_bootstrap, TOPICS)
         port, health = free_port(), free_port()
-        env = env_for(stack, CRYPTOMON_SYMBOLS="BTCUSDT", CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-                      CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}", CRYPTOMON_INGEST_HEALTH_PORT=health,
-                      CRYPTOMON_BACKOFF_INITIAL="0.2")
-        with running("replay", ["feed", "replay", str(path), "--port", str(port), "--rate", "1500"], env), \
-                running("ingest", ["ingest"], env):
-            wait_json(f"http://127.0.0.1:{health}/health", lambda b: sum(b["messages_produced"].values()) > 500, 30,
-                      "first events")
+        env = env_for(
+            stack,
+            CRYPTOMON_SYMBOLS="BTCUSDT",
+            CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
+            CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
+            CRYPTOMON_INGEST_HEALTH_PORT=health,
+            CRYPTOMON_BACKOFF_INITIAL="0.2",
+        )
+        with (
+            running("replay", ["feed", "replay", str(path), "--port", str(port), "--rate", "1500"], env),
+            running("ingest", ["ingest"], env),
+        ):
+            wait_json(
+                f"http://127.0.0.1:{health}/health",
+                lambda b: sum(b["messages_produced"].values()) > 500,
+                30,
+                "first events",
+            )
             post(f"http://127.0.0.1:{port}/sim/drop")
             wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 60, "replay to finish")
-            h = wait_json(f"http://127.0.0.1:{health}/health",
-                          lambda b: b["ids_pending_backfill"] == 0 and sum(b["messages_delivered"].values()) >= n,
-                          60, "backfill")
+            h = wait_json(
+                f"http://127.0.0.1:{health}/health",
+                lambda b: b["ids_pending_backfill"] == 0 and sum(b["messages_delivered"].values()) >= n,
+                60,
+                "backfill",
+            )
             tap.read(lambda ms: len(ms) >= n, 30)
             tap.drain(quiet=1.0)
         tap.close()

@@ -4,7 +4,7 @@ real TimescaleDB filled by a scripted scenario through the real worker and Spark
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -22,15 +22,22 @@ pytestmark = pytest.mark.integration
 def scenario(stack, tmp_path_factory):
     risky, calm = new_symbols("GR", 1), new_symbols("GC", 1)
     base = (int(time.time() * 1000) // MINUTE - 40) * MINUTE
-    spans = [Span(60)] * 11 + [Span(60, Conditions(volatility=150.0)), Span(60), Span(60, Conditions(volume=12.0)),
-                               Span(60), Span(15), Span(15, Conditions(spread=12.0)), Span(30)]
+    spans = [Span(60)] * 11 + [
+        Span(60, Conditions(volatility=150.0)),
+        Span(60),
+        Span(60, Conditions(volume=12.0)),
+        Span(60),
+        Span(15),
+        Span(15, Conditions(spread=12.0)),
+        Span(30),
+    ]
     events = scripted_events(risky, base, spans, steps_per_second=1.0, seed=5)
     events += scripted_events(calm, base, [Span(17 * 60)], steps_per_second=1.0, seed=6)
     events.sort(key=lambda e: e[1]["ingestion_timestamp"])
     produce(stack.kafka_bootstrap, events)
     load_raw(stack, events, risky + calm)
     run_spark_available_now(stack, tmp_path_factory.mktemp("ckpt"))
-    start = datetime.fromtimestamp(base / 1000, timezone.utc)
+    start = datetime.fromtimestamp(base / 1000, UTC)
     return {"risky": risky[0], "calm": calm[0], "start": start, "end": start + timedelta(minutes=17)}
 
 
@@ -40,9 +47,11 @@ def run(dsn, sql):
         return [d.name for d in cur.description], cur.fetchall()
 
 
-@pytest.mark.parametrize("panel", [(d, p) for d in DASHBOARDS for p in d.panels], ids=lambda dp: f"{dp[0].uid}:{dp[1].key}")
+@pytest.mark.parametrize(
+    "panel", [(d, p) for d in DASHBOARDS for p in d.panels], ids=lambda dp: f"{dp[0].uid}:{dp[1].key}"
+)
 def test_every_panel_query_returns_its_columns_with_data(stack, scenario, panel):
-    dashboard, p = panel
+    _, p = panel
     sql = expand(p.sql, scenario["start"], scenario["end"], {"symbol": [scenario["risky"], scenario["calm"]]})
     columns, rows = run(stack.pg_dsn, sql)
     assert tuple(columns) == p.columns

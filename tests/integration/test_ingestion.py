@@ -7,11 +7,10 @@ import time
 import uuid
 from collections import Counter, defaultdict
 
+import httpx
 import pytest
 
 from cryptomon.services.local import KafkaBroker
-import httpx
-
 from tests.conftest import wait_for
 from tests.helpers import TopicTap, decode, env_for, free_port, get_json, post, running, wait_json
 
@@ -24,12 +23,31 @@ SEQ = {"trade": "t", "aggTrade": "a", "bookTicker": "u"}
 
 def start_pair(stack, steps: int, rate: float, scenario: str = "calm", **ingest_env):
     sim_port, health_port = free_port(), free_port()
-    env = env_for(stack, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{sim_port}/stream",
-                  CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{sim_port}",
-                  CRYPTOMON_INGEST_HEALTH_PORT=health_port, CRYPTOMON_BACKOFF_INITIAL="0.2",
-                  CRYPTOMON_BACKOFF_MAX="2", **ingest_env)
-    sim = running("sim", ["feed", "sim", "--port", str(sim_port), "--rate", str(rate), "--max-steps", str(steps),
-                          "--scenario", scenario], env)
+    env = env_for(
+        stack,
+        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{sim_port}/stream",
+        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{sim_port}",
+        CRYPTOMON_INGEST_HEALTH_PORT=health_port,
+        CRYPTOMON_BACKOFF_INITIAL="0.2",
+        CRYPTOMON_BACKOFF_MAX="2",
+        **ingest_env,
+    )
+    sim = running(
+        "sim",
+        [
+            "feed",
+            "sim",
+            "--port",
+            str(sim_port),
+            "--rate",
+            str(rate),
+            "--max-steps",
+            str(steps),
+            "--scenario",
+            scenario,
+        ],
+        env,
+    )
     ing = running("ingest", ["ingest"], env)
     return sim, ing, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{health_port}"
 
@@ -63,9 +81,12 @@ def assert_exactly_once(stats: dict, messages) -> dict[tuple[str, str], list[dic
 def finish_and_drain(sim_url: str, health_url: str, tap: TopicTap) -> tuple[dict, dict]:
     """Wait for the simulator to finish and the ingestion to backfill and deliver everything; read it all."""
     stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
-    health = wait_json(f"{health_url}/health",
-                       lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0
-                       and b["seconds_since_last_message"] > 0.5, 60, "backfill to complete")
+    health = wait_json(
+        f"{health_url}/health",
+        lambda b: b["ids_pending_backfill"] == 0 and b["producer_queue"] == 0 and b["seconds_since_last_message"] > 0.5,
+        60,
+        "backfill to complete",
+    )
     tap.drain(quiet=1.5)
     return stats, health
 
@@ -76,8 +97,12 @@ def test_events_arrive_exactly_once_routed_keyed_and_in_order(stack):
     with sim, ing:
         stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 60, "simulator to finish")
         total = sum(sim_totals(stats).values())
-        wait_json(f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) == total, 30,
-                  "ingestion to deliver everything")
+        wait_json(
+            f"{health_url}/health",
+            lambda b: sum(b["messages_delivered"].values()) == total,
+            30,
+            "ingestion to deliver everything",
+        )
         messages = tap.read(lambda ms: len(ms) >= total, 30)
     tap.close()
     assert len(messages) == total
@@ -128,8 +153,12 @@ def test_ingestion_killed_and_restarted_backfills_what_it_missed(stack):
         wait_json(f"{health_url}/health", lambda b: sum(b["messages_produced"].values()) > 300, 30, "first events")
         first.stop(signal.SIGKILL)
         steps = get_json(f"{sim_url}/sim/stats")[1]["symbols"][symbols[0]]["steps"]
-        wait_json(f"{sim_url}/sim/stats", lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 150, 30,
-                  "the exchange to stream on for 2 s without the ingestion")
+        wait_json(
+            f"{sim_url}/sim/stats",
+            lambda b: b["symbols"][symbols[0]]["steps"] >= steps + 150,
+            30,
+            "the exchange to stream on for 2 s without the ingestion",
+        )
         with running("ingest-restarted", ["ingest"], first.env) as second:
             stats, health = finish_and_drain(sim_url, health_url, tap)
     tap.close()
@@ -145,15 +174,23 @@ def test_malformed_duplicated_and_reordered_frames(stack):
     tap = TopicTap(stack.kafka_bootstrap, TOPICS)
     sim, ing, sim_url, health_url = start_pair(stack, steps=600, rate=200)
     with sim, ing:
-        wait_json(f"{health_url}/health", lambda b: b["connected"] and sum(b["messages_produced"].values()) > 100,
-                  30, "first events")
+        wait_json(
+            f"{health_url}/health",
+            lambda b: b["connected"] and sum(b["messages_produced"].values()) > 100,
+            30,
+            "first events",
+        )
         post(f"{sim_url}/sim/inject?kind=malformed&count=10")
         post(f"{sim_url}/sim/inject?kind=duplicate&count=7")
         post(f"{sim_url}/sim/inject?kind=reorder&count=5")
         stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 60, "simulator to finish")
         total = sum(sim_totals(stats).values())
-        health = wait_json(f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) == total + 10,
-                           30, "all good events and 10 dead letters delivered")
+        health = wait_json(
+            f"{health_url}/health",
+            lambda b: sum(b["messages_delivered"].values()) == total + 10,
+            30,
+            "all good events and 10 dead letters delivered",
+        )
         tap.read(lambda ms: len(ms) >= total + 10, 30)
     tap.close()
     assert stats["malformed_sent"] == 10 and stats["duplicates_sent"] == 7 and stats["reordered"] == 5
@@ -177,8 +214,12 @@ def test_broker_restart_loses_nothing_acknowledged(stack):
         broker.start()
         stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 120, "simulator to finish")
         total = sum(sim_totals(stats).values())
-        health = wait_json(f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) >= total, 90,
-                           "everything delivered after the restart")
+        health = wait_json(
+            f"{health_url}/health",
+            lambda b: sum(b["messages_delivered"].values()) >= total,
+            90,
+            "everything delivered after the restart",
+        )
         tap.read(lambda ms: len(ms) >= total, 60)
         tap.drain(quiet=1.0)
     tap.close()
@@ -193,8 +234,12 @@ def test_health_and_metrics_report_the_figures(stack):
     with sim as sim_proc, ing:
         stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 60, "simulator to finish")
         totals = sim_totals(stats)
-        body = wait_json(f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) == sum(totals.values()),
-                         30, "delivery")
+        body = wait_json(
+            f"{health_url}/health",
+            lambda b: sum(b["messages_delivered"].values()) == sum(totals.values()),
+            30,
+            "delivery",
+        )
         assert body["status"] == "ok" and body["connected"] is True
         for kind in KINDS:
             assert body["messages_produced"][kind] == sum(v for (s, k), v in totals.items() if k == kind)
@@ -217,8 +262,9 @@ def test_connection_rotation_hands_over_without_a_gap(stack):
     with sim, ing:
         stats = wait_json(f"{sim_url}/sim/stats", lambda b: b["done"], 60, "simulator to finish")
         total = sum(sim_totals(stats).values())
-        health = wait_json(f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) >= total, 30,
-                           "delivery")
+        health = wait_json(
+            f"{health_url}/health", lambda b: sum(b["messages_delivered"].values()) >= total, 30, "delivery"
+        )
         tap.read(lambda ms: len(ms) >= total, 30)
         tap.drain(quiet=1.0)
     tap.close()

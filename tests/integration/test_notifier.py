@@ -47,11 +47,15 @@ def flag(dsn: str, symbol: str, volatility: bool = False, spread: bool = False) 
         conn.execute(
             "INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev, trade_count, volume,"
             " volatility_alert, volume_spike) VALUES (%s, now() - interval '70 s', now() - interval '10 s',"
-            " 100, 3.5, 10, 1, %s, false)", (symbol, volatility))
+            " 100, 3.5, 10, 1, %s, false)",
+            (symbol, volatility),
+        )
         conn.execute(
             "INSERT INTO spread_metrics (symbol, window_start, window_end, avg_spread, max_spread, min_spread,"
             " update_count, spread_warning) VALUES (%s, now() - interval '40 s', now() - interval '10 s',"
-            " 0.02, 0.05, 0.01, 30, %s)", (symbol, spread))
+            " 0.02, 0.05, 0.01, 30, %s)",
+            (symbol, spread),
+        )
 
 
 def rounds(port: int) -> str:
@@ -71,8 +75,13 @@ def test_one_email_per_firing_alert_none_while_it_stays_firing_one_when_it_resol
     risky, calm, late = f"NR{tag}USDT", f"NC{tag}USDT", f"NL{tag}USDT"
     mine = {risky, calm, late}
     inbox, smtp_port, health = Inbox(), free_port(), free_port()
-    env = env_for(stack, CRYPTOMON_ALERT_EMAIL="risk@example.com,ops@example.com", CRYPTOMON_SMTP_PORT=smtp_port,
-                  CRYPTOMON_ALERT_INTERVAL_SECONDS=0.5, CRYPTOMON_NOTIFY_HEALTH_PORT=health)
+    env = env_for(
+        stack,
+        CRYPTOMON_ALERT_EMAIL="risk@example.com,ops@example.com",
+        CRYPTOMON_SMTP_PORT=smtp_port,
+        CRYPTOMON_ALERT_INTERVAL_SECONDS=0.5,
+        CRYPTOMON_NOTIFY_HEALTH_PORT=health,
+    )
     flag(stack.pg_dsn, risky, volatility=True, spread=True)
     flag(stack.pg_dsn, calm)
     smtp = smtp_server(inbox, smtp_port)
@@ -94,13 +103,19 @@ def test_one_email_per_firing_alert_none_while_it_stays_firing_one_when_it_resol
             conn.execute("UPDATE trade_metrics SET volatility_alert = false WHERE symbol = %s", (risky,))
         wait_for(lambda: len(inbox.subjects(mine)) == 3, 30, what="the resolved e-mail")
         wait_rounds(health, 2)
-        assert inbox.subjects(mine) == [f"[FIRING] SpreadWarning {risky}", f"[FIRING] VolatilityAlert {risky}",
-                                        f"[RESOLVED] VolatilityAlert {risky}"]
+        assert inbox.subjects(mine) == [
+            f"[FIRING] SpreadWarning {risky}",
+            f"[FIRING] VolatilityAlert {risky}",
+            f"[RESOLVED] VolatilityAlert {risky}",
+        ]
 
         smtp.stop()  # the SMTP server goes away: the change is retried, not lost, and the notifier lives
         flag(stack.pg_dsn, late, volatility=True)
-        wait_for(lambda: "could not send '[FIRING] VolatilityAlert " + late in notifier.log(), 30,
-                 what="the refused mail to be logged")
+        wait_for(
+            lambda: "could not send '[FIRING] VolatilityAlert " + late in notifier.log(),
+            30,
+            what="the refused mail to be logged",
+        )
         assert notifier.alive()
         smtp = smtp_server(inbox, smtp_port)
         wait_for(lambda: f"[FIRING] VolatilityAlert {late}" in inbox.subjects(mine), 30, what="the retried e-mail")

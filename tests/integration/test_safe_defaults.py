@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,13 +18,13 @@ def listening(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Local addresses with a socket in LISTEN state on `port`, read from /proc/net/tcp{,6}."""
     found = set()
     for name in ("tcp", "tcp6"):
-        for line in open(f"/proc/net/{name}").read().splitlines()[1:]:
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
             local, state = line.split()[1], line.split()[3]
             addr, p = local.rsplit(":", 1)
             if state != "0A" or int(p, 16) != port:
                 continue
             # the kernel prints each 32-bit word of the address in host (little-endian) order
-            raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))
+            raw = b"".join(bytes.fromhex(addr[i : i + 8])[::-1] for i in range(0, len(addr), 8))
             ip = ipaddress.ip_address(raw)
             found.add(getattr(ip, "ipv4_mapped", None) or ip)
     return found
@@ -42,8 +43,13 @@ def test_kafka_and_timescaledb_listen_on_loopback_only(stack):
 
 def test_the_web_view_and_the_notifier_listen_on_loopback_by_default(stack):
     web_port, notify_port = free_port(), free_port()
-    env = env_for(stack, CRYPTOMON_DASHBOARD_PORT=web_port, CRYPTOMON_NOTIFY_HEALTH_PORT=notify_port,
-                  CRYPTOMON_ALERT_EMAIL="a@example.com", CRYPTOMON_ALERT_INTERVAL_SECONDS=3600)
+    env = env_for(
+        stack,
+        CRYPTOMON_DASHBOARD_PORT=web_port,
+        CRYPTOMON_NOTIFY_HEALTH_PORT=notify_port,
+        CRYPTOMON_ALERT_EMAIL="a@example.com",
+        CRYPTOMON_ALERT_INTERVAL_SECONDS=3600,
+    )
     env.pop("CRYPTOMON_HEALTH_HOST", None)
     web, notify = Proc("safe-web", ["dashboard"], env), Proc("safe-notify", ["notify"], env)
     try:

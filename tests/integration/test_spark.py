@@ -26,11 +26,21 @@ MINUTE = 60_000
 
 
 def produce(bootstrap: str, events: list[tuple[str, dict]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                  "partitioner": "murmur2_random"})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
+    )
     for i, (kind, payload) in enumerate(events):
-        p.produce("binance.book_ticker" if kind == "bookTicker" else "binance.trades", orjson.dumps(payload),
-                  payload["s"].encode())
+        p.produce(
+            "binance.book_ticker" if kind == "bookTicker" else "binance.trades",
+            orjson.dumps(payload),
+            payload["s"].encode(),
+        )
         if i % 5000 == 0:
             p.poll(0)
     assert p.flush(60) == 0
@@ -45,8 +55,14 @@ def spark_env(stack, checkpoints: Path, **extra) -> dict:
     # The topics are shared by the whole test session and every job here starts from offset 0; the
     # watermark is global over all symbols, so the backlog is read in one batch (a later batch would see
     # a watermark pushed forward by other tests' events).
-    return env_for(stack, CRYPTOMON_SPARK_CHECKPOINT_DIR=checkpoints, CRYPTOMON_SPARK_UI_PORT=0,
-                   CRYPTOMON_SPARK_SHUFFLE_PARTITIONS=2, CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000, **extra)
+    return env_for(
+        stack,
+        CRYPTOMON_SPARK_CHECKPOINT_DIR=checkpoints,
+        CRYPTOMON_SPARK_UI_PORT=0,
+        CRYPTOMON_SPARK_SHUFFLE_PARTITIONS=2,
+        CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000,
+        **extra,
+    )
 
 
 def run_spark_available_now(stack, checkpoints: Path, **extra) -> str:
@@ -74,11 +90,15 @@ def fetch(dsn: str, sql: str, params) -> list[tuple]:
 
 
 def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple[list, list]:
-    trade = fetch(stack.pg_dsn, "SELECT symbol, window_start, vwap, price_stddev, trade_count, volume, volatility_alert,"
-                  " volume_spike FROM trade_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2", (list(symbols),))
+    trade = fetch(
+        stack.pg_dsn,
+        "SELECT symbol, window_start, vwap, price_stddev, trade_count, volume, volatility_alert,"
+        " volume_spike FROM trade_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2",
+        (list(symbols),),
+    )
     oracle = fetch(stack.pg_dsn, M.TRADE_ORACLE, {"symbols": list(symbols), "k": 3.0, "n": 10, "m": 3})
     assert len(trade) == len(oracle) > 0
-    for got, want in zip(trade, oracle):
+    for got, want in zip(trade, oracle, strict=True):
         sym, ws, vwap, sd, n, vol, alert, spike = got
         wsym, wws, wvwap, wsd, wn, wvol, wspike = want
         assert (sym, ws, n, vol) == (wsym, wws, wn, wvol), (got, want)
@@ -86,8 +106,12 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
         assert (sd is None and wsd is None) or math.isclose(sd, wsd, rel_tol=1e-9, abs_tol=1e-12), (sd, wsd)
         assert alert == (wsd is not None and wsd > threshold), (got, want)
         assert spike == wspike, (got, want)
-    spread = fetch(stack.pg_dsn, "SELECT symbol, window_start, avg_spread, max_spread, min_spread, update_count,"
-                   " spread_warning FROM spread_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2", (list(symbols),))
+    spread = fetch(
+        stack.pg_dsn,
+        "SELECT symbol, window_start, avg_spread, max_spread, min_spread, update_count,"
+        " spread_warning FROM spread_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2",
+        (list(symbols),),
+    )
     spread_oracle = fetch(stack.pg_dsn, M.SPREAD_ORACLE, {"symbols": list(symbols), "f": 3.0})
     assert spread == spread_oracle and len(spread) > 0
     return trade, spread
@@ -95,6 +119,7 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
 
 def wait_metrics_match_oracle(stack, symbols, timeout: float = 180.0, what: str = "metrics equal to the oracle"):
     """Wait until the metric tables equal the SQL oracle (a running job may still be catching up)."""
+
     def matches():
         try:
             assert_metrics_match_oracle(stack, symbols)
@@ -126,9 +151,15 @@ def test_scenario_flags_fire_exactly_where_expected_and_calm_fires_none(stack, t
     risky, calm = new_symbols("RK", 1), new_symbols("CA", 1)
     base = (int(time.time() * 1000) // MINUTE - 20) * MINUTE
     calm_min = Span(60)
-    risk_spans = [calm_min] * 11 + [Span(60, Conditions(volatility=150.0)), calm_min,
-                                    Span(60, Conditions(volume=12.0)), calm_min,
-                                    Span(15), Span(15, Conditions(spread=12.0)), Span(30)]
+    risk_spans = [calm_min] * 11 + [
+        Span(60, Conditions(volatility=150.0)),
+        calm_min,
+        Span(60, Conditions(volume=12.0)),
+        calm_min,
+        Span(15),
+        Span(15, Conditions(spread=12.0)),
+        Span(30),
+    ]
     events = scripted_events(risky, base, risk_spans, steps_per_second=1.0, seed=5)
     events += scripted_events(calm, base, [Span(17 * 60)], steps_per_second=1.0, seed=6)
     events.sort(key=lambda e: e[1]["ingestion_timestamp"])
@@ -151,19 +182,25 @@ def test_job_killed_mid_run_restarts_from_its_checkpoint(stack, tmp_path):
     # later than anything else in the shared topics, so the backlog's watermark cannot drop these events
     start = (int(time.time() * 1000) // MINUTE + 5) * MINUTE
     events = scripted_events(symbols, start, [Span(480)], steps_per_second=2.0, seed=8)
-    first, second = events[: len(events) // 2], events[len(events) // 2:]
+    first, second = events[: len(events) // 2], events[len(events) // 2 :]
     ckpt = tmp_path / "ckpt"
     env = spark_env(stack, ckpt, CRYPTOMON_SPARK_TRIGGER_SECONDS=1)
     produce(stack.kafka_bootstrap, first)
     job = Proc("spark-killed", ["spark"], env)
     try:
-        wait_for(lambda: fetch(stack.pg_dsn, "SELECT count(*) FROM trade_metrics WHERE symbol = ANY(%s)",
-                               (list(symbols),))[0][0] > 0, 180, what="first metrics")
+        wait_for(
+            lambda: (
+                fetch(stack.pg_dsn, "SELECT count(*) FROM trade_metrics WHERE symbol = ANY(%s)", (list(symbols),))[0][0]
+                > 0
+            ),
+            180,
+            what="first metrics",
+        )
         produce(stack.kafka_bootstrap, second[: len(second) // 2])
         job.stop(signal.SIGKILL)
     finally:
         job.stop()
-    produce(stack.kafka_bootstrap, second[len(second) // 2:])
+    produce(stack.kafka_bootstrap, second[len(second) // 2 :])
     load_raw(stack, events, symbols)
     with running("spark-restarted", ["spark"], env) as restarted:
         wait_metrics_match_oracle(stack, symbols, what="metrics to equal the oracle after the restart")
@@ -179,13 +216,20 @@ def test_events_later_than_the_watermark_are_counted_as_dropped(stack, tmp_path)
     run_spark_available_now(stack, ckpt)  # the watermark is now ~start + 180 s - 10 s
     late_trades = [dict(p, t=p["t"] + 10_000_000, T=start + 5_000) for k, p in on_time[:40] if k == "trade"]
     produce(stack.kafka_bootstrap, [("trade", p) for p in late_trades])
-    before = fetch(stack.pg_dsn, "SELECT coalesce(sum(dropped_late), 0) FROM stream_progress WHERE query = 'trade_metrics'", ())[0][0]
+    before = fetch(
+        stack.pg_dsn, "SELECT coalesce(sum(dropped_late), 0) FROM stream_progress WHERE query = 'trade_metrics'", ()
+    )[0][0]
     log = run_spark_available_now(stack, ckpt)
-    after = fetch(stack.pg_dsn, "SELECT coalesce(sum(dropped_late), 0) FROM stream_progress WHERE query = 'trade_metrics'", ())[0][0]
+    after = fetch(
+        stack.pg_dsn, "SELECT coalesce(sum(dropped_late), 0) FROM stream_progress WHERE query = 'trade_metrics'", ()
+    )[0][0]
     assert after - before == len(late_trades) > 0
     assert "later than the watermark were dropped" in log
-    first_minute = fetch(stack.pg_dsn, "SELECT trade_count FROM trade_metrics WHERE symbol = %s ORDER BY window_start LIMIT 1",
-                         (symbols[0],))[0][0]
+    first_minute = fetch(
+        stack.pg_dsn,
+        "SELECT trade_count FROM trade_metrics WHERE symbol = %s ORDER BY window_start LIMIT 1",
+        (symbols[0],),
+    )[0][0]
     assert first_minute == sum(1 for k, p in on_time if k == "trade" and p["T"] < start + MINUTE)
 
 
@@ -197,11 +241,17 @@ def test_volume_spike_needs_the_minimum_history_and_k_times_the_mean(stack):
     # mean of the previous windows:  -, 1, 5.5, 7, 7.75, 16.2, 16.83..  -> only 50 (>23.25) and 200 (>50.5) spike
     with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
         for i, v in enumerate(volumes):
-            conn.execute("INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev, trade_count,"
-                         " volume, volatility_alert, volume_spike) VALUES (%s, '2026-01-01'::timestamptz + %s * interval"
-                         " '1 min', '2026-01-01'::timestamptz + (%s + 1) * interval '1 min', 100, 0, 1, %s, false, true)",
-                         (sym, i, i, v))
+            conn.execute(
+                "INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev, trade_count,"
+                " volume, volatility_alert, volume_spike) VALUES (%s, '2026-01-01'::timestamptz + %s * interval"
+                " '1 min', '2026-01-01'::timestamptz + (%s + 1) * interval '1 min', 100, 0, 1, %s, false, true)",
+                (sym, i, i, v),
+            )
         conn.execute(M.VOLUME_SPIKE_UPDATE, {"k": 3.0, "n": 10, "m": 3, "symbols": [sym], "since": "2026-01-01"})
-        got = [r[0] for r in conn.execute("SELECT volume_spike FROM trade_metrics WHERE symbol = %s ORDER BY window_start",
-                                          (sym,))]
+        got = [
+            r[0]
+            for r in conn.execute(
+                "SELECT volume_spike FROM trade_metrics WHERE symbol = %s ORDER BY window_start", (sym,)
+            )
+        ]
     assert got == [False, False, False, False, True, False, True]

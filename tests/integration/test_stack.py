@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
@@ -31,8 +31,9 @@ def cli(settings, *args, timeout=180):
         "CRYPTOMON_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
         "CRYPTOMON_PG_DSN": settings.pg_dsn,
     }
-    return subprocess.run([sys.executable, "-m", "cryptomon.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cryptomon", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_services_up_status_down_up_keeps_data():
@@ -57,9 +58,7 @@ def test_services_up_status_down_up_keeps_data():
 
         # leave a row and a message behind, then restart everything
         with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO book_ticker VALUES (now(), 'BTCUSDT', 42, 1, 1, 2, 2)"
-            )
+            conn.execute("INSERT INTO book_ticker VALUES (now(), 'BTCUSDT', 42, 1, 1, 2, 2)")
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
         producer.produce("binance.trades", key=b"BTCUSDT", value=b"kept")
         assert producer.flush(30) == 0
@@ -73,8 +72,14 @@ def test_services_up_status_down_up_keeps_data():
         assert up2.returncode == 0, up2.stderr
         with psycopg.connect(settings.pg_dsn) as conn:
             assert conn.execute("SELECT update_id FROM book_ticker").fetchall() == [(42,)]
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"t-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe(["binance.trades"])
         try:
             msg = None
@@ -103,17 +108,28 @@ def test_topics_have_3_partitions_and_7_day_retention(stack):
 
 
 def test_produced_message_is_consumed_back(stack):
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
-                         "compression.type": "lz4"})
+    producer = Producer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+        }
+    )
     delivered = []
     payload = uuid.uuid4().hex.encode()
-    producer.produce("binance.book_ticker", key=b"ETHUSDT", value=payload,
-                     on_delivery=lambda err, msg: delivered.append((err, msg.partition(), msg.offset())))
+    producer.produce(
+        "binance.book_ticker",
+        key=b"ETHUSDT",
+        value=payload,
+        on_delivery=lambda err, msg: delivered.append((err, msg.partition(), msg.offset())),
+    )
     assert producer.flush(30) == 0
     [(err, partition, offset)] = delivered
     assert err is None
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}", "enable.auto.commit": False}
+    )
     consumer.assign([TopicPartition("binance.book_ticker", partition, offset)])
     try:
         msg = None
@@ -134,7 +150,9 @@ def test_raw_tables_are_hypertables_with_1_day_chunks(db):
     ).fetchall()
     assert [(r[0], r[1], r[2].days) for r in rows] == [("book_ticker", "ingestion_ts", 1), ("trades", "event_time", 1)]
     # a time_bucket query works on them
-    assert db.execute("SELECT count(*) FROM (SELECT time_bucket('1 minute', event_time) FROM trades) t").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM (SELECT time_bucket('1 minute', event_time) FROM trades) t").fetchone() == (
+        0,
+    )
 
 
 def test_migrations_run_twice_are_a_no_op(stack, db):
@@ -143,14 +161,17 @@ def test_migrations_run_twice_are_a_no_op(stack, db):
 
 
 def test_same_row_twice_leaves_one_with_exact_decimals(db):
-    t = datetime(2026, 11, 24, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    t = datetime(2026, 11, 24, 12, 0, 0, 123000, tzinfo=UTC)
     row = (t, "BTCUSDT", "trade", 7, Decimal("97123.12345678"), Decimal("0.00000001"), True, t)
     for _ in range(2):
         db.execute(
             "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ts)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            row,
+        )
     assert db.execute("SELECT price, quantity FROM trades").fetchall() == [
-        (Decimal("97123.12345678"), Decimal("0.00000001"))]
+        (Decimal("97123.12345678"), Decimal("0.00000001"))
+    ]
     bt = (t, "BTCUSDT", 1, Decimal("1.5"), Decimal("2"), Decimal("1.6"), Decimal("3"))
     for _ in range(2):
         db.execute("INSERT INTO book_ticker VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", bt)
@@ -166,20 +187,26 @@ def test_compose_topic_init_script_creates_the_same_topics(stack, tmp_path):
     jars = stack.deps_dir / "kafka"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for script, cls in (("kafka-topics.sh", "org.apache.kafka.tools.TopicCommand"),
-                        ("kafka-configs.sh", "kafka.admin.ConfigCommand")):
+    for script, cls in (
+        ("kafka-topics.sh", "org.apache.kafka.tools.TopicCommand"),
+        ("kafka-configs.sh", "kafka.admin.ConfigCommand"),
+    ):
         (bin_dir / script).write_text(f'#!/bin/sh\nexec java -Xmx128m -cp "{jars}/*" {cls} "$@"\n')
         (bin_dir / script).chmod(0o755)
     suffix = uuid.uuid4().hex[:8]
     conf = tmp_path / "topics.conf"
     # the real file, with the topic names made unique to this test
-    conf.write_text("\n".join(
-        line.replace("binance.", f"compose-{suffix}.") for line in (root / "src/cryptomon/kafka/topics.conf").read_text().splitlines()
-    ))
+    conf.write_text(
+        "\n".join(
+            line.replace("binance.", f"compose-{suffix}.")
+            for line in (root / "src/cryptomon/kafka/topics.conf").read_text().splitlines()
+        )
+    )
     env = {**os.environ, "KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "TOPICS_FILE": str(conf), "KAFKA_BIN": str(bin_dir)}
     for _ in range(2):  # idempotent
-        proc = subprocess.run(["bash", str(root / "deploy/kafka/create-topics.sh")], env=env, capture_output=True,
-                              text=True, timeout=180)
+        proc = subprocess.run(
+            ["bash", str(root / "deploy/kafka/create-topics.sh")], env=env, capture_output=True, text=True, timeout=180
+        )
         assert proc.returncode == 0, proc.stderr + proc.stdout
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     md = admin.list_topics(timeout=10).topics

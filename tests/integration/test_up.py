@@ -18,21 +18,36 @@ pytestmark = pytest.mark.integration
 
 
 def up_env(stack, tmp_path, symbol: str) -> tuple[dict, dict]:
-    ports = {"ingest": free_port(), "worker": free_port(), "sim": free_port(), "dashboard": free_port(),
-             "notify": free_port()}
-    env = env_for(stack, CRYPTOMON_SYMBOLS=symbol, CRYPTOMON_INGEST_HEALTH_PORT=ports["ingest"],
-                  CRYPTOMON_WORKER_HEALTH_PORT=ports["worker"], CRYPTOMON_DASHBOARD_PORT=ports["dashboard"],
-                  CRYPTOMON_NOTIFY_HEALTH_PORT=ports["notify"], CRYPTOMON_ALERT_EMAIL="risk@example.com",
-                  CRYPTOMON_WORKER_GROUP=f"up-{uuid.uuid4().hex[:6]}",
-                  CRYPTOMON_SPARK_CHECKPOINT_DIR=tmp_path / "ckpt", CRYPTOMON_SPARK_UI_PORT=0,
-                  CRYPTOMON_SPARK_TRIGGER_SECONDS=2, CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000)
+    ports = {
+        "ingest": free_port(),
+        "worker": free_port(),
+        "sim": free_port(),
+        "dashboard": free_port(),
+        "notify": free_port(),
+    }
+    env = env_for(
+        stack,
+        CRYPTOMON_SYMBOLS=symbol,
+        CRYPTOMON_INGEST_HEALTH_PORT=ports["ingest"],
+        CRYPTOMON_WORKER_HEALTH_PORT=ports["worker"],
+        CRYPTOMON_DASHBOARD_PORT=ports["dashboard"],
+        CRYPTOMON_NOTIFY_HEALTH_PORT=ports["notify"],
+        CRYPTOMON_ALERT_EMAIL="risk@example.com",
+        CRYPTOMON_WORKER_GROUP=f"up-{uuid.uuid4().hex[:6]}",
+        CRYPTOMON_SPARK_CHECKPOINT_DIR=tmp_path / "ckpt",
+        CRYPTOMON_SPARK_UI_PORT=0,
+        CRYPTOMON_SPARK_TRIGGER_SECONDS=2,
+        CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000,
+    )
     return env, ports
 
 
 def table_counts(dsn: str, symbol: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t} WHERE symbol = %s", (symbol,)).fetchone()[0]
-                for t in ("trades", "book_ticker", "trade_metrics", "spread_metrics")}
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t} WHERE symbol = %s", (symbol,)).fetchone()[0]
+            for t in ("trades", "book_ticker", "trade_metrics", "spread_metrics")
+        }
 
 
 def children(stack) -> dict[str, int]:
@@ -45,8 +60,12 @@ def test_up_with_the_simulator_fills_all_four_tables_and_ctrl_c_leaves_nothing(s
     env, ports = up_env(stack, tmp_path, symbol)
     up = Proc("up", ["up", "--feed", "sim", "--sim-port", str(ports["sim"]), "--sim-rate", "40", "--no-live"], env)
     try:
-        wait_for(lambda: all(n > 0 for n in table_counts(stack.pg_dsn, symbol).values()), 240, interval=0.5,
-                 what="rows in trades, book_ticker, trade_metrics and spread_metrics")
+        wait_for(
+            lambda: all(n > 0 for n in table_counts(stack.pg_dsn, symbol).values()),
+            240,
+            interval=0.5,
+            what="rows in trades, book_ticker, trade_metrics and spread_metrics",
+        )
         assert get_json(f"http://127.0.0.1:{ports['ingest']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['worker']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['dashboard']}/health")[0] == 200
@@ -66,8 +85,22 @@ def test_up_with_the_simulator_fills_all_four_tables_and_ctrl_c_leaves_nothing(s
 def test_a_worker_killed_under_up_is_restarted_and_the_row_count_is_exact(stack, tmp_path):
     symbol = f"UK{uuid.uuid4().hex[:5].upper()}USDT"
     env, ports = up_env(stack, tmp_path, symbol)
-    up = Proc("up-kill", ["up", "--feed", "sim", "--sim-port", str(ports["sim"]), "--sim-rate", "60",
-                          "--sim-max-steps", "400", "--no-live"], env)
+    up = Proc(
+        "up-kill",
+        [
+            "up",
+            "--feed",
+            "sim",
+            "--sim-port",
+            str(ports["sim"]),
+            "--sim-rate",
+            "60",
+            "--sim-max-steps",
+            "400",
+            "--no-live",
+        ],
+        env,
+    )
     try:
         wait_for(lambda: table_counts(stack.pg_dsn, symbol)["trades"] > 100, 120, what="rows flowing")
         first = wait_for(lambda: children(stack).get("worker"), 30, what="the worker's pid in up.json")
@@ -76,8 +109,12 @@ def test_a_worker_killed_under_up_is_restarted_and_the_row_count_is_exact(stack,
         stats = wait_json(f"http://127.0.0.1:{ports['sim']}/sim/stats", lambda b: b["done"], 120, "the simulator")
         gen = stats["symbols"][symbol]["generated"]
         expected = {"trades": gen["trade"] + gen["aggTrade"], "book_ticker": gen["bookTicker"]}
-        wait_for(lambda: {k: v for k, v in table_counts(stack.pg_dsn, symbol).items() if k in expected} == expected,
-                 120, interval=0.5, what="exact row counts after the restart")
+        wait_for(
+            lambda: {k: v for k, v in table_counts(stack.pg_dsn, symbol).items() if k in expected} == expected,
+            120,
+            interval=0.5,
+            what="exact row counts after the restart",
+        )
         assert "worker exited (code -9)" in up.log() and "worker restarted" in up.log()
     finally:
         up.popen.send_signal(signal.SIGTERM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,13 +19,20 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as the machine notes say: no sandbox as root, and no background connections on a closed network
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def fill(dsn: str, calm: str, risky: str) -> dict:
     """Ten closed minutes of metrics for two symbols; the risky one has flags."""
-    end = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
     minutes = [end - timedelta(minutes=10 - i) for i in range(10)]
     expected = {"vwap": {}, "trades": {}, "volatility": 0, "spikes": 0, "spread_warnings": 0}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -39,13 +46,26 @@ def fill(dsn: str, calm: str, risky: str) -> dict:
                 expected["volatility"] += vol
                 expected["spikes"] += spike
                 expected["spread_warnings"] += warn
-                conn.execute("INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev,"
-                             " trade_count, volume, volatility_alert, volume_spike) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                             (sym, t, t + timedelta(minutes=1), expected["vwap"][sym][i], 0.5 + vol * 4,
-                              expected["trades"][sym][i], 10 + i, vol, spike))
-                conn.execute("INSERT INTO spread_metrics (symbol, window_start, window_end, avg_spread, max_spread,"
-                             " min_spread, update_count, spread_warning) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                             (sym, t, t + timedelta(seconds=30), 0.02 + i / 1000, 0.05 + warn * 0.2, 0.01, 60, warn))
+                conn.execute(
+                    "INSERT INTO trade_metrics (symbol, window_start, window_end, vwap, price_stddev,"
+                    " trade_count, volume, volatility_alert, volume_spike) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    (
+                        sym,
+                        t,
+                        t + timedelta(minutes=1),
+                        expected["vwap"][sym][i],
+                        0.5 + vol * 4,
+                        expected["trades"][sym][i],
+                        10 + i,
+                        vol,
+                        spike,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO spread_metrics (symbol, window_start, window_end, avg_spread, max_spread,"
+                    " min_spread, update_count, spread_warning) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    (sym, t, t + timedelta(seconds=30), 0.02 + i / 1000, 0.05 + warn * 0.2, 0.01, 60, warn),
+                )
     return expected
 
 
@@ -68,7 +88,9 @@ def test_the_web_view_draws_the_database_values_in_chromium(stack):
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 page.goto(f"{base}/?range=1h")
-                page.wait_for_function("document.body.dataset.dashboard === 'cryptomon-market-overview'", timeout=30_000)
+                page.wait_for_function(
+                    "document.body.dataset.dashboard === 'cryptomon-market-overview'", timeout=30_000
+                )
                 for sym in (calm, risky):
                     vwap = page.evaluate(f"document.getElementById('panel-{sym}-vwap').data[0].y")
                     assert vwap == pytest.approx(expected["vwap"][sym])

@@ -35,10 +35,22 @@ def make_events(n_steps: int, symbols: tuple[str, ...]) -> tuple[list[dict], lis
     return trades, books
 
 
-def produce(bootstrap: str, trades: list[dict], books: list[dict], extra: list[tuple[str, bytes, bytes]] = (),
-            rate: float | None = None) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                  "partitioner": "murmur2_random"})
+def produce(
+    bootstrap: str,
+    trades: list[dict],
+    books: list[dict],
+    extra: list[tuple[str, bytes, bytes]] = (),
+    rate: float | None = None,
+) -> None:
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
+    )
     msgs = [("binance.trades", t["s"].encode(), orjson.dumps(t)) for t in trades]
     msgs += [("binance.book_ticker", b["s"].encode(), orjson.dumps(b)) for b in books]
     msgs += list(extra)
@@ -69,8 +81,12 @@ def counts(dsn: str, symbols: tuple[str, ...]) -> tuple[int, int]:
 
 def worker_env(stack, group: str | None = None, **extra) -> tuple[dict, int]:
     port = free_port()
-    return env_for(stack, CRYPTOMON_WORKER_GROUP=group or f"test-{uuid.uuid4().hex[:8]}",
-                   CRYPTOMON_WORKER_HEALTH_PORT=port, **extra), port
+    return env_for(
+        stack,
+        CRYPTOMON_WORKER_GROUP=group or f"test-{uuid.uuid4().hex[:8]}",
+        CRYPTOMON_WORKER_HEALTH_PORT=port,
+        **extra,
+    ), port
 
 
 def test_m_messages_become_exactly_m_rows_with_exact_values(stack):
@@ -86,16 +102,32 @@ def test_m_messages_become_exactly_m_rows_with_exact_values(stack):
         rows = conn.execute(
             "SELECT symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
             " (extract(epoch FROM event_time) * 1000)::bigint, (extract(epoch FROM ingestion_ts) * 1000)::bigint"
-            " FROM trades WHERE symbol = ANY(%s)", (list(symbols),)).fetchall()
+            " FROM trades WHERE symbol = ANY(%s)",
+            (list(symbols),),
+        ).fetchall()
         book_rows = conn.execute(
             "SELECT symbol, update_id, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty,"
             " (extract(epoch FROM ingestion_ts) * 1000)::bigint FROM book_ticker WHERE symbol = ANY(%s)",
-            (list(symbols),)).fetchall()
-    expected = {(t["s"], t["e"], t["t"] if t["e"] == "trade" else t["a"], Decimal(t["p"]), Decimal(t["q"]), t["m"],
-                 t["T"], t["ingestion_timestamp"]) for t in trades}
+            (list(symbols),),
+        ).fetchall()
+    expected = {
+        (
+            t["s"],
+            t["e"],
+            t["t"] if t["e"] == "trade" else t["a"],
+            Decimal(t["p"]),
+            Decimal(t["q"]),
+            t["m"],
+            t["T"],
+            t["ingestion_timestamp"],
+        )
+        for t in trades
+    }
     assert len(rows) == len(trades) and set(rows) == expected  # exact to the 8th decimal, to the millisecond
-    assert set(book_rows) == {(b["s"], b["u"], Decimal(b["b"]), Decimal(b["B"]), Decimal(b["a"]), Decimal(b["A"]),
-                               b["ingestion_timestamp"]) for b in books}
+    assert set(book_rows) == {
+        (b["s"], b["u"], Decimal(b["b"]), Decimal(b["B"]), Decimal(b["a"]), Decimal(b["A"]), b["ingestion_timestamp"])
+        for b in books
+    }
     assert all(str(r[3]).split(".")[1].__len__() == 8 for r in rows[:50])  # NUMERIC(20,8) keeps 8 decimals
 
 
@@ -129,8 +161,12 @@ def test_database_down_for_20_seconds_loses_nothing_and_the_worker_survives(stac
         wait_for(lambda: sum(counts(stack.pg_dsn, symbols)) > 1000, 60, what="rows flowing")
         db.stop()
         down_at = time.monotonic()
-        health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["paused"] and not b["db_reachable"], 30,
-                           "the worker to notice")
+        health = wait_json(
+            f"http://127.0.0.1:{port}/health",
+            lambda b: b["paused"] and not b["db_reachable"],
+            30,
+            "the worker to notice",
+        )
         status, _ = get_json(f"http://127.0.0.1:{port}/health")
         assert status == 503
         time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))  # the outage itself lasts 20 s
@@ -138,8 +174,9 @@ def test_database_down_for_20_seconds_loses_nothing_and_the_worker_survives(stac
         db.start()
         producer.join(120)
         wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 120, what="all rows after")
-        health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: not b["paused"] and b["status"] == "ok", 30,
-                           "recovery")
+        health = wait_json(
+            f"http://127.0.0.1:{port}/health", lambda b: not b["paused"] and b["status"] == "ok", 30, "recovery"
+        )
         assert worker.alive()
     assert health["db_failures"] >= 1
     assert "database unavailable" in worker.log()
@@ -152,15 +189,22 @@ def test_replay_from_offset_0_by_a_new_group_adds_no_row(stack):
     for attempt in range(2):  # a new group each time: both read every message from offset 0
         env, port = worker_env(stack)
         with running(f"worker-replay-{attempt}", ["worker"], env):
-            wait_json(f"http://127.0.0.1:{port}/health",
-                      lambda b: b["consumer_lag"] and b["consumer_lag_total"] == 0 and sum(b["buffered"].values()) == 0,
-                      120, "the whole topic consumed")
+            wait_json(
+                f"http://127.0.0.1:{port}/health",
+                lambda b: b["consumer_lag"] and b["consumer_lag_total"] == 0 and sum(b["buffered"].values()) == 0,
+                120,
+                "the whole topic consumed",
+            )
             if attempt == 0:
                 with psycopg.connect(stack.pg_dsn) as conn:
-                    before = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)").fetchone()
+                    before = conn.execute(
+                        "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)"
+                    ).fetchone()
             else:
                 with psycopg.connect(stack.pg_dsn) as conn:
-                    after = conn.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)").fetchone()
+                    after = conn.execute(
+                        "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker)"
+                    ).fetchone()
                 health = get_json(f"http://127.0.0.1:{port}/health")[1]
     assert counts(stack.pg_dsn, symbols) == (len(trades), len(books))
     assert after == before
@@ -189,8 +233,9 @@ def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_insert
         wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="good rows")
         wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
     with psycopg.connect(stack.pg_dsn) as conn:
-        dead = conn.execute("SELECT topic, payload, error FROM dead_letters WHERE kafka_key = %s ORDER BY kafka_offset",
-                            (sym,)).fetchall()
+        dead = conn.execute(
+            "SELECT topic, payload, error FROM dead_letters WHERE kafka_key = %s ORDER BY kafka_offset", (sym,)
+        ).fetchall()
     assert len(dead) == 5
     by_payload = {bytes(p): (t, e) for t, p, e in dead}
     assert "not JSON" in by_payload[b"{not json"][1]

@@ -1,12 +1,12 @@
 """Which alert instances change state, and what their e-mail says."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptomon.alerts.rules import email_for, render_summary, transitions
 from cryptomon.dashboards.definitions import ALERT_RULES
 
 VOL, SPREAD = ALERT_RULES
-AT = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def test_a_new_firing_instance_is_one_change():
@@ -22,7 +22,9 @@ def test_an_instance_resolves_when_its_value_drops_or_it_disappears():
     previous = {("VolatilityAlert", "BTCUSDT"): True, ("SpreadWarning", "ETHUSDT"): True}
     changes = transitions(ALERT_RULES, previous, {("VolatilityAlert", "BTCUSDT"): 0.0})
     assert [(t.rule.title, t.symbol, t.firing) for t in changes] == [
-        ("SpreadWarning", "ETHUSDT", False), ("VolatilityAlert", "BTCUSDT", False)]
+        ("SpreadWarning", "ETHUSDT", False),
+        ("VolatilityAlert", "BTCUSDT", False),
+    ]
 
 
 def test_a_resolved_instance_that_stays_resolved_is_no_change_and_unknown_rules_are_ignored():

@@ -24,8 +24,9 @@ def test_check_names_the_folder_and_both_figures_below_the_minimum():
     assert guard.as_dict() == {"path": "/data/state", "ok": True, "free_mb": 500.0, "min_free_mb": 100.0}
     disk.free_mb, now[0] = 42, 1.0
     msg = guard.check()
-    assert msg == ("disk nearly full: 42 MB free under /data/state, below the minimum of 100 MB "
-                   "(CRYPTOMON_DISK_MIN_FREE_MB)")
+    assert msg == (
+        "disk nearly full: 42 MB free under /data/state, below the minimum of 100 MB (CRYPTOMON_DISK_MIN_FREE_MB)"
+    )
     assert guard.as_dict()["ok"] is False
     disk.free_mb, now[0] = 100, 2.0  # exactly the minimum is enough
     assert guard.check() is None

@@ -1,6 +1,7 @@
 """Grafana cannot run here: check every provisioning file against the format of the pinned version."""
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_dashboard_json_follows_the_schema(dashboard):
     for p in d["panels"]:
         assert p["type"] in PANEL_TYPES
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0
         if p["type"] == "row":
             assert p["repeat"] == "symbol"
             continue
@@ -91,15 +92,17 @@ def test_alerting_file_has_the_documented_fields():
 
 
 def test_macro_expansion_matches_grafana():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    t0 = datetime(2026, 11, 24, 5, 1, 17, tzinfo=timezone.utc)
-    t1 = datetime(2026, 11, 24, 5, 6, 17, 500000, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 24, 5, 1, 17, tzinfo=UTC)
+    t1 = datetime(2026, 11, 24, 5, 6, 17, 500000, tzinfo=UTC)
     sql = "SELECT $__timeGroupAlias(ts, '1m'), x FROM t WHERE $__timeFilter(ts) AND s IN ($symbol) AND $__timeFrom() < $__timeTo()"
     out = expand(sql, t0, t1, {"symbol": ["BTCUSDT", "O'NE"]})
-    assert out == ("SELECT time_bucket('60.000s',ts) AS \"time\", x FROM t WHERE ts BETWEEN '2026-11-24T05:01:17Z' AND "
-                   "'2026-11-24T05:06:17.5Z' AND s IN ('BTCUSDT','O''NE') AND '2026-11-24T05:01:17Z' < "
-                   "'2026-11-24T05:06:17.5Z'")
+    assert out == (
+        "SELECT time_bucket('60.000s',ts) AS \"time\", x FROM t WHERE ts BETWEEN '2026-11-24T05:01:17Z' AND "
+        "'2026-11-24T05:06:17.5Z' AND s IN ('BTCUSDT','O''NE') AND '2026-11-24T05:01:17Z' < "
+        "'2026-11-24T05:06:17.5Z'"
+    )
     with pytest.raises(ValueError, match="unexpanded"):
         expand("SELECT $other", t0, t1, {})
     assert all(r.sql.count("$__timeFilter") == 1 for r in ALERT_RULES)

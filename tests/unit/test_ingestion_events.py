@@ -20,10 +20,30 @@ from cryptomon.ingestion.events import (
 )
 
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT"})
-TRADE = {"e": "trade", "E": 1732400000123, "s": "BTCUSDT", "t": 12345, "p": "97000.01000000",
-         "q": "0.00100000", "T": 1732400000120, "m": True, "M": True}
-AGG = {"e": "aggTrade", "E": 1, "s": "ETHUSDT", "a": 9, "p": "3400.5", "q": "1.25", "f": 100, "l": 102, "T": 1,
-       "m": False, "M": True}
+TRADE = {
+    "e": "trade",
+    "E": 1732400000123,
+    "s": "BTCUSDT",
+    "t": 12345,
+    "p": "97000.01000000",
+    "q": "0.00100000",
+    "T": 1732400000120,
+    "m": True,
+    "M": True,
+}
+AGG = {
+    "e": "aggTrade",
+    "E": 1,
+    "s": "ETHUSDT",
+    "a": 9,
+    "p": "3400.5",
+    "q": "1.25",
+    "f": 100,
+    "l": 102,
+    "T": 1,
+    "m": False,
+    "M": True,
+}
 BOOK = {"u": 400900217, "s": "BTCUSDT", "b": "97000.00", "B": "31.21", "a": "97000.02", "A": "40.66"}
 
 
@@ -33,15 +53,20 @@ def frame(stream, data):
 
 def test_combined_stream_url_lists_every_symbol_and_kind():
     url = combined_stream_url("wss://stream.binance.com:9443/stream", ("BTCUSDT", "ETHUSDT"))
-    assert url == ("wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker/"
-                   "ethusdt@trade/ethusdt@aggTrade/ethusdt@bookTicker")
+    assert url == (
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker/"
+        "ethusdt@trade/ethusdt@aggTrade/ethusdt@bookTicker"
+    )
 
 
-@pytest.mark.parametrize(("stream", "data", "kind", "seq"), [
-    ("btcusdt@trade", TRADE, "trade", 12345),
-    ("ethusdt@aggTrade", AGG, "aggTrade", 9),
-    ("btcusdt@bookTicker", BOOK, "bookTicker", 400900217),
-])
+@pytest.mark.parametrize(
+    ("stream", "data", "kind", "seq"),
+    [
+        ("btcusdt@trade", TRADE, "trade", 12345),
+        ("ethusdt@aggTrade", AGG, "aggTrade", 9),
+        ("btcusdt@bookTicker", BOOK, "bookTicker", 400900217),
+    ],
+)
 def test_valid_frames_are_routed(stream, data, kind, seq):
     ev = parse_frame(frame(stream, data), SYMBOLS)
     assert (ev.kind, ev.symbol, ev.seq) == (kind, data["s"], seq)
@@ -54,24 +79,27 @@ def test_encode_adds_the_ingestion_timestamp_and_keeps_the_payload():
     assert orjson.loads(encode(ev, 5, backfilled=True))["backfilled"] is True
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (b"not json", "not_json"),
-    (b"[1, 2]", "bad_envelope"),
-    (b'{"data": {}}', "bad_envelope"),
-    (frame("dogeusdt@trade", {**TRADE, "s": "DOGEUSDT"}), "unknown_stream"),
-    (frame("btcusdt@depth", TRADE), "unknown_stream"),
-    (frame("btcusdt@trade", {**TRADE, "s": "ETHUSDT"}), "bad_symbol"),
-    (frame("btcusdt@trade", {**TRADE, "e": "aggTrade"}), "bad_event_type"),
-    (frame("btcusdt@trade", {k: v for k, v in TRADE.items() if k != "p"}), "missing_field"),
-    (frame("btcusdt@trade", {**TRADE, "t": "12345"}), "wrong_type"),
-    (frame("btcusdt@trade", {**TRADE, "t": True}), "wrong_type"),  # a bool is not an id
-    (frame("btcusdt@trade", {**TRADE, "m": 1}), "wrong_type"),
-    (frame("btcusdt@trade", {**TRADE, "p": "1e5"}), "bad_decimal"),
-    (frame("btcusdt@trade", {**TRADE, "q": "-1.0"}), "bad_decimal"),
-    (frame("btcusdt@trade", {**TRADE, "p": "1.123456789"}), "bad_decimal"),
-    (frame("btcusdt@bookTicker", {k: v for k, v in BOOK.items() if k != "a"}), "missing_field"),
-    (frame("btcusdt@trade", [1]), "bad_payload"),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not_json"),
+        (b"[1, 2]", "bad_envelope"),
+        (b'{"data": {}}', "bad_envelope"),
+        (frame("dogeusdt@trade", {**TRADE, "s": "DOGEUSDT"}), "unknown_stream"),
+        (frame("btcusdt@depth", TRADE), "unknown_stream"),
+        (frame("btcusdt@trade", {**TRADE, "s": "ETHUSDT"}), "bad_symbol"),
+        (frame("btcusdt@trade", {**TRADE, "e": "aggTrade"}), "bad_event_type"),
+        (frame("btcusdt@trade", {k: v for k, v in TRADE.items() if k != "p"}), "missing_field"),
+        (frame("btcusdt@trade", {**TRADE, "t": "12345"}), "wrong_type"),
+        (frame("btcusdt@trade", {**TRADE, "t": True}), "wrong_type"),  # a bool is not an id
+        (frame("btcusdt@trade", {**TRADE, "m": 1}), "wrong_type"),
+        (frame("btcusdt@trade", {**TRADE, "p": "1e5"}), "bad_decimal"),
+        (frame("btcusdt@trade", {**TRADE, "q": "-1.0"}), "bad_decimal"),
+        (frame("btcusdt@trade", {**TRADE, "p": "1.123456789"}), "bad_decimal"),
+        (frame("btcusdt@bookTicker", {k: v for k, v in BOOK.items() if k != "a"}), "missing_field"),
+        (frame("btcusdt@trade", [1]), "bad_payload"),
+    ],
+)
 def test_bad_frames_are_rejected_with_a_reason(raw, reason):
     with pytest.raises(BadFrame) as err:
         parse_frame(raw, SYMBOLS)
@@ -84,11 +112,32 @@ def test_server_shutdown_is_a_control_event():
 
 
 def test_rest_rows_become_stream_payloads():
-    t = trade_from_rest("BTCUSDT", {"id": 28457, "price": "4.00000100", "qty": "12.00000000", "quoteQty": "48.0",
-                                    "time": 1499865549590, "isBuyerMaker": True, "isBestMatch": True})
+    t = trade_from_rest(
+        "BTCUSDT",
+        {
+            "id": 28457,
+            "price": "4.00000100",
+            "qty": "12.00000000",
+            "quoteQty": "48.0",
+            "time": 1499865549590,
+            "isBuyerMaker": True,
+            "isBestMatch": True,
+        },
+    )
     assert (t.kind, t.seq, t.data["p"], t.data["T"], t.data["m"]) == ("trade", 28457, "4.00000100", 1499865549590, True)
-    a = agg_trade_from_rest("BTCUSDT", {"a": 26129, "p": "0.01633102", "q": "4.70443515", "f": 27781, "l": 27781,
-                                        "T": 1498793709153, "m": True, "M": True})
+    a = agg_trade_from_rest(
+        "BTCUSDT",
+        {
+            "a": 26129,
+            "p": "0.01633102",
+            "q": "4.70443515",
+            "f": 27781,
+            "l": 27781,
+            "T": 1498793709153,
+            "m": True,
+            "M": True,
+        },
+    )
     assert (a.kind, a.seq, a.data["f"], a.data["e"]) == ("aggTrade", 26129, 27781, "aggTrade")
     with pytest.raises(BadFrame):
         trade_from_rest("BTCUSDT", {"id": "x", "price": "1", "qty": "1", "time": 1, "isBuyerMaker": True})
@@ -127,9 +176,9 @@ def test_tracker_random_walk_against_a_set_model():
     ids = list(range(1, 2001))
     # shuffle locally (out-of-order within 5), drop some, duplicate some
     for i in range(0, len(ids) - 5, 5):
-        chunk = ids[i:i + 5]
+        chunk = ids[i : i + 5]
         rng.shuffle(chunk)
-        ids[i:i + 5] = chunk
+        ids[i : i + 5] = chunk
     dropped = set(rng.sample(ids[10:], 50))
     stream = [i for i in ids if i not in dropped]
     stream += rng.sample(stream, 40)  # duplicates at the end
@@ -156,7 +205,7 @@ def test_backoff_doubles_with_jitter_caps_and_resets():
     b = Backoff(1.0, 60.0, reset_after=30.0, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(8)]
     for i, d in enumerate(delays):
-        base = min(60.0, 2.0 ** i)
+        base = min(60.0, 2.0**i)
         assert base / 2 <= d <= base
     assert delays[-1] <= 60.0
     b.success(5.0)
@@ -188,11 +237,19 @@ def test_tracker_does_not_resume_when_ids_started_over_or_the_gap_is_too_long():
 def test_highest_ids_per_symbol_and_kind_from_kafka_values():
     from cryptomon.ingestion.resume import highest_ids
 
-    values = [orjson.dumps(v) for v in (
-        {"e": "trade", "s": "BTCUSDT", "t": 10}, {"e": "trade", "s": "BTCUSDT", "t": 12},
-        {"e": "trade", "s": "BTCUSDT", "t": 11, "backfilled": True},  # produced later, older id
-        {"e": "aggTrade", "s": "BTCUSDT", "a": 7}, {"e": "trade", "s": "OTHERUSDT", "t": 99},
-        {"e": "trade", "s": "ETHUSDT", "t": "5"}, {"e": "trade", "s": "ETHUSDT", "t": True},
-    )] + [b"not json", b'{"e": "bookTicker"}']
-    assert highest_ids(values, frozenset({"BTCUSDT", "ETHUSDT"})) == {("BTCUSDT", "trade"): 12,
-                                                                       ("BTCUSDT", "aggTrade"): 7}
+    values = [
+        orjson.dumps(v)
+        for v in (
+            {"e": "trade", "s": "BTCUSDT", "t": 10},
+            {"e": "trade", "s": "BTCUSDT", "t": 12},
+            {"e": "trade", "s": "BTCUSDT", "t": 11, "backfilled": True},  # produced later, older id
+            {"e": "aggTrade", "s": "BTCUSDT", "a": 7},
+            {"e": "trade", "s": "OTHERUSDT", "t": 99},
+            {"e": "trade", "s": "ETHUSDT", "t": "5"},
+            {"e": "trade", "s": "ETHUSDT", "t": True},
+        )
+    ] + [b"not json", b'{"e": "bookTicker"}']
+    assert highest_ids(values, frozenset({"BTCUSDT", "ETHUSDT"})) == {
+        ("BTCUSDT", "trade"): 12,
+        ("BTCUSDT", "aggTrade"): 7,
+    }

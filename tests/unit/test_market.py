@@ -1,3 +1,4 @@
+import itertools
 import statistics
 
 from cryptomon.feed.market import Conditions, Market, fmt
@@ -28,7 +29,7 @@ def test_payloads_are_valid_binance_payloads_with_consecutive_ids():
     assert [a["a"] for a in agg] == list(range(agg[0]["a"], agg[0]["a"] + len(agg)))
     # each aggTrade covers exactly the trades before it, at one price, with their summed quantity
     assert agg[0]["f"] == trade_ids[0] and agg[-1]["l"] == trade_ids[-1]
-    for a, b in zip(agg, agg[1:]):
+    for a, b in itertools.pairwise(agg):
         assert b["f"] == a["l"] + 1
 
 
@@ -44,8 +45,9 @@ def test_calm_spread_never_triples_but_a_blowout_does():
     m = Market(("BTCUSDT",), seed=5)
     spreads = [float(p["a"]) - float(p["b"]) for k, p in run(m, "BTCUSDT", 300) if k == "bookTicker"]
     assert max(spreads) <= 3 * min(spreads)
-    blown = [float(p["a"]) - float(p["b"]) for k, p in run(m, "BTCUSDT", 50, Conditions(spread=12.0))
-             if k == "bookTicker"]
+    blown = [
+        float(p["a"]) - float(p["b"]) for k, p in run(m, "BTCUSDT", 50, Conditions(spread=12.0)) if k == "bookTicker"
+    ]
     assert max(blown + spreads) > 3 * min(spreads)
 
 
@@ -55,10 +57,13 @@ def test_rest_history_matches_the_stream():
     trades = [p for k, p in events if k == "trade"]
     rows = m.trades_from("BTCUSDT", trades[10]["t"], 5)
     assert [r["id"] for r in rows] == [t["t"] for t in trades[10:15]]
-    assert [(r["price"], r["qty"], r["isBuyerMaker"]) for r in rows] == [(t["p"], t["q"], t["m"]) for t in trades[10:15]]
+    assert [(r["price"], r["qty"], r["isBuyerMaker"]) for r in rows] == [
+        (t["p"], t["q"], t["m"]) for t in trades[10:15]
+    ]
     aggs = [p for k, p in events if k == "aggTrade"]
-    assert m.aggs_from("BTCUSDT", aggs[3]["a"], 2) == [{k: a[k] for k in ("a", "p", "q", "f", "l", "T", "m", "M")}
-                                                       for a in aggs[3:5]]
+    assert m.aggs_from("BTCUSDT", aggs[3]["a"], 2) == [
+        {k: a[k] for k in ("a", "p", "q", "f", "l", "T", "m", "M")} for a in aggs[3:5]
+    ]
 
 
 def test_fmt_is_exact():

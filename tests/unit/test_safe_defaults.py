@@ -33,8 +33,11 @@ def test_size_limits_on_what_comes_from_the_network():
 
 
 def test_no_secret_is_committed():
-    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for key, value in example.items():
         if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", key):
             assert value in ("", "change-me"), f".env.example carries a real-looking {key}"
@@ -57,7 +60,7 @@ def test_grafana_anonymous_access_is_off():
 # a module constant, or psycopg's sql.SQL(...).format(sql.Identifier(...)) composition.
 BUILT_SQL = {
     ("web/data.py", "payload"): "Grafana macros expanded by dashboards/macros.py: times we generate, symbols "
-                                "the server checked against the configured list",
+    "the server checked against the configured list",
     ("alerts/notifier.py", "evaluate"): "the alert rules' macros expanded with times we generate",
     ("db/migrate.py", "migrate"): "the migration files of the package, no parameters",
 }
@@ -72,10 +75,16 @@ def _is_safe_sql(node: ast.expr) -> bool:
         return True
     if isinstance(node, ast.Subscript):
         return _is_safe_sql(node.value)
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
-            and isinstance(node.func.value, ast.Call) and getattr(node.func.value.func, "attr", "") == "SQL"):
-        return all(getattr(a.func, "attr", "") in ("Identifier", "Literal") for a in node.args
-                   if isinstance(a, ast.Call))
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "format"
+        and isinstance(node.func.value, ast.Call)
+        and getattr(node.func.value.func, "attr", "") == "SQL"
+    ):
+        return all(
+            getattr(a.func, "attr", "") in ("Identifier", "Literal") for a in node.args if isinstance(a, ast.Call)
+        )
     return False
 
 
@@ -88,9 +97,14 @@ def test_every_sql_statement_is_a_constant_with_parameters():
             if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for call in ast.walk(func):
-                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                        and call.func.attr == "execute" and call.args and not _is_safe_sql(call.args[0])
-                        and (rel, func.name) not in BUILT_SQL):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "execute"
+                    and call.args
+                    and not _is_safe_sql(call.args[0])
+                    and (rel, func.name) not in BUILT_SQL
+                ):
                     unsafe.append(f"{rel}:{call.lineno} in {func.name}()")
     assert sorted(set(unsafe)) == []
 

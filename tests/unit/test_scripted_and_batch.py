@@ -1,17 +1,36 @@
+import orjson
+import pytest
+
 from cryptomon.consumer.rows import Batch, Poison, book_row, trade_row
 from cryptomon.feed.market import Conditions
 from cryptomon.feed.scripted import Span, scripted_events
 
-import orjson
-import pytest
-
-TRADE = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 5, "p": "1.50000000", "q": "2", "T": 1700000000000, "m": True,
-         "M": True, "ingestion_timestamp": 1700000000005}
+TRADE = {
+    "e": "trade",
+    "E": 1,
+    "s": "BTCUSDT",
+    "t": 5,
+    "p": "1.50000000",
+    "q": "2",
+    "T": 1700000000000,
+    "m": True,
+    "M": True,
+    "ingestion_timestamp": 1700000000005,
+}
 
 
 def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
-    assert trade_row(orjson.dumps(TRADE)) == (1700000000000, "BTCUSDT", "trade", 5, "1.50000000", "2", True,
-                                              1700000000005, False)
+    assert trade_row(orjson.dumps(TRADE)) == (
+        1700000000000,
+        "BTCUSDT",
+        "trade",
+        5,
+        "1.50000000",
+        "2",
+        True,
+        1700000000005,
+        False,
+    )
     agg = dict(TRADE, e="aggTrade", a=9, f=1, l=2, backfilled=True)
     del agg["t"]
     assert trade_row(orjson.dumps(agg))[2:4] == ("aggTrade", 9) and trade_row(orjson.dumps(agg))[-1] is True
@@ -19,9 +38,17 @@ def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
     assert book_row(orjson.dumps(book)) == (9, "ETHUSDT", 7, "1.0", "2.0", "1.1", "3.0")
 
 
-@pytest.mark.parametrize("value", [b"nope", b"[]", orjson.dumps(dict(TRADE, e="kline")),
-                                   orjson.dumps(dict(TRADE, ingestion_timestamp="x")),
-                                   orjson.dumps(dict(TRADE, p=1.5)), None])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"nope",
+        b"[]",
+        orjson.dumps(dict(TRADE, e="kline")),
+        orjson.dumps(dict(TRADE, ingestion_timestamp="x")),
+        orjson.dumps(dict(TRADE, p=1.5)),
+        None,
+    ],
+)
 def test_poison_values(value):
     with pytest.raises(Poison):
         trade_row(value)

@@ -51,8 +51,9 @@ def test_cli_exits_2_with_the_setting_named(monkeypatch):
     import sys
 
     env = {"CRYPTOMON_SYMBOLS": "BTC/USDT", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "cryptomon.cli", "settings"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cryptomon", "settings"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "CRYPTOMON_SYMBOLS" in proc.stderr and "BTC/USDT" in proc.stderr
 
@@ -70,5 +71,5 @@ def test_volatility_thresholds_per_symbol(monkeypatch):
     assert s.volatility_threshold_for("BTCUSDT") == 50.0
     assert s.volatility_threshold_for("BNBUSDT") == s.volatility_threshold == 2.0
     monkeypatch.setenv("CRYPTOMON_VOLATILITY_THRESHOLDS", "BTCUSDT:50")
-    with pytest.raises(SettingsError, match="CRYPTOMON_VOLATILITY_THRESHOLDS: .*SYMBOL=number"):
+    with pytest.raises(SettingsError, match=r"CRYPTOMON_VOLATILITY_THRESHOLDS: .*SYMBOL=number"):
         load_settings()

@@ -14,14 +14,30 @@ def render(snap) -> str:
 def test_status_table_shows_processes_market_and_totals():
     snap = {
         "processes": {
-            "ingest": {"alive": True, "pid": 11, "restarts": 0, "http": 200, "count": 12345, "rate": 250.4, "lag": None},
+            "ingest": {
+                "alive": True,
+                "pid": 11,
+                "restarts": 0,
+                "http": 200,
+                "count": 12345,
+                "rate": 250.4,
+                "lag": None,
+            },
             "worker": {"alive": True, "pid": 12, "restarts": 2, "http": 503, "count": 9000, "rate": 0.0, "lag": 42},
             "spark": {"alive": False, "pid": 13, "restarts": 1, "http": 0, "count": None, "rate": None, "lag": None},
         },
-        "market": {"symbols": {"BTCUSDT": {"vwap": Decimal("97000.123456789012"), "spread": Decimal("0.015"),
-                                           "anomalies": 3, "spread_warnings": 1},
-                               "ETHUSDT": {"vwap": None, "spread": None, "anomalies": 0, "spread_warnings": 0}},
-                   "rows": {"trades": 1000, "book_ticker": 400, "trade_metrics": 12, "spread_metrics": 20}},
+        "market": {
+            "symbols": {
+                "BTCUSDT": {
+                    "vwap": Decimal("97000.123456789012"),
+                    "spread": Decimal("0.015"),
+                    "anomalies": 3,
+                    "spread_warnings": 1,
+                },
+                "ETHUSDT": {"vwap": None, "spread": None, "anomalies": 0, "spread_warnings": 0},
+            },
+            "rows": {"trades": 1000, "book_ticker": 400, "trade_metrics": 12, "spread_metrics": 20},
+        },
     }
     text = render(snap)
     assert "ingest" in text and "12,345" in text and "250" in text

@@ -15,7 +15,7 @@ import smtplib
 import ssl
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -35,12 +35,18 @@ class Notifier:
         self.rules = rules
         self.recipients = [a.strip() for a in settings.alert_email.split(",") if a.strip()]
         self.registry = CollectorRegistry()
-        self.sent = Counter("cryptomon_alert_emails_sent", "Alert e-mails accepted by the SMTP server",
-                            ["rule", "state"], registry=self.registry)
-        self.failures = Counter("cryptomon_alert_email_failures", "Alert e-mails the SMTP server did not accept",
-                                registry=self.registry)
-        self.eval_errors = Counter("cryptomon_alert_evaluation_errors", "Rounds that could not query the database",
-                                   registry=self.registry)
+        self.sent = Counter(
+            "cryptomon_alert_emails_sent",
+            "Alert e-mails accepted by the SMTP server",
+            ["rule", "state"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "cryptomon_alert_email_failures", "Alert e-mails the SMTP server did not accept", registry=self.registry
+        )
+        self.eval_errors = Counter(
+            "cryptomon_alert_evaluation_errors", "Rounds that could not query the database", registry=self.registry
+        )
         self.firing = Gauge("cryptomon_alerts_firing", "Alert instances firing", registry=self.registry)
         self.last_round: dict = {}
 
@@ -57,24 +63,27 @@ class Notifier:
 
     def run_once(self, at: datetime | None = None) -> list[Transition]:
         """One round: evaluate, mail the changes, record them. Returns the changes that were mailed."""
-        at = at or datetime.now(timezone.utc)
+        at = at or datetime.now(UTC)
         done: list[Transition] = []
-        with psycopg.connect(self.s.pg_dsn, connect_timeout=5, application_name="cryptomon-notify") as conn:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                previous = {(r, s): f for r, s, f in conn.execute("SELECT rule, symbol, firing FROM alert_state")}
-                current = self.evaluate(conn, at)
-                for t in transitions(self.rules, previous, current):
-                    if (t.firing or self.s.alert_send_resolved) and not self._mail(t, at):
-                        continue  # not recorded: retried next round
-                    conn.execute(
-                        "INSERT INTO alert_state (rule, symbol, firing, value, changed_at, notified_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rule, symbol) DO UPDATE SET"
-                        " firing = EXCLUDED.firing, value = EXCLUDED.value, changed_at = EXCLUDED.changed_at,"
-                        " notified_at = EXCLUDED.notified_at",
-                        (t.rule.title, t.symbol, t.firing, t.value, at, at))
-                    done.append(t)
-                firing = conn.execute("SELECT count(*) FROM alert_state WHERE firing").fetchone()[0]
+        with (
+            psycopg.connect(self.s.pg_dsn, connect_timeout=5, application_name="cryptomon-notify") as conn,
+            conn.transaction(),
+        ):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            previous = {(r, s): f for r, s, f in conn.execute("SELECT rule, symbol, firing FROM alert_state")}
+            current = self.evaluate(conn, at)
+            for t in transitions(self.rules, previous, current):
+                if (t.firing or self.s.alert_send_resolved) and not self._mail(t, at):
+                    continue  # not recorded: retried next round
+                conn.execute(
+                    "INSERT INTO alert_state (rule, symbol, firing, value, changed_at, notified_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rule, symbol) DO UPDATE SET"
+                    " firing = EXCLUDED.firing, value = EXCLUDED.value, changed_at = EXCLUDED.changed_at,"
+                    " notified_at = EXCLUDED.notified_at",
+                    (t.rule.title, t.symbol, t.firing, t.value, at, at),
+                )
+                done.append(t)
+            firing = conn.execute("SELECT count(*) FROM alert_state WHERE firing").fetchone()[0]
         self.firing.set(firing)
         self.last_round = {"at": at.isoformat(), "instances": len(current), "changes": len(done), "firing": firing}
         return done
@@ -82,8 +91,13 @@ class Notifier:
     # ------------------------------------------------------------- e-mail
 
     def _mail(self, t: Transition, at: datetime) -> bool:
-        msg = email_for(t, at, self.s.alert_from, self.recipients,
-                        f"http://127.0.0.1:{self.s.dashboard_port}/" if self.s.dashboard_port else "")
+        msg = email_for(
+            t,
+            at,
+            self.s.alert_from,
+            self.recipients,
+            f"http://127.0.0.1:{self.s.dashboard_port}/" if self.s.dashboard_port else "",
+        )
         try:
             with smtplib.SMTP(self.s.smtp_host, self.s.smtp_port, timeout=10) as smtp:
                 if self.s.smtp_starttls:
@@ -93,8 +107,14 @@ class Notifier:
                 smtp.send_message(msg)
         except (OSError, smtplib.SMTPException) as exc:
             self.failures.inc()
-            log.error("could not send %r to %s via %s:%d: %s (retried next round)", msg["Subject"],
-                      msg["To"], self.s.smtp_host, self.s.smtp_port, exc)
+            log.error(
+                "could not send %r to %s via %s:%d: %s (retried next round)",
+                msg["Subject"],
+                msg["To"],
+                self.s.smtp_host,
+                self.s.smtp_port,
+                exc,
+            )
             return False
         self.sent.labels(t.rule.title, "firing" if t.firing else "resolved").inc()
         log.info("sent %r to %s", msg["Subject"], msg["To"])
@@ -103,8 +123,14 @@ class Notifier:
     # ------------------------------------------------------------- loop
 
     def run(self, stop: threading.Event) -> None:
-        log.info("evaluating %d alert rules every %gs, mailing %s via %s:%d", len(self.rules),
-                 self.s.alert_interval_seconds, ", ".join(self.recipients), self.s.smtp_host, self.s.smtp_port)
+        log.info(
+            "evaluating %d alert rules every %gs, mailing %s via %s:%d",
+            len(self.rules),
+            self.s.alert_interval_seconds,
+            ", ".join(self.recipients),
+            self.s.smtp_host,
+            self.s.smtp_port,
+        )
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -129,8 +155,9 @@ def main(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     server = None
     if settings.notify_health_port:
-        server = HealthServer(settings.health_host, settings.notify_health_port, notifier.health,
-                              notifier.registry).start()
+        server = HealthServer(
+            settings.health_host, settings.notify_health_port, notifier.health, notifier.registry
+        ).start()
     try:
         notifier.run(stop)
     finally:

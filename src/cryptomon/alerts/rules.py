@@ -60,8 +60,9 @@ def email_for(t: Transition, at: datetime, sender: str, recipients: list[str], d
     lines = [
         f"{t.rule.title} is {state.lower()} for {t.symbol}.",
         "",
-        render_summary(t.rule, t.symbol) if t.firing else f"No flagged window for {t.symbol} in the last "
-                                                            f"{t.rule.lookback_seconds} s.",
+        render_summary(t.rule, t.symbol)
+        if t.firing
+        else f"No flagged window for {t.symbol} in the last {t.rule.lookback_seconds} s.",
         "",
         f"evaluated at: {at.isoformat(timespec='seconds')}",
         f"flagged windows in the last {t.rule.lookback_seconds} s: {t.value:g}",

@@ -27,8 +27,17 @@ def trade_row(value: bytes) -> tuple:
     if kind not in ("trade", "aggTrade"):
         raise Poison(f"event type {kind!r} on the trades topic")
     _check(kind, d)
-    return (d["T"], d["s"], kind, d["t"] if kind == "trade" else d["a"], d["p"], d["q"], d["m"],
-            d["ingestion_timestamp"], d.get("backfilled") is True)
+    return (
+        d["T"],
+        d["s"],
+        kind,
+        d["t"] if kind == "trade" else d["a"],
+        d["p"],
+        d["q"],
+        d["m"],
+        d["ingestion_timestamp"],
+        d.get("backfilled") is True,
+    )
 
 
 def book_row(value: bytes) -> tuple:

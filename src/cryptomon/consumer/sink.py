@@ -67,8 +67,9 @@ class TimescaleSink:
     def connect(self) -> None:
         if self.conn is None or self.conn.closed:
             try:
-                self.conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
-                                            application_name="cryptomon-worker")
+                self.conn = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=5, application_name="cryptomon-worker"
+                )
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(str(exc).strip()) from None
 
@@ -92,8 +93,9 @@ class TimescaleSink:
             finally:
                 self.conn = None
 
-    def write(self, table: str, rows: list[tuple], dead: list[tuple],
-              describe: Callable[[int, str], tuple]) -> tuple[int, list[tuple]]:
+    def write(
+        self, table: str, rows: list[tuple], dead: list[tuple], describe: Callable[[int, str], tuple]
+    ) -> tuple[int, list[tuple]]:
         """Insert rows and dead letters atomically; returns (rows inserted, rejected rows as dead letters).
 
         When PostgreSQL rejects the batch because of the data in some row, those rows are isolated by
@@ -117,8 +119,9 @@ class TimescaleSink:
     def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
         if not dead:
             return self.conn.execute(INSERT_SQL[table], _columns(rows, COLUMNS[table])).rowcount
-        return self.conn.execute(WRITE_SQL[table], _columns(dead, DEAD_LETTER_COLUMNS)
-                                 + _columns(rows, COLUMNS[table])).rowcount
+        return self.conn.execute(
+            WRITE_SQL[table], _columns(dead, DEAD_LETTER_COLUMNS) + _columns(rows, COLUMNS[table])
+        ).rowcount
 
     def _bisect(self, table: str, rows: list[tuple]) -> list[tuple[int, str]]:
         """Indexes (and errors) of the rows PostgreSQL rejects; nothing is written."""
@@ -142,4 +145,4 @@ class TimescaleSink:
 
 def _columns(rows: list[tuple], n: int) -> list[list]:
     """Rows as n column arrays (n empty arrays for no rows)."""
-    return [list(col) for col in zip(*rows)] if rows else [[] for _ in range(n)]
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]

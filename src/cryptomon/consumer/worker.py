@@ -75,8 +75,10 @@ class Worker:
         self.s = settings
         self.table_of = {topic_name("trades"): TRADES, topic_name("book_ticker"): BOOK_TICKER}
         self.batches: dict[Partition, Batch] = {}
-        self.writers = [Writer(TimescaleSink(settings.pg_dsn), ThreadPoolExecutor(1, f"cryptomon-db-writer-{i}"))
-                        for i in range(settings.worker_writers)]
+        self.writers = [
+            Writer(TimescaleSink(settings.pg_dsn), ThreadPoolExecutor(1, f"cryptomon-db-writer-{i}"))
+            for i in range(settings.worker_writers)
+        ]
         self.idle = list(self.writers)
         self.in_flight: dict[Partition, deque[Flight]] = {}  # per partition, in Kafka's order
         self.to_commit: dict[Partition, int] = {}
@@ -94,38 +96,52 @@ class Worker:
         self.db_failures = 0
         self.disk_pauses = 0
         self.pause_reason: DatabaseUnavailable | None = None
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.worker_group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # a worker that died without leaving (kill -9, power loss) holds its partitions until its
-            # session expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 2_000,
-            "fetch.wait.max.ms": 50,
-            "statistics.interval.ms": 2000,
-            "stats_cb": self._on_stats,
-            "client.id": "cryptomon-worker",
-        })
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.worker_group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "partition.assignment.strategy": "cooperative-sticky",
+                # a worker that died without leaving (kill -9, power loss) holds its partitions until its
+                # session expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
+                "fetch.wait.max.ms": 50,
+                "statistics.interval.ms": 2000,
+                "stats_cb": self._on_stats,
+                "client.id": "cryptomon-worker",
+            }
+        )
         self.registry = CollectorRegistry()
         r = self.registry
         self.m_rows = Counter("cryptomon_worker_rows_inserted", "Rows inserted", ["table"], registry=r)
         self.m_dead = Counter("cryptomon_worker_dead_letters", "Messages sent to dead_letters", ["table"], registry=r)
-        self.m_batch = Histogram("cryptomon_worker_batch_size", "Messages per flushed batch", ["table"], registry=r,
-                                 buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
-        self.m_flush = Histogram("cryptomon_worker_flush_seconds", "Database write latency per batch", ["table"],
-                                 registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.m_batch = Histogram(
+            "cryptomon_worker_batch_size",
+            "Messages per flushed batch",
+            ["table"],
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+        )
+        self.m_flush = Histogram(
+            "cryptomon_worker_flush_seconds",
+            "Database write latency per batch",
+            ["table"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.m_lag = Gauge("cryptomon_worker_consumer_lag", "Messages behind the log end", ["partition"], registry=r)
         self.m_db = Gauge("cryptomon_worker_db_up", "1 when the last database operation succeeded", registry=r)
         self.m_db_fail = Counter("cryptomon_worker_db_failures", "Failed database attempts", registry=r)
-        self.m_disk = Counter("cryptomon_worker_disk_full_pauses", "Flushes held back by a nearly full disk",
-                              registry=r)
-        self.m_disk_free = Gauge("cryptomon_worker_disk_free_bytes", "Free bytes on the state folder's disk",
-                                 registry=r)
+        self.m_disk = Counter(
+            "cryptomon_worker_disk_full_pauses", "Flushes held back by a nearly full disk", registry=r
+        )
+        self.m_disk_free = Gauge(
+            "cryptomon_worker_disk_free_bytes", "Free bytes on the state folder's disk", registry=r
+        )
         self.m_disk_free.set_function(self._disk_free)
         port = settings.worker_health_port if health_port is None else health_port
         self.health_server = HealthServer(settings.health_host, port, self.health, r) if port else None
@@ -169,11 +185,11 @@ class Worker:
         if self.health_server:
             self.health_server.start()
         topics = list(self.table_of)
-        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
-        log.info("worker consuming %s as group %s with %d database writers", topics, self.s.worker_group,
-                 len(self.writers))
+        log.info(
+            "worker consuming %s as group %s with %d database writers", topics, self.s.worker_group, len(self.writers)
+        )
         try:
             while not self.stop_event.is_set():
                 try:
@@ -200,8 +216,10 @@ class Worker:
                 raise DiskNearlyFull(low)
             if not self.writers[0].sink.ping():
                 raise DatabaseUnavailable("still unavailable")
-            log.info("%s: flushing and resuming", "disk has room again"
-                     if isinstance(self.pause_reason, DiskNearlyFull) else "database is back")
+            log.info(
+                "%s: flushing and resuming",
+                "disk has room again" if isinstance(self.pause_reason, DiskNearlyFull) else "database is back",
+            )
             backoff.success(0)
         elif low := self.disk.check():  # hold off before consuming what could not be written
             raise DiskNearlyFull(low)
@@ -357,8 +375,10 @@ class Worker:
         log.info("stopping: flushing buffered rows")
         self._settle()  # a failed batch goes back to its buffer and is tried once more
         if left := self._flush_all(set(self.batches)):
-            log.warning("cannot flush at shutdown (database unavailable): %d messages left uncommitted "
-                        "(replayed on restart)", left)
+            log.warning(
+                "cannot flush at shutdown (database unavailable): %d messages left uncommitted (replayed on restart)",
+                left,
+            )
         self._commit()
         for w in self.writers:
             w.thread.shutdown()
@@ -387,8 +407,9 @@ class Worker:
             "consumer_lag_total": total_lag,
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
-            "buffered": {t: sum(len(b) for b in list(self.batches.values()) if b.table == t)
-                         for t in self.table_of.values()},
+            "buffered": {
+                t: sum(len(b) for b in list(self.batches.values()) if b.table == t) for t in self.table_of.values()
+            },
             "writing": sum(len(f.batch) for q in list(self.in_flight.values()) for f in list(q)),
             "writers": len(self.writers),
             "last_flush_seconds_ago": round(age, 3),
@@ -405,8 +426,3 @@ def main(settings: Settings) -> None:
         signal.signal(sig, lambda *_: worker.stop_event.set())
     worker.run()
 
-
-if __name__ == "__main__":
-    from cryptomon.cli import settings as _settings
-
-    main(_settings())

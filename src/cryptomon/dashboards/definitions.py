@@ -52,31 +52,44 @@ MARKET_OVERVIEW = Dashboard(
     repeat_by_symbol=True,
     panels=(
         Panel(
-            "vwap", "VWAP (1-minute windows)", "timeseries",
-            "SELECT window_start AS \"time\", vwap::double precision AS \"VWAP\"\n"
+            "vwap",
+            "VWAP (1-minute windows)",
+            "timeseries",
+            'SELECT window_start AS "time", vwap::double precision AS "VWAP"\n'
             "FROM trade_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol)\n"
             "ORDER BY 1",
-            "time_series", ("time", "VWAP"), unit="currencyUSD", width=10,
+            "time_series",
+            ("time", "VWAP"),
+            unit="currencyUSD",
+            width=10,
             description="Volume-weighted average price per 1-minute window, from the Spark job.",
         ),
         Panel(
-            "trade_count", "Trades per minute", "bargauge",
+            "trade_count",
+            "Trades per minute",
+            "bargauge",
             "SELECT $__timeGroupAlias(window_start, '1m'), sum(trade_count) AS \"trades\"\n"
             "FROM trade_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol)\n"
             "GROUP BY 1 ORDER BY 1",
-            "time_series", ("time", "trades"), width=6,
+            "time_series",
+            ("time", "trades"),
+            width=6,
             description="Number of trades (trade events, not aggTrades) per 1-minute window.",
         ),
         Panel(
-            "avg_spread", "Average spread (30-second windows)", "timeseries",
-            "SELECT window_start AS \"time\", avg_spread::double precision AS \"avg spread\",\n"
-            "       max_spread::double precision AS \"max spread\"\n"
+            "avg_spread",
+            "Average spread (30-second windows)",
+            "timeseries",
+            'SELECT window_start AS "time", avg_spread::double precision AS "avg spread",\n'
+            '       max_spread::double precision AS "max spread"\n'
             "FROM spread_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol)\n"
             "ORDER BY 1",
-            "time_series", ("time", "avg spread", "max spread"), unit="currencyUSD",
+            "time_series",
+            ("time", "avg spread", "max spread"),
+            unit="currencyUSD",
             description="Best ask minus best bid, averaged per 30-second window.",
         ),
     ),
@@ -88,50 +101,69 @@ RISK_MONITOR = Dashboard(
     file="risk-monitor.json",
     panels=(
         Panel(
-            "volatility_alerts", "Volatility alerts", "stat",
-            "SELECT count(*) AS \"volatility alerts\"\n"
+            "volatility_alerts",
+            "Volatility alerts",
+            "stat",
+            'SELECT count(*) AS "volatility alerts"\n'
             "FROM trade_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND volatility_alert",
-            "table", ("volatility alerts",),
+            "table",
+            ("volatility alerts",),
             description="1-minute windows whose price stddev exceeded the symbol's threshold.",
         ),
         Panel(
-            "volume_spikes", "Volume spikes", "stat",
-            "SELECT count(*) AS \"volume spikes\"\n"
+            "volume_spikes",
+            "Volume spikes",
+            "stat",
+            'SELECT count(*) AS "volume spikes"\n'
             "FROM trade_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND volume_spike",
-            "table", ("volume spikes",),
+            "table",
+            ("volume spikes",),
             description="1-minute windows whose volume exceeded K times the mean of the previous windows.",
         ),
         Panel(
-            "spread_warnings", "Spread warnings", "stat",
-            "SELECT count(*) AS \"spread warnings\"\n"
+            "spread_warnings",
+            "Spread warnings",
+            "stat",
+            'SELECT count(*) AS "spread warnings"\n'
             "FROM spread_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND spread_warning",
-            "table", ("spread warnings",),
+            "table",
+            ("spread warnings",),
             description="30-second windows whose max spread exceeded F times their min spread.",
         ),
         Panel(
-            "anomalies", "Anomaly events", "table",
-            "SELECT window_start AS \"time\", symbol,\n"
+            "anomalies",
+            "Anomaly events",
+            "table",
+            'SELECT window_start AS "time", symbol,\n'
             "       concat_ws(' + ', CASE WHEN volatility_alert THEN 'volatility' END,\n"
             "                        CASE WHEN volume_spike THEN 'volume spike' END) AS \"event\",\n"
-            "       vwap::double precision AS \"vwap\", price_stddev AS \"price stddev\",\n"
-            "       volume::double precision AS \"volume\", trade_count AS \"trades\"\n"
+            '       vwap::double precision AS "vwap", price_stddev AS "price stddev",\n'
+            '       volume::double precision AS "volume", trade_count AS "trades"\n'
             "FROM trade_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND (volatility_alert OR volume_spike)\n"
             "ORDER BY window_start DESC LIMIT 500",
-            "table", ("time", "symbol", "event", "vwap", "price stddev", "volume", "trades"), width=12, height=10,
+            "table",
+            ("time", "symbol", "event", "vwap", "price stddev", "volume", "trades"),
+            width=12,
+            height=10,
         ),
         Panel(
-            "spread_warning_events", "Spread warnings", "table",
-            "SELECT window_start AS \"time\", symbol, min_spread::double precision AS \"min spread\",\n"
-            "       max_spread::double precision AS \"max spread\", avg_spread::double precision AS \"avg spread\",\n"
-            "       update_count AS \"updates\"\n"
+            "spread_warning_events",
+            "Spread warnings",
+            "table",
+            'SELECT window_start AS "time", symbol, min_spread::double precision AS "min spread",\n'
+            '       max_spread::double precision AS "max spread", avg_spread::double precision AS "avg spread",\n'
+            '       update_count AS "updates"\n'
             "FROM spread_metrics\n"
             "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND spread_warning\n"
             "ORDER BY window_start DESC LIMIT 500",
-            "table", ("time", "symbol", "min spread", "max spread", "avg spread", "updates"), width=12, height=10,
+            "table",
+            ("time", "symbol", "min spread", "max spread", "avg spread", "updates"),
+            width=12,
+            height=10,
         ),
     ),
 )
@@ -140,7 +172,8 @@ DASHBOARDS = (MARKET_OVERVIEW, RISK_MONITOR)
 
 ALERT_RULES = (
     AlertRule(
-        "cryptomon-volatility-alert", "VolatilityAlert",
+        "cryptomon-volatility-alert",
+        "VolatilityAlert",
         "SELECT symbol, count(*) FILTER (WHERE volatility_alert)::double precision AS value\n"
         "FROM trade_metrics\n"
         "WHERE $__timeFilter(window_start)\n"
@@ -150,7 +183,8 @@ ALERT_RULES = (
         labels={"severity": "warning"},
     ),
     AlertRule(
-        "cryptomon-spread-warning", "SpreadWarning",
+        "cryptomon-spread-warning",
+        "SpreadWarning",
         "SELECT symbol, count(*) FILTER (WHERE spread_warning)::double precision AS value\n"
         "FROM spread_metrics\n"
         "WHERE $__timeFilter(window_start)\n"

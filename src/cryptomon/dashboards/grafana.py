@@ -35,25 +35,42 @@ def _target(sql: str, fmt: str, ref: str = "A") -> dict:
 
 def _options(panel: Panel) -> dict:
     if panel.type == "stat":
-        return {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "colorMode": "value", "graphMode": "none", "textMode": "value", "justifyMode": "auto"}
+        return {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "none",
+            "textMode": "value",
+            "justifyMode": "auto",
+        }
     if panel.type == "bargauge":
-        return {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": True, "limit": 15},
-                "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True}
+        return {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": True, "limit": 15},
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "showUnfilled": True,
+        }
     if panel.type == "table":
         return {"showHeader": True, "cellHeight": "sm", "sortBy": [{"displayName": "time", "desc": True}]}
-    return {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "none"}}
+    return {
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "tooltip": {"mode": "multi", "sort": "none"},
+    }
 
 
 def _panel(panel: Panel, pid: int, x: int, y: int) -> dict:
     defaults: dict = {"unit": panel.unit}
     if panel.type == "stat":
-        defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None},
-                                                                {"color": "red", "value": 1}]}
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}],
+        }
     return {
-        "id": pid, "type": panel.type, "title": panel.title, "description": panel.description,
-        "datasource": DS, "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "id": pid,
+        "type": panel.type,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DS,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
         "targets": [_target(panel.sql, panel.format)],
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": _options(panel),
@@ -64,8 +81,17 @@ def dashboard_json(d: Dashboard) -> dict:
     panels: list[dict] = []
     pid, x, y = 1, 0, 0
     if d.repeat_by_symbol:
-        panels.append({"id": pid, "type": "row", "title": "$symbol", "repeat": "symbol", "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "panels": []})
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": "$symbol",
+                "repeat": "symbol",
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0},
+                "panels": [],
+            }
+        )
         pid, y = pid + 1, 1
     row_height = 0
     for p in d.panels:
@@ -75,68 +101,158 @@ def dashboard_json(d: Dashboard) -> dict:
         panels.append(_panel(p, pid, x, y))
         pid, x, row_height = pid + 1, x + p.width, max(row_height, p.height)
     return {
-        "uid": d.uid, "title": d.title, "tags": list(d.tags), "timezone": "utc", "editable": False,
-        "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "10s", "graphTooltip": 1,
+        "uid": d.uid,
+        "title": d.title,
+        "tags": list(d.tags),
+        "timezone": "utc",
+        "editable": False,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "refresh": "10s",
+        "graphTooltip": 1,
         "time": {"from": "now-1h", "to": "now"},
         "timepicker": {"refresh_intervals": ["10s", "30s", "1m", "5m"]},
-        "templating": {"list": [{
-            "name": "symbol", "label": "Symbol", "type": "query", "datasource": DS,
-            "query": SYMBOL_QUERY, "definition": SYMBOL_QUERY, "refresh": 2, "sort": 1,
-            "multi": True, "includeAll": True,
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        }]},
+        "templating": {
+            "list": [
+                {
+                    "name": "symbol",
+                    "label": "Symbol",
+                    "type": "query",
+                    "datasource": DS,
+                    "query": SYMBOL_QUERY,
+                    "definition": SYMBOL_QUERY,
+                    "refresh": 2,
+                    "sort": 1,
+                    "multi": True,
+                    "includeAll": True,
+                    "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                }
+            ]
+        },
         "annotations": {"list": []},
         "panels": panels,
     }
 
 
 def datasource_yaml() -> dict:
-    return {"apiVersion": 1, "datasources": [{
-        "name": "TimescaleDB", "uid": DATASOURCE_UID, "type": DATASOURCE_TYPE, "access": "proxy",
-        "url": "timescaledb:5432", "user": "${CRYPTOMON_PG_USER}", "isDefault": True, "editable": False,
-        "jsonData": {"database": "${CRYPTOMON_PG_DB}", "sslmode": "disable", "timescaledb": True,
-                     "postgresVersion": 1500, "maxOpenConns": 10},
-        "secureJsonData": {"password": "${CRYPTOMON_PG_PASSWORD}"},
-    }]}
+    return {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "TimescaleDB",
+                "uid": DATASOURCE_UID,
+                "type": DATASOURCE_TYPE,
+                "access": "proxy",
+                "url": "timescaledb:5432",
+                "user": "${CRYPTOMON_PG_USER}",
+                "isDefault": True,
+                "editable": False,
+                "jsonData": {
+                    "database": "${CRYPTOMON_PG_DB}",
+                    "sslmode": "disable",
+                    "timescaledb": True,
+                    "postgresVersion": 1500,
+                    "maxOpenConns": 10,
+                },
+                "secureJsonData": {"password": "${CRYPTOMON_PG_PASSWORD}"},
+            }
+        ],
+    }
 
 
 def dashboards_provider_yaml() -> dict:
-    return {"apiVersion": 1, "providers": [{
-        "name": "cryptomon", "orgId": 1, "folder": FOLDER, "type": "file", "disableDeletion": True,
-        "allowUiUpdates": False, "updateIntervalSeconds": 30,
-        "options": {"path": "/var/lib/grafana/dashboards", "foldersFromFilesStructure": False},
-    }]}
+    return {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "cryptomon",
+                "orgId": 1,
+                "folder": FOLDER,
+                "type": "file",
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "updateIntervalSeconds": 30,
+                "options": {"path": "/var/lib/grafana/dashboards", "foldersFromFilesStructure": False},
+            }
+        ],
+    }
 
 
 def alerting_yaml() -> dict:
     rules = []
     for r in ALERT_RULES:
-        rules.append({
-            "uid": r.uid, "title": r.title, "condition": "C",
-            "data": [
-                {"refId": "A", "relativeTimeRange": {"from": r.lookback_seconds, "to": 0},
-                 "datasourceUid": DATASOURCE_UID, "model": {**_target(r.sql, "table"), "datasource": DS}},
-                {"refId": "B", "relativeTimeRange": {"from": 0, "to": 0}, "datasourceUid": "__expr__",
-                 "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last",
-                           "datasource": {"type": "__expr__", "uid": "__expr__"}}},
-                {"refId": "C", "relativeTimeRange": {"from": 0, "to": 0}, "datasourceUid": "__expr__",
-                 "model": {"refId": "C", "type": "threshold", "expression": "B",
-                           "conditions": [{"evaluator": {"type": "gt", "params": [0]}}],
-                           "datasource": {"type": "__expr__", "uid": "__expr__"}}},
-            ],
-            "noDataState": "OK", "execErrState": "Error", "for": "0s", "isPaused": False,
-            "annotations": {"summary": r.summary},
-            "labels": dict(r.labels),
-        })
+        rules.append(
+            {
+                "uid": r.uid,
+                "title": r.title,
+                "condition": "C",
+                "data": [
+                    {
+                        "refId": "A",
+                        "relativeTimeRange": {"from": r.lookback_seconds, "to": 0},
+                        "datasourceUid": DATASOURCE_UID,
+                        "model": {**_target(r.sql, "table"), "datasource": DS},
+                    },
+                    {
+                        "refId": "B",
+                        "relativeTimeRange": {"from": 0, "to": 0},
+                        "datasourceUid": "__expr__",
+                        "model": {
+                            "refId": "B",
+                            "type": "reduce",
+                            "expression": "A",
+                            "reducer": "last",
+                            "datasource": {"type": "__expr__", "uid": "__expr__"},
+                        },
+                    },
+                    {
+                        "refId": "C",
+                        "relativeTimeRange": {"from": 0, "to": 0},
+                        "datasourceUid": "__expr__",
+                        "model": {
+                            "refId": "C",
+                            "type": "threshold",
+                            "expression": "B",
+                            "conditions": [{"evaluator": {"type": "gt", "params": [0]}}],
+                            "datasource": {"type": "__expr__", "uid": "__expr__"},
+                        },
+                    },
+                ],
+                "noDataState": "OK",
+                "execErrState": "Error",
+                "for": "0s",
+                "isPaused": False,
+                "annotations": {"summary": r.summary},
+                "labels": dict(r.labels),
+            }
+        )
     return {
         "apiVersion": 1,
         "groups": [{"orgId": 1, "name": "cryptomon", "folder": FOLDER, "interval": "30s", "rules": rules}],
-        "contactPoints": [{"orgId": 1, "name": "cryptomon-email", "receivers": [{
-            "uid": "cryptomon-email", "type": "email", "disableResolveMessage": False,
-            "settings": {"addresses": "${CRYPTOMON_ALERT_EMAIL}", "singleEmail": False},
-        }]}],
-        "policies": [{"orgId": 1, "receiver": "cryptomon-email", "group_by": ["alertname", "symbol"],
-                      "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"}],
+        "contactPoints": [
+            {
+                "orgId": 1,
+                "name": "cryptomon-email",
+                "receivers": [
+                    {
+                        "uid": "cryptomon-email",
+                        "type": "email",
+                        "disableResolveMessage": False,
+                        "settings": {"addresses": "${CRYPTOMON_ALERT_EMAIL}", "singleEmail": False},
+                    }
+                ],
+            }
+        ],
+        "policies": [
+            {
+                "orgId": 1,
+                "receiver": "cryptomon-email",
+                "group_by": ["alertname", "symbol"],
+                "group_wait": "30s",
+                "group_interval": "5m",
+                "repeat_interval": "4h",
+            }
+        ],
     }
 
 
@@ -148,7 +264,8 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(
-    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
 
 
 def render() -> dict[str, str]:

@@ -7,7 +7,7 @@ AS "time"; a multi-value variable becomes a quoted, comma-separated list."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _MACRO = re.compile(r"\$([_a-zA-Z0-9]+)\(([^)]*)\)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -22,7 +22,7 @@ def _interval_seconds(text: str) -> float:
 
 def _rfc3339(t: datetime) -> str:
     """Go's time.RFC3339Nano, as Grafana prints it: fractional seconds without trailing zeros."""
-    t = t.astimezone(timezone.utc)
+    t = t.astimezone(UTC)
     frac = f"{t.microsecond:06d}".rstrip("0")
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
 

@@ -71,13 +71,12 @@ class SymbolState:
 
     @property
     def price(self) -> int:
-        p = int(round((self.anchor / SCALE + self.offset) * 100)) * TICK
+        p = round((self.anchor / SCALE + self.offset) * 100) * TICK
         return max(p, TICK)
 
 
 class Market:
-    def __init__(self, symbols: tuple[str, ...], seed: int = 1, first_id: int = 1_000_000,
-                 history: int = 2_000_000):
+    def __init__(self, symbols: tuple[str, ...], seed: int = 1, first_id: int = 1_000_000, history: int = 2_000_000):
         self.rng = random.Random(seed)
         self.history = history
         self.state: dict[str, SymbolState] = {}
@@ -123,13 +122,19 @@ class Market:
     def book(self, symbol: str, cond: Conditions = Conditions()) -> dict:
         st = self.state[symbol]
         rng = self.rng
-        spread_ticks = max(1, int(round(rng.uniform(1.0, 2.0) * cond.spread)))
+        spread_ticks = max(1, round(rng.uniform(1.0, 2.0) * cond.spread))
         bid = st.price - (spread_ticks // 2) * TICK
         ask = bid + spread_ticks * TICK
         u = st.next_update_id
         st.next_update_id += 1
-        return {"u": u, "s": symbol, "b": fmt(bid), "B": fmt(int(rng.uniform(0.1, 5) * SCALE)),
-                "a": fmt(ask), "A": fmt(int(rng.uniform(0.1, 5) * SCALE))}
+        return {
+            "u": u,
+            "s": symbol,
+            "b": fmt(bid),
+            "B": fmt(int(rng.uniform(0.1, 5) * SCALE)),
+            "a": fmt(ask),
+            "A": fmt(int(rng.uniform(0.1, 5) * SCALE)),
+        }
 
     # ---------------------------------------------------------------- REST views of the history
 
@@ -139,9 +144,18 @@ class Market:
             return []
         start = len(trades) - limit if from_id is None else from_id - trades[0].id
         start = max(0, start)
-        return [{"id": t.id, "price": fmt(t.price), "qty": fmt(t.qty), "quoteQty": fmt(t.price * t.qty // SCALE),
-                 "time": t.time, "isBuyerMaker": t.buyer_maker, "isBestMatch": True}
-                for t in trades[start : start + limit]]
+        return [
+            {
+                "id": t.id,
+                "price": fmt(t.price),
+                "qty": fmt(t.qty),
+                "quoteQty": fmt(t.price * t.qty // SCALE),
+                "time": t.time,
+                "isBuyerMaker": t.buyer_maker,
+                "isBestMatch": True,
+            }
+            for t in trades[start : start + limit]
+        ]
 
     def aggs_from(self, symbol: str, from_id: int | None, limit: int) -> list[dict]:
         aggs = self.state[symbol].aggs
@@ -149,15 +163,46 @@ class Market:
             return []
         start = len(aggs) - limit if from_id is None else from_id - aggs[0].id
         start = max(0, start)
-        return [{"a": a.id, "p": fmt(a.price), "q": fmt(a.qty), "f": a.first, "l": a.last, "T": a.time,
-                 "m": a.buyer_maker, "M": True} for a in aggs[start : start + limit]]
+        return [
+            {
+                "a": a.id,
+                "p": fmt(a.price),
+                "q": fmt(a.qty),
+                "f": a.first,
+                "l": a.last,
+                "T": a.time,
+                "m": a.buyer_maker,
+                "M": True,
+            }
+            for a in aggs[start : start + limit]
+        ]
 
 
 def trade_payload(symbol: str, t: TradeRecord) -> dict:
-    return {"e": "trade", "E": t.time, "s": symbol, "t": t.id, "p": fmt(t.price), "q": fmt(t.qty), "T": t.time,
-            "m": t.buyer_maker, "M": True}
+    return {
+        "e": "trade",
+        "E": t.time,
+        "s": symbol,
+        "t": t.id,
+        "p": fmt(t.price),
+        "q": fmt(t.qty),
+        "T": t.time,
+        "m": t.buyer_maker,
+        "M": True,
+    }
 
 
 def agg_payload(symbol: str, a: AggRecord) -> dict:
-    return {"e": "aggTrade", "E": a.time, "s": symbol, "a": a.id, "p": fmt(a.price), "q": fmt(a.qty),
-            "f": a.first, "l": a.last, "T": a.time, "m": a.buyer_maker, "M": True}
+    return {
+        "e": "aggTrade",
+        "E": a.time,
+        "s": symbol,
+        "a": a.id,
+        "p": fmt(a.price),
+        "q": fmt(a.qty),
+        "f": a.first,
+        "l": a.last,
+        "T": a.time,
+        "m": a.buyer_maker,
+        "M": True,
+    }

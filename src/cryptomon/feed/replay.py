@@ -64,13 +64,40 @@ def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
                 continue  # header
             if kind == "trade":
                 t = _ms(row[4])
-                yield symbol, kind, {"e": "trade", "E": t, "s": symbol, "t": int(row[0]), "p": row[1], "q": row[2],
-                                     "T": t, "m": _bool(row[5]), "M": _bool(row[6]) if len(row) > 6 else True}
+                yield (
+                    symbol,
+                    kind,
+                    {
+                        "e": "trade",
+                        "E": t,
+                        "s": symbol,
+                        "t": int(row[0]),
+                        "p": row[1],
+                        "q": row[2],
+                        "T": t,
+                        "m": _bool(row[5]),
+                        "M": _bool(row[6]) if len(row) > 6 else True,
+                    },
+                )
             else:
                 t = _ms(row[5])
-                yield symbol, kind, {"e": "aggTrade", "E": t, "s": symbol, "a": int(row[0]), "p": row[1],
-                                     "q": row[2], "f": int(row[3]), "l": int(row[4]), "T": t, "m": _bool(row[6]),
-                                     "M": _bool(row[7]) if len(row) > 7 else True}
+                yield (
+                    symbol,
+                    kind,
+                    {
+                        "e": "aggTrade",
+                        "E": t,
+                        "s": symbol,
+                        "a": int(row[0]),
+                        "p": row[1],
+                        "q": row[2],
+                        "f": int(row[3]),
+                        "l": int(row[4]),
+                        "T": t,
+                        "m": _bool(row[6]),
+                        "M": _bool(row[7]) if len(row) > 7 else True,
+                    },
+                )
 
 
 def read_capture(path: Path, symbol: str | None = None) -> Iterator[Item]:
@@ -106,12 +133,23 @@ class ReplayHistory:
         return rows[lo : lo + limit]
 
     def trades_from(self, symbol: str, from_id: int | None, limit: int) -> list[dict]:
-        return [{"id": t["t"], "price": t["p"], "qty": t["q"], "time": t["T"], "isBuyerMaker": t["m"],
-                 "isBestMatch": t.get("M", True)} for t in self._from(self.trades.get(symbol, []), "t", from_id, limit)]
+        return [
+            {
+                "id": t["t"],
+                "price": t["p"],
+                "qty": t["q"],
+                "time": t["T"],
+                "isBuyerMaker": t["m"],
+                "isBestMatch": t.get("M", True),
+            }
+            for t in self._from(self.trades.get(symbol, []), "t", from_id, limit)
+        ]
 
     def aggs_from(self, symbol: str, from_id: int | None, limit: int) -> list[dict]:
-        return [{k: a[k] for k in ("a", "p", "q", "f", "l", "T", "m")} | {"M": a.get("M", True)}
-                for a in self._from(self.aggs.get(symbol, []), "a", from_id, limit)]
+        return [
+            {k: a[k] for k in ("a", "p", "q", "f", "l", "T", "m")} | {"M": a.get("M", True)}
+            for a in self._from(self.aggs.get(symbol, []), "a", from_id, limit)
+        ]
 
 
 def capture_symbols(path: Path, symbol: str | None = None) -> tuple[str, ...]:
@@ -127,7 +165,7 @@ async def record(url: str, out: Path, max_messages: int | None = None, seconds: 
 
     count = 0
     deadline = time.monotonic() + seconds if seconds else None
-    with open(out, "ab") as f:
+    with open(out, "ab") as f:  # noqa: ASYNC230 - opened once, before the stream; appends are buffered
         async with connect(url, max_size=1 << 20) as ws:
             while max_messages is None or count < max_messages:
                 timeout = None if deadline is None else deadline - time.monotonic()
@@ -135,7 +173,7 @@ async def record(url: str, out: Path, max_messages: int | None = None, seconds: 
                     break
                 try:
                     raw = await asyncio.wait_for(ws.recv(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 msg = orjson.loads(raw)
                 if not isinstance(msg, dict) or "stream" not in msg:

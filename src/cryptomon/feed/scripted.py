@@ -15,8 +15,14 @@ class Span:
     conditions: Conditions = Conditions()
 
 
-def scripted_events(symbols: tuple[str, ...], start_ms: int, spans: list[Span], steps_per_second: float = 1.0,
-                    seed: int = 1, ingestion_delay_ms: int = 5) -> list[tuple[str, dict]]:
+def scripted_events(
+    symbols: tuple[str, ...],
+    start_ms: int,
+    spans: list[Span],
+    steps_per_second: float = 1.0,
+    seed: int = 1,
+    ingestion_delay_ms: int = 5,
+) -> list[tuple[str, dict]]:
     """[(kind, payload)] in time order, each payload carrying `ingestion_timestamp` = event time + delay.
     Leaving a volatile span snaps prices back to their anchor, as a calm market after a shock would."""
     market = Market(symbols, seed=seed)

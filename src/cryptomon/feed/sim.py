@@ -26,12 +26,11 @@ import itertools
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import WSMsgType, web
-
-from collections.abc import Iterator
 
 from cryptomon.feed.market import Conditions, Market
 from cryptomon.feed.replay import Item, ReplayHistory
@@ -44,7 +43,7 @@ MALFORMED = [
     b'{"stream":"dogeusdt@trade","data":{"e":"trade","s":"DOGEUSDT","t":1}}',  # unknown stream
     b'{"stream":"%(sym)s@trade","data":{"e":"trade","E":1,"s":"%(SYM)s","t":"not-an-int","p":"1.0","q":"1.0","T":1,"m":true}}',
     b'{"stream":"%(sym)s@bookTicker","data":{"u":1,"s":"%(SYM)s","b":"1.0","B":"1.0"}}',  # missing ask
-    b'[1,2,3]',
+    b"[1,2,3]",
 ]
 
 
@@ -69,8 +68,16 @@ class Stats:
 
 
 class Simulator:
-    def __init__(self, symbols: tuple[str, ...], rate: float = 100.0, seed: int = 1, scenario: str = "calm",
-                 max_steps: int | None = None, wait_for_client: bool = True, source: Iterator[Item] | None = None):
+    def __init__(
+        self,
+        symbols: tuple[str, ...],
+        rate: float = 100.0,
+        seed: int = 1,
+        scenario: str = "calm",
+        max_steps: int | None = None,
+        wait_for_client: bool = True,
+        source: Iterator[Item] | None = None,
+    ):
         self.symbols = symbols
         # market steps per second over all symbols; for a replay, events per second (0: as fast as possible)
         self.rate = rate
@@ -289,8 +296,10 @@ class Simulator:
         try:
             return max(1, min(1000, int(request.query.get("limit", default))))
         except ValueError:
-            raise web.HTTPBadRequest(text='{"code":-1100,"msg":"Illegal characters found in parameter \'limit\'."}',
-                                     content_type="application/json") from None
+            raise web.HTTPBadRequest(
+                text='{"code":-1100,"msg":"Illegal characters found in parameter \'limit\'."}',
+                content_type="application/json",
+            ) from None
 
     @staticmethod
     def _from_id(request: web.Request) -> int | None:
@@ -327,13 +336,24 @@ class Simulator:
                 st = self.market.state[s]
                 trade_ids = [st.next_trade_id - gen["trade"], st.next_trade_id - 1]
                 agg_ids = [st.next_agg_id - gen["aggTrade"], st.next_agg_id - 1]
-            per_symbol[s] = {"steps": self.stats.steps[s], "trade_ids": trade_ids, "agg_ids": agg_ids,
-                             "generated": gen,
-                             "sent": {k: self.stats.sent[(s, k)] for k in ("trade", "aggTrade", "bookTicker")}}
-        return {"symbols": per_symbol, "done": self.done.is_set(), "ready_frames": self.ready_frames, "connections": self.stats.connections,
-                "connected": len(self.clients), "drops": self.stats.drops,
-                "malformed_sent": self.stats.malformed_sent, "duplicates_sent": self.stats.duplicates_sent,
-                "reordered": self.stats.reordered}
+            per_symbol[s] = {
+                "steps": self.stats.steps[s],
+                "trade_ids": trade_ids,
+                "agg_ids": agg_ids,
+                "generated": gen,
+                "sent": {k: self.stats.sent[(s, k)] for k in ("trade", "aggTrade", "bookTicker")},
+            }
+        return {
+            "symbols": per_symbol,
+            "done": self.done.is_set(),
+            "ready_frames": self.ready_frames,
+            "connections": self.stats.connections,
+            "connected": len(self.clients),
+            "drops": self.stats.drops,
+            "malformed_sent": self.stats.malformed_sent,
+            "duplicates_sent": self.stats.duplicates_sent,
+            "reordered": self.stats.reordered,
+        }
 
     async def stats_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats_json()), content_type="application/json")
@@ -354,7 +374,9 @@ class Simulator:
 
     async def conditions_handler(self, request: web.Request) -> web.Response:
         q = request.query
-        self.conditions = Conditions(float(q.get("volatility", 1)), float(q.get("volume", 1)), float(q.get("spread", 1)))
+        self.conditions = Conditions(
+            float(q.get("volatility", 1)), float(q.get("volume", 1)), float(q.get("spread", 1))
+        )
         return web.json_response(self.conditions.__dict__)
 
     async def pause_handler(self, request: web.Request) -> web.Response:

@@ -90,7 +90,9 @@ def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
         if value is None:
             raise BadFrame("missing_field", f"{kind} without field {name!r}")
         if not _is_type(value, expected):
-            raise BadFrame("wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}")
+            raise BadFrame(
+                "wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}"
+            )
     for name in _DECIMALS[kind]:
         if not _DECIMAL.match(data[name]):
             raise BadFrame("bad_decimal", f"{kind} field {name!r}={data[name]!r} is not a decimal of NUMERIC(20,8)")
@@ -136,18 +138,39 @@ def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
 
 # ------------------------------------------------------------------ REST (backfill) payloads
 
+
 def trade_from_rest(symbol: str, row: dict) -> Event:
     """/api/v3/historicalTrades row -> a trade stream payload."""
-    data = {"e": "trade", "E": row["time"], "s": symbol, "t": row["id"], "p": row["price"], "q": row["qty"],
-            "T": row["time"], "m": row["isBuyerMaker"], "M": row.get("isBestMatch", True)}
+    data = {
+        "e": "trade",
+        "E": row["time"],
+        "s": symbol,
+        "t": row["id"],
+        "p": row["price"],
+        "q": row["qty"],
+        "T": row["time"],
+        "m": row["isBuyerMaker"],
+        "M": row.get("isBestMatch", True),
+    }
     validate_payload("trade", data, symbol)
     return Event("trade", symbol, data["t"], data)
 
 
 def agg_trade_from_rest(symbol: str, row: dict) -> Event:
     """/api/v3/aggTrades row (same letters as the stream) -> an aggTrade stream payload."""
-    data = {"e": "aggTrade", "E": row["T"], "s": symbol, "a": row["a"], "p": row["p"], "q": row["q"],
-            "f": row["f"], "l": row["l"], "T": row["T"], "m": row["m"], "M": row.get("M", True)}
+    data = {
+        "e": "aggTrade",
+        "E": row["T"],
+        "s": symbol,
+        "a": row["a"],
+        "p": row["p"],
+        "q": row["q"],
+        "f": row["f"],
+        "l": row["l"],
+        "T": row["T"],
+        "m": row["m"],
+        "M": row.get("M", True),
+    }
     validate_payload("aggTrade", data, symbol)
     return Event("aggTrade", symbol, data["a"], data)
 
@@ -203,9 +226,16 @@ class SequenceTracker:
                 # is another exchange or a downtime too long to backfill
                 if seq > s.last:
                     self.resume_ids_skipped += seq - s.last - 1
-                log.warning("%s %s: first id %d after %d in the previous run: %s", key[0], key[1], seq, s.last,
-                            "ids started over, not resuming" if seq <= s.last else
-                            f"{seq - s.last - 1} ids missed, more than CRYPTOMON_RESUME_MAX_GAP: not backfilled")
+                log.warning(
+                    "%s %s: first id %d after %d in the previous run: %s",
+                    key[0],
+                    key[1],
+                    seq,
+                    s.last,
+                    "ids started over, not resuming"
+                    if seq <= s.last
+                    else f"{seq - s.last - 1} ids missed, more than CRYPTOMON_RESUME_MAX_GAP: not backfilled",
+                )
                 self.baseline_resets += 1
                 self._seqs[key] = _Seq(seq)
                 return NEW

@@ -39,12 +39,20 @@ def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]
     return last
 
 
-def last_ids_in_kafka(bootstrap: str, topic: str, symbols: frozenset[str], tail: int = 10_000,
-                      timeout: float = 30.0) -> dict[tuple[str, str], int]:
+def last_ids_in_kafka(
+    bootstrap: str, topic: str, symbols: frozenset[str], tail: int = 10_000, timeout: float = 30.0
+) -> dict[tuple[str, str], int]:
     """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
     broker raises KafkaException (the ingestion then starts without a baseline and says so)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"cryptomon-ingestion-resume-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "client.id": "cryptomon-resume"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"cryptomon-ingestion-resume-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "client.id": "cryptomon-resume",
+        }
+    )
     try:
         parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if parts.error is not None:
@@ -66,8 +74,9 @@ def last_ids_in_kafka(bootstrap: str, topic: str, symbols: frozenset[str], tail:
                     elif m.error().code() == KafkaError._PARTITION_EOF:
                         pending.discard(m.partition())
             if pending:
-                log.warning("read the tail of %s partitions %s only partly within %.0fs", topic, sorted(pending),
-                            timeout)
+                log.warning(
+                    "read the tail of %s partitions %s only partly within %.0fs", topic, sorted(pending), timeout
+                )
         return highest_ids(values, symbols)
     finally:
         consumer.close()

@@ -11,6 +11,7 @@ under the local stack it disconnects until there is room again (see `cryptomon.d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -140,8 +141,15 @@ class Ingestor:
         text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
         self.stats.dead_letters[reason] += 1
         log.warning("dead letter (%s): %s | %.200s", reason, detail, text)
-        value = orjson.dumps({"source": "ingestion", "reason": reason, "detail": detail, "raw": text,
-                              "ingestion_timestamp": ingestion_ms})
+        value = orjson.dumps(
+            {
+                "source": "ingestion",
+                "reason": reason,
+                "detail": detail,
+                "raw": text,
+                "ingestion_timestamp": ingestion_ms,
+            }
+        )
         self.sink.produce(self.deadletter_topic, reason.encode(), value)
 
     # ---------------------------------------------------------------- connection management
@@ -170,7 +178,7 @@ class Ingestor:
                 except DiskNearlyFull:
                     self.stats.reconnects += 1
                     continue  # waits for room at the top of the loop
-                except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
                     log.warning("connection to %s lost: %s", self.s.binance_ws_url, exc or type(exc).__name__)
                 if self.stopping.is_set():
                     break
@@ -178,10 +186,8 @@ class Ingestor:
                 delay = backoff.next_delay()
                 self.stats.reconnects += 1
                 log.info("reconnecting in %.1fs (attempt %d)", delay, backoff.attempt)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
         finally:
             for t in tasks:
                 t.cancel()
@@ -197,8 +203,9 @@ class Ingestor:
         if not self.s.resume_max_gap:
             return
         try:
-            last = await asyncio.to_thread(last_ids_in_kafka, self.s.kafka_bootstrap, self.topics["trades"],
-                                           self.symbols)
+            last = await asyncio.to_thread(
+                last_ids_in_kafka, self.s.kafka_bootstrap, self.topics["trades"], self.symbols
+            )
         except KafkaException as exc:
             log.warning("cannot read where the previous run stopped (%s): starting without a baseline", exc)
             return
@@ -206,22 +213,31 @@ class Ingestor:
             self.tracker.seed(key, seq)
         self.resumed = len(last)
         if last:
-            log.info("resuming after the last ids in Kafka: %s",
-                     ", ".join(f"{sym} {kind} {seq}" for (sym, kind), seq in sorted(last.items())))
+            log.info(
+                "resuming after the last ids in Kafka: %s",
+                ", ".join(f"{sym} {kind} {seq}" for (sym, kind), seq in sorted(last.items())),
+            )
 
     async def _wait_for_disk(self) -> None:
         while not self.stopping.is_set() and self.disk.check():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.disk.interval * 2)
-            except asyncio.TimeoutError:
-                pass
         if not self.stopping.is_set():
-            log.info("disk has room again (%.0f MB free): reconnecting; the trades missed are backfilled",
-                     self.disk.status().free_bytes / (1 << 20))
+            log.info(
+                "disk has room again (%.0f MB free): reconnecting; the trades missed are backfilled",
+                self.disk.status().free_bytes / (1 << 20),
+            )
 
     def _connect(self):
-        return connect(self.url, max_size=self.s.ws_max_frame_bytes, ping_interval=20, ping_timeout=20,
-                       open_timeout=10, close_timeout=2, max_queue=4096)
+        return connect(
+            self.url,
+            max_size=self.s.ws_max_frame_bytes,
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=10,
+            close_timeout=2,
+            max_queue=4096,
+        )
 
     async def _session(self, handover: tuple | None = None) -> None:
         """One connection: consume until it closes, goes silent, or must be rotated."""
@@ -269,8 +285,11 @@ class Ingestor:
             now = time.monotonic()
             if low := self.disk.check():
                 st.disk_pauses += 1
-                log.error("%s: disconnecting from the exchange until there is room (trades missed meanwhile are "
-                          "backfilled then; bookTicker updates are not)", low)
+                log.error(
+                    "%s: disconnecting from the exchange until there is room (trades missed meanwhile are "
+                    "backfilled then; bookTicker updates are not)",
+                    low,
+                )
                 self._disk_low = low
                 await ws.close()
                 await asyncio.Event().wait()  # the reader drains what was received and ends the session
@@ -312,8 +331,11 @@ class Ingestor:
 
     async def _backfill(self, http: aiohttp.ClientSession, key: tuple[str, str], start: int, end: int) -> None:
         symbol, kind = key
-        path, convert, id_field = (("/api/v3/aggTrades", agg_trade_from_rest, "a") if kind == "aggTrade"
-                                   else ("/api/v3/historicalTrades", trade_from_rest, "id"))
+        path, convert, id_field = (
+            ("/api/v3/aggTrades", agg_trade_from_rest, "a")
+            if kind == "aggTrade"
+            else ("/api/v3/historicalTrades", trade_from_rest, "id")
+        )
         from_id, failures, filled = start, 0, 0
         log.info("backfilling %s %s ids %d..%d", symbol, kind, start, end)
         while from_id <= end:
@@ -321,10 +343,11 @@ class Ingestor:
                 async with http.get(path, params={"symbol": symbol, "fromId": from_id, "limit": REST_PAGE}) as resp:
                     body = await resp.content.read(MAX_REST_BYTES + 1)
                     if resp.status != 200 or len(body) > MAX_REST_BYTES:
-                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
-                                                          message=body[:200].decode("utf-8", "replace"))
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, (), status=resp.status, message=body[:200].decode("utf-8", "replace")
+                        )
                 rows = orjson.loads(body)
-            except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                 failures += 1
                 if failures >= BACKFILL_ATTEMPTS:
                     break
@@ -389,8 +412,13 @@ class Ingestor:
             "disk": self.disk.as_dict(),
             "disk_full_pauses": st.disk_pauses,
         }
-        ok = (st.connected and since is not None and since < self.s.ws_stale_after and not kafka_error_recent
-              and self.disk.check() is None)
+        ok = (
+            st.connected
+            and since is not None
+            and since < self.s.ws_stale_after
+            and not kafka_error_recent
+            and self.disk.check() is None
+        )
         return ok, body
 
 
@@ -402,11 +430,15 @@ class _Collector:
 
     def collect(self):
         ing, st = self.ing, self.ing.stats
-        produced = CounterMetricFamily("cryptomon_ingest_messages_produced", "Events produced to Kafka", labels=["stream"])
+        produced = CounterMetricFamily(
+            "cryptomon_ingest_messages_produced", "Events produced to Kafka", labels=["stream"]
+        )
         for kind, n in st.produced.items():
             produced.add_metric([kind], n)
         yield produced
-        dead = CounterMetricFamily("cryptomon_ingest_dead_letters", "Frames sent to the dead-letter topic", labels=["reason"])
+        dead = CounterMetricFamily(
+            "cryptomon_ingest_dead_letters", "Frames sent to the dead-letter topic", labels=["reason"]
+        )
         for reason, n in st.dead_letters.items():
             dead.add_metric([reason], n)
         yield dead
@@ -424,13 +456,20 @@ class _Collector:
             ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", st.disk_pauses),
         ):
             yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
-        yield GaugeMetricFamily("cryptomon_ingest_connected", "1 while the WebSocket is connected", value=int(st.connected))
+        yield GaugeMetricFamily(
+            "cryptomon_ingest_connected", "1 while the WebSocket is connected", value=int(st.connected)
+        )
         since = time.monotonic() - st.last_message if st.last_message else float("nan")
         yield GaugeMetricFamily("cryptomon_ingest_seconds_since_last_message", "Age of the last frame", value=since)
-        yield GaugeMetricFamily("cryptomon_ingest_producer_queue", "Messages waiting in the producer", value=ing.sink.queued())
+        yield GaugeMetricFamily(
+            "cryptomon_ingest_producer_queue", "Messages waiting in the producer", value=ing.sink.queued()
+        )
         disk = ing.disk.status()
-        yield GaugeMetricFamily("cryptomon_ingest_disk_free_bytes", "Free bytes on the state folder's disk",
-                                value=float("nan") if disk is None else disk.free_bytes)
+        yield GaugeMetricFamily(
+            "cryptomon_ingest_disk_free_bytes",
+            "Free bytes on the state folder's disk",
+            value=float("nan") if disk is None else disk.free_bytes,
+        )
 
 
 def main(settings: Settings) -> None:
@@ -443,8 +482,3 @@ def main(settings: Settings) -> None:
 
     asyncio.run(amain())
 
-
-if __name__ == "__main__":
-    from cryptomon.cli import settings as _settings
-
-    main(_settings())

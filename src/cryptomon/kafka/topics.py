@@ -92,7 +92,9 @@ def ensure_topics(bootstrap: str, timeout: float = 30.0) -> dict[str, str]:
             admin.create_partitions([NewPartitions(spec.name, spec.partitions)])[spec.name].result()
             status = "updated"
         elif have > spec.partitions:
-            log.warning("topic %s has %d partitions, %d declared: Kafka cannot shrink it", spec.name, have, spec.partitions)
+            log.warning(
+                "topic %s has %d partitions, %d declared: Kafka cannot shrink it", spec.name, have, spec.partitions
+            )
         resource = ConfigResource(
             ConfigResource.Type.TOPIC,
             spec.name,

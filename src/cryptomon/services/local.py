@@ -17,8 +17,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,8 +126,14 @@ class KafkaBroker:
 
     def status(self) -> Status:
         pid = self.pid()
-        return Status(self.name, pid is not None and port_open(self.host, self.port), self.address, pid,
-                      self.data_dir, self.log_file)
+        return Status(
+            self.name,
+            pid is not None and port_open(self.host, self.port),
+            self.address,
+            pid,
+            self.data_dir,
+            self.log_file,
+        )
 
     def _write_config(self) -> None:
         h = self.host
@@ -170,7 +176,7 @@ class KafkaBroker:
             "      name: file\n"
             f"      fileName: {self.log_file}\n"
             f"      filePattern: {self.log_file}.%i\n"
-            "      PatternLayout: {pattern: \"[%d] %p %m (%c)%n\"}\n"
+            '      PatternLayout: {pattern: "[%d] %p %m (%c)%n"}\n'
             "      Policies: {SizeBasedTriggeringPolicy: {size: 50MB}}\n"
             "      DefaultRolloverStrategy: {max: 3}\n"
             "  Loggers:\n"
@@ -184,8 +190,15 @@ class KafkaBroker:
             raise ServiceError("java not found: run scripts/setup.sh (OpenJDK 17)")
         if not any(self.jars.glob("kafka_2.13-*.jar")):
             raise ServiceError(f"no Kafka jars in {self.jars}: run scripts/setup.sh")
-        return [java, f"-Xmx{heap}", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={self.log_config}",
-                "-cp", f"{self.jars}/*", *args]
+        return [
+            java,
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={self.log_config}",
+            "-cp",
+            f"{self.jars}/*",
+            *args,
+        ]
 
     def start(self, timeout: float = 90.0) -> None:
         if self.running():
@@ -196,12 +209,17 @@ class KafkaBroker:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():
-            run_checked(self._java("kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(self.config)),
-                        "formatting Kafka's log directory")
+            run_checked(
+                self._java("kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(self.config)),
+                "formatting Kafka's log directory",
+            )
         with open(self.dir / "stdout.log", "ab") as out:
             proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.config), heap=self.settings.kafka_heap),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
 
@@ -218,7 +236,7 @@ class KafkaBroker:
         try:
             md = AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=2)
             return bool(md.brokers)
-        except Exception:  # noqa: BLE001 - not ready yet
+        except Exception:
             return False
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -294,8 +312,14 @@ class TimescaleDB:
 
     def status(self) -> Status:
         pid = self.pid()
-        return Status(self.name, pid is not None and port_open(self.host, self.port), self.address, pid,
-                      self.data_dir, self.log_file)
+        return Status(
+            self.name,
+            pid is not None and port_open(self.host, self.port),
+            self.address,
+            pid,
+            self.data_dir,
+            self.log_file,
+        )
 
     def _init_cluster(self) -> None:
         for d in (self.dir, self.data_dir, self.socket_dir, self.log_file.parent):
@@ -306,8 +330,20 @@ class TimescaleDB:
         self._chown(self.log_file)
         os.chmod(self.data_dir, 0o700)
         run_checked(
-            self._as_owner([self._pg("initdb"), "-D", str(self.data_dir), "-U", self.superuser, "-E", "UTF8",
-                            "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256"]),
+            self._as_owner(
+                [
+                    self._pg("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.superuser,
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ]
+            ),
             f"initdb in {self.data_dir} (the 'postgres' user must be able to reach that folder)",
         )
 
@@ -334,8 +370,21 @@ class TimescaleDB:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.socket_dir)
         run_checked(
-            self._as_owner([self._pg("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-                            "-w", "-t", str(int(timeout)), "-o", self._server_options()]),
+            self._as_owner(
+                [
+                    self._pg("pg_ctl"),
+                    "start",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "-o",
+                    self._server_options(),
+                ]
+            ),
             f"starting PostgreSQL (see {self.log_file})",
         )
         wait_until(lambda: port_open(self.host, self.port), timeout, f"PostgreSQL on {self.address}")
@@ -346,16 +395,19 @@ class TimescaleDB:
         import psycopg
         from psycopg import sql
 
-        admin = dict(host=str(self.socket_dir), port=self.port, user=self.superuser, dbname="postgres",
-                     autocommit=True)
+        admin = dict(host=str(self.socket_dir), port=self.port, user=self.superuser, dbname="postgres", autocommit=True)
         with psycopg.connect(**admin) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(self.user)))
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(self.user),
-                                                                     sql.Literal(self.password)))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(self.user), sql.Literal(self.password))
+            )
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(self.dbname),
-                                                                           sql.Identifier(self.user)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self.dbname), sql.Identifier(self.user)
+                    )
+                )
         with psycopg.connect(**{**admin, "dbname": self.dbname}) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
@@ -363,8 +415,9 @@ class TimescaleDB:
         if not self.running():
             return
         run_checked(
-            self._as_owner([self._pg("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
-                            "-t", str(int(timeout))]),
+            self._as_owner(
+                [self._pg("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(int(timeout))]
+            ),
             "stopping PostgreSQL",
         )
 
@@ -443,10 +496,13 @@ def throwaway_state_dir(prefix: str) -> Path:
 
 def throwaway_settings(state_dir: Path, kafka_port: int, pg_port: int, **overrides) -> Settings:
     """Settings for a local stack of its own: its state folder, ports and a local-only password."""
-    return load_settings(state_dir=state_dir, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-                         kafka_controller_port=kafka_port + 1,
-                         pg_dsn=f"postgresql://cryptomon:throwaway-local-only@127.0.0.1:{pg_port}/cryptomon",
-                         **overrides)
+    return load_settings(
+        state_dir=state_dir,
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        kafka_controller_port=kafka_port + 1,
+        pg_dsn=f"postgresql://cryptomon:throwaway-local-only@127.0.0.1:{pg_port}/cryptomon",
+        **overrides,
+    )
 
 
 @contextmanager

@@ -110,4 +110,4 @@ GROUP BY 1, 2 ORDER BY 1, 2
 
 def columns(rows: list[tuple]) -> list[list]:
     """Row tuples -> one list per column (the unnest parameters)."""
-    return [list(c) for c in zip(*rows)] if rows else []
+    return [list(c) for c in zip(*rows, strict=True)] if rows else []

@@ -34,7 +34,9 @@ TRADES_QUERY, SPREAD_QUERY = "trade_metrics", "spread_metrics"
 def connector_jars(settings: Settings) -> list[str]:
     jars = sorted(str(p) for p in (settings.deps_dir / "spark-jars").glob("*.jar"))
     if not any("spark-sql-kafka" in j for j in jars):
-        raise RuntimeError(f"Spark's Kafka connector is not in {settings.deps_dir / 'spark-jars'}: run scripts/setup.sh")
+        raise RuntimeError(
+            f"Spark's Kafka connector is not in {settings.deps_dir / 'spark-jars'}: run scripts/setup.sh"
+        )
     return jars
 
 
@@ -48,8 +50,10 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.caseSensitive", "true")  # Binance uses both `t` (trade id) and `T` (trade time)
-        .config("spark.sql.streaming.stateStore.providerClass",
-                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
         .config("spark.driver.memory", "1g")
         .config("spark.ui.showConsoleProgress", "false")
     )
@@ -79,18 +83,31 @@ def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
 
-    schema = StructType([
-        StructField("e", StringType()), StructField("s", StringType()), StructField("t", LongType()),
-        StructField("p", StringType()), StructField("q", StringType()), StructField("T", LongType()),
-        StructField("m", BooleanType()), StructField("ingestion_timestamp", LongType()),
-    ])
+    schema = StructType(
+        [
+            StructField("e", StringType()),
+            StructField("s", StringType()),
+            StructField("t", LongType()),
+            StructField("p", StringType()),
+            StructField("q", StringType()),
+            StructField("T", LongType()),
+            StructField("m", BooleanType()),
+            StructField("ingestion_timestamp", LongType()),
+        ]
+    )
     d = F.from_json(F.col("value").cast("string"), schema).alias("d")
     trades = (
-        _kafka_source(spark, settings, topic_name("trades"), max_offsets).select(d).select("d.*")
+        _kafka_source(spark, settings, topic_name("trades"), max_offsets)
+        .select(d)
+        .select("d.*")
         .where((F.col("e") == "trade") & F.col("s").isNotNull() & F.col("t").isNotNull() & F.col("T").isNotNull())
-        .select(F.col("s").alias("symbol"), F.col("t").alias("trade_id"),
-                F.timestamp_millis("T").alias("event_time"),
-                F.col("p").cast("decimal(18,8)").alias("p"), F.col("q").cast("decimal(18,8)").alias("q"))
+        .select(
+            F.col("s").alias("symbol"),
+            F.col("t").alias("trade_id"),
+            F.timestamp_millis("T").alias("event_time"),
+            F.col("p").cast("decimal(18,8)").alias("p"),
+            F.col("q").cast("decimal(18,8)").alias("q"),
+        )
         .where(F.col("p").isNotNull() & F.col("q").isNotNull())
         .withWatermark("event_time", f"{settings.spark_watermark_seconds} seconds")
         # a trade id counted once even if Kafka holds it twice
@@ -98,10 +115,23 @@ def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
     )
     return (
         trades.groupBy(F.col("symbol"), F.window("event_time", "1 minute"))
-        .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("p") * F.col("q")).alias("sum_pq"),
-             F.sum("q").alias("sum_q"), F.sum("p").alias("sum_p"), F.sum(F.col("p") * F.col("p")).alias("sum_pp"))
-        .select("symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
-                "n", "sum_pq", "sum_q", "sum_p", "sum_pp")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.col("p") * F.col("q")).alias("sum_pq"),
+            F.sum("q").alias("sum_q"),
+            F.sum("p").alias("sum_p"),
+            F.sum(F.col("p") * F.col("p")).alias("sum_pp"),
+        )
+        .select(
+            "symbol",
+            F.col("window.start").alias("window_start"),
+            F.col("window.end").alias("window_end"),
+            "n",
+            "sum_pq",
+            "sum_q",
+            "sum_p",
+            "sum_pp",
+        )
     )
 
 
@@ -109,25 +139,46 @@ def spread_windows(spark, settings: Settings, max_offsets: int | None = None):
     from pyspark.sql import functions as F
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-    schema = StructType([
-        StructField("u", LongType()), StructField("s", StringType()), StructField("b", StringType()),
-        StructField("a", StringType()), StructField("ingestion_timestamp", LongType()),
-    ])
+    schema = StructType(
+        [
+            StructField("u", LongType()),
+            StructField("s", StringType()),
+            StructField("b", StringType()),
+            StructField("a", StringType()),
+            StructField("ingestion_timestamp", LongType()),
+        ]
+    )
     d = F.from_json(F.col("value").cast("string"), schema).alias("d")
     books = (
-        _kafka_source(spark, settings, topic_name("book_ticker"), max_offsets).select(d).select("d.*")
+        _kafka_source(spark, settings, topic_name("book_ticker"), max_offsets)
+        .select(d)
+        .select("d.*")
         .where(F.col("s").isNotNull() & F.col("ingestion_timestamp").isNotNull())
-        .select(F.col("s").alias("symbol"), F.timestamp_millis("ingestion_timestamp").alias("ingestion_ts"),
-                (F.col("a").cast("decimal(18,8)") - F.col("b").cast("decimal(18,8)")).alias("spread"))
+        .select(
+            F.col("s").alias("symbol"),
+            F.timestamp_millis("ingestion_timestamp").alias("ingestion_ts"),
+            (F.col("a").cast("decimal(18,8)") - F.col("b").cast("decimal(18,8)")).alias("spread"),
+        )
         .where(F.col("spread").isNotNull())
         .withWatermark("ingestion_ts", f"{settings.spark_watermark_seconds} seconds")
     )
     return (
         books.groupBy(F.col("symbol"), F.window("ingestion_ts", "30 seconds"))
-        .agg(F.count(F.lit(1)).alias("n"), F.sum("spread").alias("sum_spread"), F.max("spread").alias("max_spread"),
-             F.min("spread").alias("min_spread"))
-        .select("symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
-                "n", "sum_spread", "max_spread", "min_spread")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("spread").alias("sum_spread"),
+            F.max("spread").alias("max_spread"),
+            F.min("spread").alias("min_spread"),
+        )
+        .select(
+            "symbol",
+            F.col("window.start").alias("window_start"),
+            F.col("window.end").alias("window_end"),
+            "n",
+            "sum_spread",
+            "max_spread",
+            "min_spread",
+        )
     )
 
 
@@ -165,24 +216,46 @@ class MetricsWriter:
                     if not retry or self.stopping.is_set():
                         raise  # at shutdown: the uncommitted batch is replayed by the next start
                     delay = backoff.next_delay()
-                    log.warning("database unavailable (%s): retrying this micro-batch's write in %.1fs",
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+                    log.warning(
+                        "database unavailable (%s): retrying this micro-batch's write in %.1fs",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                        delay,
+                    )
                     self.stopping.wait(delay)
 
     def write_trades(self, batch_df, batch_id: int) -> None:
         rows = batch_df.collect()
         if not rows:
             return
-        data = [(r.symbol, r.window_start, r.window_end, r.n, r.sum_pq, r.sum_q, r.sum_p, r.sum_pp,
-                 self.s.volatility_threshold_for(r.symbol)) for r in rows]
+        data = [
+            (
+                r.symbol,
+                r.window_start,
+                r.window_end,
+                r.n,
+                r.sum_pq,
+                r.sum_q,
+                r.sum_p,
+                r.sum_pp,
+                self.s.volatility_threshold_for(r.symbol),
+            )
+            for r in rows
+        ]
         since = min(r.window_start for r in rows)
         symbols = sorted({r.symbol for r in rows})
 
         def work(conn):
             conn.execute(M.TRADE_UPSERT, M.columns(data))
-            conn.execute(M.VOLUME_SPIKE_UPDATE, {"k": self.s.volume_spike_factor, "n": self.s.volume_spike_windows,
-                                                 "m": min(self.s.volume_spike_min_windows, self.s.volume_spike_windows),
-                                                 "symbols": symbols, "since": since})
+            conn.execute(
+                M.VOLUME_SPIKE_UPDATE,
+                {
+                    "k": self.s.volume_spike_factor,
+                    "n": self.s.volume_spike_windows,
+                    "m": min(self.s.volume_spike_min_windows, self.s.volume_spike_windows),
+                    "symbols": symbols,
+                    "since": since,
+                },
+            )
 
         self._execute(work)
         log.debug("trade batch %d: %d windows", batch_id, len(rows))
@@ -198,11 +271,23 @@ class MetricsWriter:
     def record_progress(self, p: dict) -> None:
         dropped = sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
         if dropped:
-            log.warning("%s: %d events later than the watermark were dropped in batch %s", p.get("name"), dropped,
-                        p.get("batchId"))
+            log.warning(
+                "%s: %d events later than the watermark were dropped in batch %s",
+                p.get("name"),
+                dropped,
+                p.get("batchId"),
+            )
         wm = p.get("eventTime", {}).get("watermark")
-        row = (p.get("name"), p.get("batchId"), p.get("runId"), _ts(p["timestamp"]), p.get("numInputRows", 0),
-               dropped, p.get("batchDuration", 0), _ts(wm) if wm else None)
+        row = (
+            p.get("name"),
+            p.get("batchId"),
+            p.get("runId"),
+            _ts(p["timestamp"]),
+            p.get("numInputRows", 0),
+            dropped,
+            p.get("batchDuration", 0),
+            _ts(wm) if wm else None,
+        )
         try:
             self._execute(lambda conn: conn.execute(M.PROGRESS_INSERT, row), retry=False)
         except psycopg.Error as exc:  # progress is informative: never fail the job for it
@@ -213,8 +298,13 @@ def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def start_queries(spark, settings: Settings, writer: MetricsWriter, trigger: dict | None = None,
-                  max_offsets: dict[str, int] | None = None):
+def start_queries(
+    spark,
+    settings: Settings,
+    writer: MetricsWriter,
+    trigger: dict | None = None,
+    max_offsets: dict[str, int] | None = None,
+):
     """Start both queries; returns them. `trigger` defaults to processingTime every N seconds;
     `max_offsets` caps each query's batch ({query name: messages}), for the benchmark."""
     max_offsets = max_offsets or {}
@@ -226,8 +316,12 @@ def start_queries(spark, settings: Settings, writer: MetricsWriter, trigger: dic
         (SPREAD_QUERY, spread_windows(spark, settings, max_offsets.get(SPREAD_QUERY)), writer.write_spreads),
     ):
         out.append(
-            frame.writeStream.queryName(name).outputMode("update").foreachBatch(sink).trigger(**trigger)
-            .option("checkpointLocation", str(checkpoints / name)).start()
+            frame.writeStream.queryName(name)
+            .outputMode("update")
+            .foreachBatch(sink)
+            .trigger(**trigger)
+            .option("checkpointLocation", str(checkpoints / name))
+            .start()
         )
     return out
 
@@ -274,8 +368,12 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
     writer = MetricsWriter(settings)
     install_progress_listener(spark, writer)
     queries = start_queries(spark, settings, writer, trigger)
-    log.info("streaming: %s; checkpoints in %s; Spark UI on :%s", [q.name for q in queries],
-             settings.spark_checkpoint_dir, settings.spark_ui_port or "off")
+    log.info(
+        "streaming: %s; checkpoints in %s; Spark UI on :%s",
+        [q.name for q in queries],
+        settings.spark_checkpoint_dir,
+        settings.spark_ui_port or "off",
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -296,8 +394,3 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
     if failed:
         raise SystemExit(1)
 
-
-if __name__ == "__main__":
-    from cryptomon.cli import settings as _settings
-
-    main(_settings())

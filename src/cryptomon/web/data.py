@@ -4,7 +4,7 @@ it is handed a connection for."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from cryptomon.dashboards.definitions import DASHBOARDS, Dashboard, Panel
@@ -20,7 +20,7 @@ def dashboard_by_uid(uid: str) -> Dashboard | None:
 def time_range(range_key: str, now: datetime | None = None) -> tuple[datetime, datetime]:
     if range_key not in RANGES:
         raise ValueError(f"unknown range {range_key!r}: one of {', '.join(RANGES)}")
-    to = now or datetime.now(timezone.utc)
+    to = now or datetime.now(UTC)
     return to - timedelta(minutes=RANGES[range_key]), to
 
 
@@ -51,12 +51,29 @@ def payload(conn, dashboard: Dashboard, t_from: datetime, t_to: datetime, symbol
         panels = []
         for p in dashboard.panels:
             rows = conn.execute(panel_sql(p, t_from, t_to, queried)).fetchall() if queried else []
-            panels.append({"key": p.key, "title": p.title, "type": p.type, "unit": p.unit, "width": p.width,
-                           "description": p.description, "columns": list(p.columns),
-                           "rows": [[jsonable(v) for v in r] for r in rows]})
+            panels.append(
+                {
+                    "key": p.key,
+                    "title": p.title,
+                    "type": p.type,
+                    "unit": p.unit,
+                    "width": p.width,
+                    "description": p.description,
+                    "columns": list(p.columns),
+                    "rows": [[jsonable(v) for v in r] for r in rows],
+                }
+            )
         out.append({"symbol": heading, "panels": panels})
-    firing = conn.execute("SELECT rule, symbol, changed_at FROM alert_state WHERE firing AND symbol = ANY(%s)"
-                          " ORDER BY changed_at DESC", (symbols,)).fetchall()
-    return {"uid": dashboard.uid, "title": dashboard.title, "from": jsonable(t_from), "to": jsonable(t_to),
-            "symbols": symbols, "sections": out,
-            "firing": [{"rule": r, "symbol": s, "since": jsonable(t)} for r, s, t in firing]}
+    firing = conn.execute(
+        "SELECT rule, symbol, changed_at FROM alert_state WHERE firing AND symbol = ANY(%s) ORDER BY changed_at DESC",
+        (symbols,),
+    ).fetchall()
+    return {
+        "uid": dashboard.uid,
+        "title": dashboard.title,
+        "from": jsonable(t_from),
+        "to": jsonable(t_to),
+        "symbols": symbols,
+        "sections": out,
+        "firing": [{"rule": r, "symbol": s, "since": jsonable(t)} for r, s, t in firing],
+    }

@@ -39,18 +39,26 @@ def make_app(settings: Settings) -> web.Application:
 
     def query(work):
         """Run `work(conn)` on a fresh connection in a worker thread (a refresh is a handful of short queries)."""
+
         def run():
-            with psycopg.connect(settings.pg_dsn, connect_timeout=5, autocommit=True,
-                                 application_name="cryptomon-dashboard") as conn:
+            with psycopg.connect(
+                settings.pg_dsn, connect_timeout=5, autocommit=True, application_name="cryptomon-dashboard"
+            ) as conn:
                 return work(conn)
+
         return asyncio.to_thread(run)
 
     async def index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def dashboards(_: web.Request) -> web.Response:
-        return _json({"dashboards": [{"uid": d.uid, "title": d.title} for d in DASHBOARDS],
-                      "ranges": list(RANGES), "symbols": symbols})
+        return _json(
+            {
+                "dashboards": [{"uid": d.uid, "title": d.title} for d in DASHBOARDS],
+                "ranges": list(RANGES),
+                "symbols": symbols,
+            }
+        )
 
     async def dashboard(request: web.Request) -> web.Response:
         d = dashboard_by_uid(request.match_info["uid"])
@@ -91,5 +99,6 @@ def make_app(settings: Settings) -> web.Application:
 def main(settings: Settings, port: int | None = None) -> None:
     port = settings.dashboard_port if port is None else port
     log.info("web view on http://%s:%d/", settings.health_host, port)
-    web.run_app(make_app(settings), host=settings.health_host, port=port, access_log=None, print=None,
-                handle_signals=True)
+    web.run_app(
+        make_app(settings), host=settings.health_host, port=port, access_log=None, print=None, handle_signals=True
+    )

@@ -1,0 +1,50 @@
+"""The house has no import circle: every `import cryptomon.…` anywhere in a module (top level or inside a
+function) is an edge, and the graph of the package's modules has no cycle."""
+
+from __future__ import annotations
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "cryptomon"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The package's modules that `path` imports (`from cryptomon.x import y` counts y when y is a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n in known}
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(files)
+    # a package's __init__ is imported with any of its modules, but ours are empty: only real imports count
+    return {name: imports(path, known) - {name} for name, path in files.items()}
+
+
+def test_the_import_graph_is_read():
+    g = graph()
+    assert "cryptomon.consumer.worker" in g["cryptomon.cli"]  # a function-level import is an edge
+    assert "cryptomon.settings" in g["cryptomon.consumer.worker"]
+
+
+def test_no_import_circle():
+    try:
+        order = list(TopologicalSorter(graph()).static_order())
+    except CycleError as exc:
+        raise AssertionError(f"import circle: {' -> '.join(exc.args[1])}") from None
+    assert order.index("cryptomon.settings") < order.index("cryptomon.cli")
