@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptomon.kafka.clients import consumer_config  # noqa: E402
 from cryptomon.settings import Settings  # noqa: E402
 
 
@@ -54,7 +55,7 @@ class TopicCounter:
     """Counts messages on topics through their high watermarks (cheap, no consumption)."""
 
     def __init__(self, bootstrap: str, topics: list[str]):
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-counter"})
+        self.c = Consumer(consumer_config(bootstrap, "bench-counter"))
         md = self.c.list_topics(timeout=10)
         self.parts = [TopicPartition(t, p) for t in topics for p in md.topics[t].partitions]
         self.base = self._total()

@@ -21,7 +21,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, TopicCounter, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 
-TOPICS = ["binance.trades", "binance.book_ticker"]
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
+
+TOPICS = [topic_name(TRADES), topic_name(BOOK_TICKER)]
 
 
 def measure(settings, name: str, steps: int, cmd_for, logs: Path, port: int) -> dict:

@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_stack, emit, machine
 
 from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import load_settings
 from cryptomon.spark.streaming_job import (
     SPREAD_QUERY,
@@ -53,7 +55,7 @@ def preload(bootstrap: str, events_per_second: int, seconds: int) -> dict[str, i
     )
     counts = {TRADES_QUERY: 0, SPREAD_QUERY: 0}
     for kind, payload in events:
-        topic = "binance.book_ticker" if kind == "bookTicker" else "binance.trades"
+        topic = topic_name(BOOK_TICKER) if kind == "bookTicker" else topic_name(TRADES)
         counts[SPREAD_QUERY if kind == "bookTicker" else TRADES_QUERY] += 1
         while True:
             try:

@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 
 from cryptomon.feed.market import Market
+from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 
 
 def preload(bootstrap: str, n: int) -> int:
@@ -50,7 +53,7 @@ def preload(bootstrap: str, n: int) -> int:
         for sym in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
             for kind, payload in market.step(sym, now + sent // 100):
                 payload["ingestion_timestamp"] = now + sent // 100
-                topic = "binance.book_ticker" if kind == "bookTicker" else "binance.trades"
+                topic = topic_name(BOOK_TICKER) if kind == "bookTicker" else topic_name(TRADES)
                 while True:
                     try:
                         p.produce(topic, orjson.dumps(payload), sym.encode())
@@ -73,10 +76,10 @@ class Committed:
     from Kafka, not with count(*) on the tables, which would compete with the inserts it measures."""
 
     def __init__(self, bootstrap: str, group: str):
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        self.c = Consumer(consumer_config(bootstrap, group))
         md = self.c.list_topics(timeout=10)
         self.parts = [
-            TopicPartition(t, p) for t in ("binance.trades", "binance.book_ticker") for p in md.topics[t].partitions
+            TopicPartition(t, p) for t in (topic_name(TRADES), topic_name(BOOK_TICKER)) for p in md.topics[t].partitions
         ]
 
     def __call__(self) -> int:

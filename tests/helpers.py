@@ -14,8 +14,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from cryptomon.feed.market import Conditions
+from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.kafka.clients import consumer_config
 from tests.conftest import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -37,6 +40,52 @@ def env_for(settings, **extra) -> dict:
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def exchange_env(settings, port: int, **extra) -> dict:
+    """env_for() a process that talks to the simulator (or a replay) on `port`: WebSocket, REST and a free
+    ingestion health port."""
+    return env_for(
+        settings,
+        **{
+            "CRYPTOMON_BINANCE_WS_URL": f"ws://127.0.0.1:{port}/stream",
+            "CRYPTOMON_BINANCE_REST_URL": f"http://127.0.0.1:{port}",
+            "CRYPTOMON_INGEST_HEALTH_PORT": free_port(),
+            **extra,
+        },
+    )
+
+
+def producer(bootstrap: str) -> Producer:
+    """A test producer with the ingestion's guarantees and the Java client's partitioner (key -> partition)."""
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
+    )
+
+
+def risk_scenario(risky: str, calm: str, base: int) -> list[tuple[str, dict]]:
+    """17 scripted minutes from `base` (epoch ms): `risky` has a volatility burst (minute 11), a volume spike
+    (minute 13) and a spread blow-out (15 s into minute 15); `calm` stays calm. Sorted by ingestion time."""
+    calm_minute = Span(60)
+    risk_spans = [calm_minute] * 11 + [
+        Span(60, Conditions(volatility=150.0)),
+        calm_minute,
+        Span(60, Conditions(volume=12.0)),
+        calm_minute,
+        Span(15),
+        Span(15, Conditions(spread=12.0)),
+        Span(30),
+    ]
+    events = scripted_events(risky, base, risk_spans, steps_per_second=1.0, seed=5)
+    events += scripted_events(calm, base, [Span(17 * 60)], steps_per_second=1.0, seed=6)
+    events.sort(key=lambda e: e[1]["ingestion_timestamp"])
+    return events
 
 
 class Proc:
@@ -120,14 +169,7 @@ class TopicTap:
 
     def __init__(self, bootstrap: str, topics: list[str]):
         self.bootstrap = bootstrap
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"tap-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
-        )
+        self.consumer = Consumer(consumer_config(bootstrap))
         md = self.consumer.list_topics(timeout=10)
         self.start: list[TopicPartition] = []
         for topic in topics:

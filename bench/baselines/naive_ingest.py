@@ -9,6 +9,9 @@ import time
 import websockets
 from confluent_kafka import Producer
 
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
+
 
 async def main(url: str, bootstrap: str, n: int) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "compression.type": "lz4"})
@@ -18,7 +21,7 @@ async def main(url: str, bootstrap: str, n: int) -> None:
             msg = json.loads(raw)
             data = msg["data"]
             data["ingestion_timestamp"] = int(time.time() * 1000)
-            topic = "binance.book_ticker" if msg["stream"].endswith("@bookTicker") else "binance.trades"
+            topic = topic_name(BOOK_TICKER) if msg["stream"].endswith("@bookTicker") else topic_name(TRADES)
             producer.produce(topic, json.dumps(data).encode(), data["s"].encode())
             producer.flush()
             count += 1

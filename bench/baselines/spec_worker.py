@@ -9,6 +9,9 @@ import psycopg2
 from confluent_kafka import Consumer
 from psycopg2.extras import execute_values
 
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
+
 TRADES_SQL = (
     "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ts)"
     " VALUES %s ON CONFLICT DO NOTHING"
@@ -29,7 +32,7 @@ def main(bootstrap: str, dsn: str, group: str, n: int) -> None:
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.subscribe(["binance.trades", "binance.book_ticker"])
+    consumer.subscribe([topic_name(TRADES), topic_name(BOOK_TICKER)])
     conn = psycopg2.connect(dsn)
     trades, books, seen = [], [], 0
 
@@ -47,7 +50,7 @@ def main(bootstrap: str, dsn: str, group: str, n: int) -> None:
             continue
         d = json.loads(msg.value())
         seen += 1
-        if msg.topic() == "binance.trades":
+        if msg.topic() == topic_name(TRADES):
             trades.append(
                 (d["T"], d["s"], d["e"], d.get("t", d.get("a")), d["p"], d["q"], d["m"], d["ingestion_timestamp"])
             )

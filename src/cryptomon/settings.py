@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -120,8 +120,10 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions of the streaming job.")
     spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of both queries.")
     spark_watermark_seconds: int = Field(10, ge=0, description="Event-time watermark: how late an event may arrive.")
-    spark_checkpoint_dir: Path = Field(
-        Path.home() / "spark-checkpoints", description="Checkpoints of the streaming queries (restart point)."
+    spark_checkpoint_dir: Path | None = Field(
+        None,
+        description="Checkpoints of the streaming queries (restart point); default: spark-checkpoints in the "
+        "state folder, with the rest of the state and under the disk guard.",
     )
     spark_max_offsets_per_trigger: int = Field(
         500_000, ge=1, description="Most Kafka messages one micro-batch reads (bounds catch-up batches)."
@@ -252,6 +254,10 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def spark_checkpoints(self) -> Path:
+        return (self.spark_checkpoint_dir or self.state_dir / "spark-checkpoints").expanduser()
+
+    @property
     def kafka_host_port(self) -> tuple[str, int]:
         host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
         return host, int(port)
@@ -269,7 +275,7 @@ def describe_validation_error(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as err:

@@ -62,16 +62,21 @@ class Child:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
     def stop(self, timeout: float = 45.0) -> None:
-        if not self.alive():
+        popen = self.popen
+        if popen is None or popen.poll() is not None:
             return
-        self.popen.send_signal(signal.SIGTERM)
+        popen.send_signal(signal.SIGTERM)
         try:
-            self.popen.wait(timeout)
+            popen.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0fs: killing it", self.name, timeout)
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(10)
 
     def health(self) -> tuple[int, dict | None]:
         if not self.health_url:
@@ -196,7 +201,7 @@ class Pipeline:
         for child in self.children:
             child.start()
             self._wait_ready(child)
-            report(f"{child.name} started (pid {child.popen.pid}, log {child.log_path})")
+            report(f"{child.name} started (pid {child.pid}, log {child.log_path})")
             self._write_pids()
 
     def _wait_ready(self, child: Child, timeout: float = 90.0) -> None:
@@ -204,7 +209,7 @@ class Pipeline:
         while time.monotonic() < deadline:
             if not child.alive():
                 raise RuntimeError(
-                    f"{child.name} exited at start (code {child.popen.returncode}): see {child.log_path}"
+                    f"{child.name} exited at start (code {child.popen and child.popen.returncode}): see {child.log_path}"
                 )
             if child.health_url is None or child.health()[0] in (200, 503):  # answering: up (503 = not yet connected)
                 return
@@ -229,7 +234,7 @@ class Pipeline:
                 child.start()
                 child.restarts += 1
                 child.next_start = 0.0
-                events.append(f"{child.name} restarted (pid {child.popen.pid})")
+                events.append(f"{child.name} restarted (pid {child.pid})")
                 log.warning(events[-1])
                 self._write_pids()
         return events
@@ -303,7 +308,7 @@ class Pipeline:
             return {"symbols": {}, "rows": None}
         return {
             "symbols": {r[0]: {"vwap": r[1], "spread": r[2], "anomalies": r[3], "spread_warnings": r[4]} for r in rows},
-            "rows": dict(zip(("trades", "book_ticker", "trade_metrics", "spread_metrics"), totals, strict=True)),
+            "rows": dict(zip(("trades", "book_ticker", "trade_metrics", "spread_metrics"), totals or (), strict=True)),
         }
 
 

@@ -14,7 +14,7 @@ import pytest
 from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.services.local import KafkaBroker, TimescaleDB
 from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json, post, running, wait_json
+from tests.helpers import Proc, exchange_env, free_port, get_json, post, running, wait_json
 from tests.integration.test_spark import MINUTE, new_symbols, spark_env, wait_metrics_match_oracle
 from tests.integration.test_spark import produce as produce_events
 from tests.integration.test_worker import counts, make_events, produce, symbols_for_test, worker_env
@@ -23,12 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 def sim_env(stack, port: int, symbols: tuple[str, ...], **extra) -> dict:
-    return env_for(
+    return exchange_env(
         stack,
+        port,
         CRYPTOMON_SYMBOLS=",".join(symbols),
-        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
-        CRYPTOMON_INGEST_HEALTH_PORT=free_port(),
         CRYPTOMON_WORKER_HEALTH_PORT=free_port(),
         CRYPTOMON_WORKER_GROUP=f"chaos-{uuid.uuid4().hex[:6]}",
         **extra,

@@ -8,12 +8,14 @@ import sys
 import orjson
 import pytest
 
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import port_open
 from tests.conftest import wait_for
-from tests.helpers import TopicTap, decode, env_for, free_port, post, running, wait_json
+from tests.helpers import TopicTap, decode, env_for, exchange_env, free_port, post, running, wait_json
 
 pytestmark = pytest.mark.integration
-TOPICS = ["binance.trades", "binance.book_ticker"]
+TOPICS = [topic_name(TRADES), topic_name(BOOK_TICKER)]
 
 
 def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
@@ -34,13 +36,8 @@ def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
     assert len(frames) == 500 and all("received_at" in f and "@" in f["stream"] for f in frames)
 
     tap = TopicTap(stack.kafka_bootstrap, TOPICS)
-    port, health = free_port(), free_port()
-    env = env_for(
-        stack,
-        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
-        CRYPTOMON_INGEST_HEALTH_PORT=health,
-    )
+    port = free_port()
+    env = exchange_env(stack, port)
     with (
         running("replay", ["feed", "replay", str(capture), "--port", str(port), "--rate", "0"], env),
         running("ingest", ["ingest"], env),
@@ -77,21 +74,14 @@ def test_binance_csv_dump_replay_with_a_drop_is_backfilled(stack, tmp_path):
     )
     for path, field in ((trades, "t"), (aggs, "a")):
         tap = TopicTap(stack.kafka_bootstrap, TOPICS)
-        port, health = free_port(), free_port()
-        env = env_for(
-            stack,
-            CRYPTOMON_SYMBOLS="BTCUSDT",
-            CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
-            CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
-            CRYPTOMON_INGEST_HEALTH_PORT=health,
-            CRYPTOMON_BACKOFF_INITIAL="0.2",
-        )
+        port = free_port()
+        env = exchange_env(stack, port, CRYPTOMON_SYMBOLS="BTCUSDT", CRYPTOMON_BACKOFF_INITIAL="0.2")
         with (
             running("replay", ["feed", "replay", str(path), "--port", str(port), "--rate", "1500"], env),
             running("ingest", ["ingest"], env),
         ):
             wait_json(
-                f"http://127.0.0.1:{health}/health",
+                f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}/health",
                 lambda b: sum(b["messages_produced"].values()) > 500,
                 30,
                 "first events",
@@ -99,7 +89,7 @@ def test_binance_csv_dump_replay_with_a_drop_is_backfilled(stack, tmp_path):
             post(f"http://127.0.0.1:{port}/sim/drop")
             wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 60, "replay to finish")
             h = wait_json(
-                f"http://127.0.0.1:{health}/health",
+                f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}/health",
                 lambda b: b["ids_pending_backfill"] == 0 and sum(b["messages_delivered"].values()) >= n,
                 60,
                 "backfill",

@@ -11,8 +11,7 @@ import pytest
 
 from cryptomon.dashboards.definitions import ALERT_RULES, DASHBOARDS
 from cryptomon.dashboards.macros import expand
-from cryptomon.feed.market import Conditions
-from cryptomon.feed.scripted import Span, scripted_events
+from tests.helpers import risk_scenario
 from tests.integration.test_spark import MINUTE, load_raw, new_symbols, produce, run_spark_available_now
 
 pytestmark = pytest.mark.integration
@@ -22,18 +21,7 @@ pytestmark = pytest.mark.integration
 def scenario(stack, tmp_path_factory):
     risky, calm = new_symbols("GR", 1), new_symbols("GC", 1)
     base = (int(time.time() * 1000) // MINUTE - 40) * MINUTE
-    spans = [Span(60)] * 11 + [
-        Span(60, Conditions(volatility=150.0)),
-        Span(60),
-        Span(60, Conditions(volume=12.0)),
-        Span(60),
-        Span(15),
-        Span(15, Conditions(spread=12.0)),
-        Span(30),
-    ]
-    events = scripted_events(risky, base, spans, steps_per_second=1.0, seed=5)
-    events += scripted_events(calm, base, [Span(17 * 60)], steps_per_second=1.0, seed=6)
-    events.sort(key=lambda e: e[1]["ingestion_timestamp"])
+    events = risk_scenario(risky, calm, base)
     produce(stack.kafka_bootstrap, events)
     load_raw(stack, events, risky + calm)
     run_spark_available_now(stack, tmp_path_factory.mktemp("ckpt"))

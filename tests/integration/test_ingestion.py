@@ -10,24 +10,22 @@ from collections import Counter, defaultdict
 import httpx
 import pytest
 
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, DEADLETTER, KINDS, SEQ_FIELD, TRADES
 from cryptomon.services.local import KafkaBroker
 from tests.conftest import wait_for
-from tests.helpers import TopicTap, decode, env_for, free_port, get_json, post, running, wait_json
+from tests.helpers import TopicTap, decode, exchange_env, free_port, get_json, post, running, wait_json
 
 pytestmark = pytest.mark.integration
 
-TOPICS = ["binance.trades", "binance.book_ticker", "binance.deadletter"]
-KINDS = ("trade", "aggTrade", "bookTicker")
-SEQ = {"trade": "t", "aggTrade": "a", "bookTicker": "u"}
+TOPICS = [topic_name(TRADES), topic_name(BOOK_TICKER), topic_name(DEADLETTER)]
 
 
 def start_pair(stack, steps: int, rate: float, scenario: str = "calm", **ingest_env):
-    sim_port, health_port = free_port(), free_port()
-    env = env_for(
+    sim_port = free_port()
+    env = exchange_env(
         stack,
-        CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{sim_port}/stream",
-        CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{sim_port}",
-        CRYPTOMON_INGEST_HEALTH_PORT=health_port,
+        sim_port,
         CRYPTOMON_BACKOFF_INITIAL="0.2",
         CRYPTOMON_BACKOFF_MAX="2",
         **ingest_env,
@@ -49,7 +47,7 @@ def start_pair(stack, steps: int, rate: float, scenario: str = "calm", **ingest_
         env,
     )
     ing = running("ingest", ["ingest"], env)
-    return sim, ing, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{health_port}"
+    return sim, ing, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}"
 
 
 def sim_totals(stats: dict) -> dict[tuple[str, str], int]:
@@ -59,7 +57,7 @@ def sim_totals(stats: dict) -> dict[tuple[str, str], int]:
 def by_stream(messages) -> dict[tuple[str, str], list[dict]]:
     out = defaultdict(list)
     for m in messages:
-        if m.topic() == "binance.deadletter":
+        if m.topic() == topic_name(DEADLETTER):
             continue
         d = decode(m)
         kind = d.get("e", "bookTicker")
@@ -72,7 +70,7 @@ def assert_exactly_once(stats: dict, messages) -> dict[tuple[str, str], list[dic
     streams = by_stream(messages)
     for sym, v in stats["symbols"].items():
         for kind, span in (("trade", v["trade_ids"]), ("aggTrade", v["agg_ids"])):
-            ids = Counter(d[SEQ[kind]] for d in streams[(sym, kind)])
+            ids = Counter(d[SEQ_FIELD[kind]] for d in streams[(sym, kind)])
             assert set(ids) == set(range(span[0], span[1] + 1)), f"{sym} {kind}: ids missing or extra"
             assert max(ids.values()) == 1, f"{sym} {kind}: duplicated ids"
     return streams
@@ -111,7 +109,7 @@ def test_events_arrive_exactly_once_routed_keyed_and_in_order(stack):
     for m in messages:
         d = decode(m)
         kind = d.get("e", "bookTicker")
-        assert m.topic() == ("binance.book_ticker" if kind == "bookTicker" else "binance.trades")
+        assert m.topic() == (topic_name(BOOK_TICKER) if kind == "bookTicker" else topic_name(TRADES))
         assert m.key() == d["s"].encode()
         partitions[(m.topic(), d["s"])].add(m.partition())
         assert isinstance(d["ingestion_timestamp"], int)
@@ -119,7 +117,7 @@ def test_events_arrive_exactly_once_routed_keyed_and_in_order(stack):
         assert "backfilled" not in d
     assert all(len(p) == 1 for p in partitions.values()), "one partition per symbol and topic"
     for (sym, kind), events in streams.items():
-        seqs = [d[SEQ[kind]] for d in events]  # Kafka order within the partition
+        seqs = [d[SEQ_FIELD[kind]] for d in events]  # Kafka order within the partition
         assert seqs == sorted(seqs), f"{sym} {kind} out of order"
         assert len(events) == sim_totals(stats)[(sym, kind)]
 
@@ -197,11 +195,11 @@ def test_malformed_duplicated_and_reordered_frames(stack):
     assert health["duplicates_dropped"] == 7
     assert sum(health["dead_letters"].values()) == 10
     assert {"not_json", "unknown_stream", "wrong_type", "missing_field", "bad_envelope"} == set(health["dead_letters"])
-    dead = [decode(m) for m in tap.messages if m.topic() == "binance.deadletter"]
+    dead = [decode(m) for m in tap.messages if m.topic() == topic_name(DEADLETTER)]
     assert len(dead) == 10 and all(d["source"] == "ingestion" and d["raw"] and d["detail"] for d in dead)
     assert any(d["raw"] == "this is not json" for d in dead)
     assert_exactly_once(stats, tap.messages)
-    assert len([m for m in tap.messages if m.topic() != "binance.deadletter"]) == total
+    assert len([m for m in tap.messages if m.topic() != topic_name(DEADLETTER)]) == total
 
 
 def test_broker_restart_loses_nothing_acknowledged(stack):

@@ -3,6 +3,7 @@ every module and run the CLI: a module that imports a dev-only package fails her
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,17 @@ assert cryptomon.__file__.startswith(sys.prefix), cryptomon.__file__  # the inst
 
 
 def test_plain_install_imports_every_module_and_runs_the_cli(tmp_path):
+    # from a copy of what the package is built from, so that the build leaves nothing in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     # pip's wheel cache (filled by setup) makes this ~30 s; no --no-deps: the declared dependencies are the point
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=900
+        [str(py), "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True, timeout=900
     )
     assert install.returncode == 0, install.stderr[-3000:]
     run = subprocess.run(

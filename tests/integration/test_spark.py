@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Producer
 
-from cryptomon.feed.market import Conditions
 from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.spark import metrics as M
 from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, running
+from tests.helpers import Proc, env_for, producer, risk_scenario, running
 from tests.integration.test_worker import counts, worker_env
 
 pytestmark = pytest.mark.integration
@@ -26,18 +26,10 @@ MINUTE = 60_000
 
 
 def produce(bootstrap: str, events: list[tuple[str, dict]]) -> None:
-    p = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-        }
-    )
+    p = producer(bootstrap)
     for i, (kind, payload) in enumerate(events):
         p.produce(
-            "binance.book_ticker" if kind == "bookTicker" else "binance.trades",
+            topic_name(BOOK_TICKER) if kind == "bookTicker" else topic_name(TRADES),
             orjson.dumps(payload),
             payload["s"].encode(),
         )
@@ -150,19 +142,7 @@ def test_metrics_equal_the_sql_oracle_and_a_replay_changes_nothing(stack, tmp_pa
 def test_scenario_flags_fire_exactly_where_expected_and_calm_fires_none(stack, tmp_path):
     risky, calm = new_symbols("RK", 1), new_symbols("CA", 1)
     base = (int(time.time() * 1000) // MINUTE - 20) * MINUTE
-    calm_min = Span(60)
-    risk_spans = [calm_min] * 11 + [
-        Span(60, Conditions(volatility=150.0)),
-        calm_min,
-        Span(60, Conditions(volume=12.0)),
-        calm_min,
-        Span(15),
-        Span(15, Conditions(spread=12.0)),
-        Span(30),
-    ]
-    events = scripted_events(risky, base, risk_spans, steps_per_second=1.0, seed=5)
-    events += scripted_events(calm, base, [Span(17 * 60)], steps_per_second=1.0, seed=6)
-    events.sort(key=lambda e: e[1]["ingestion_timestamp"])
+    events = risk_scenario(risky, calm, base)
     produce(stack.kafka_bootstrap, events)
     load_raw(stack, events, risky + calm)
     run_spark_available_now(stack, tmp_path / "ckpt")

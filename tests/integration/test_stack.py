@@ -16,7 +16,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from cryptomon.db.migrate import discover, migrate
-from cryptomon.kafka.topics import ensure_topics, topics
+from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.topics import ensure_topics, topic_name, topics
+from cryptomon.names import BOOK_TICKER, DEADLETTER, TRADES
 from cryptomon.services.local import throwaway_settings, throwaway_state_dir
 
 pytestmark = pytest.mark.integration
@@ -60,7 +62,7 @@ def test_services_up_status_down_up_keeps_data():
         with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO book_ticker VALUES (now(), 'BTCUSDT', 42, 1, 1, 2, 2)")
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
-        producer.produce("binance.trades", key=b"BTCUSDT", value=b"kept")
+        producer.produce(topic_name(TRADES), key=b"BTCUSDT", value=b"kept")
         assert producer.flush(30) == 0
 
         down = cli(settings, "services", "down")
@@ -72,15 +74,8 @@ def test_services_up_status_down_up_keeps_data():
         assert up2.returncode == 0, up2.stderr
         with psycopg.connect(settings.pg_dsn) as conn:
             assert conn.execute("SELECT update_id FROM book_ticker").fetchall() == [(42,)]
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"t-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.subscribe(["binance.trades"])
+        consumer = Consumer(consumer_config(settings.kafka_bootstrap))
+        consumer.subscribe([topic_name(TRADES)])
         try:
             msg = None
             for _ in range(100):
@@ -98,11 +93,13 @@ def test_services_up_status_down_up_keeps_data():
 def test_topics_have_3_partitions_and_7_day_retention(stack):
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     md = admin.list_topics(timeout=10).topics
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in ("binance.trades", "binance.book_ticker")]
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, name) for name in (topic_name(TRADES), topic_name(BOOK_TICKER))
+    ]
     for resource, fut in admin.describe_configs(resources).items():
         assert len(md[resource.name].partitions) == 3
         assert fut.result()["retention.ms"].value == "604800000"
-    assert "binance.deadletter" in md
+    assert topic_name(DEADLETTER) in md
     # idempotent: a second ensure changes nothing
     assert set(ensure_topics(stack.kafka_bootstrap).values()) == {"ok"}
 
@@ -119,7 +116,7 @@ def test_produced_message_is_consumed_back(stack):
     delivered = []
     payload = uuid.uuid4().hex.encode()
     producer.produce(
-        "binance.book_ticker",
+        topic_name(BOOK_TICKER),
         key=b"ETHUSDT",
         value=payload,
         on_delivery=lambda err, msg: delivered.append((err, msg.partition(), msg.offset())),
@@ -127,10 +124,8 @@ def test_produced_message_is_consumed_back(stack):
     assert producer.flush(30) == 0
     [(err, partition, offset)] = delivered
     assert err is None
-    consumer = Consumer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4()}", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition("binance.book_ticker", partition, offset)])
+    consumer = Consumer(consumer_config(stack.kafka_bootstrap))
+    consumer.assign([TopicPartition(topic_name(BOOK_TICKER), partition, offset)])
     try:
         msg = None
         for _ in range(60):

@@ -12,12 +12,13 @@ from decimal import Decimal
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Producer
 
 from cryptomon.feed.market import Conditions, Market
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import TimescaleDB
 from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json, running, wait_json
+from tests.helpers import Proc, env_for, free_port, get_json, producer, running, wait_json
 
 pytestmark = pytest.mark.integration
 
@@ -42,17 +43,9 @@ def produce(
     extra: list[tuple[str, bytes, bytes]] = (),
     rate: float | None = None,
 ) -> None:
-    p = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-        }
-    )
-    msgs = [("binance.trades", t["s"].encode(), orjson.dumps(t)) for t in trades]
-    msgs += [("binance.book_ticker", b["s"].encode(), orjson.dumps(b)) for b in books]
+    p = producer(bootstrap)
+    msgs = [(topic_name(TRADES), t["s"].encode(), orjson.dumps(t)) for t in trades]
+    msgs += [(topic_name(BOOK_TICKER), b["s"].encode(), orjson.dumps(b)) for b in books]
     msgs += list(extra)
     start = time.monotonic()
     for i, (topic, key, value) in enumerate(msgs):
@@ -217,11 +210,11 @@ def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_insert
     sym = symbols[0].encode()
     good = dict(trades[0], t=10**12, e="trade")
     poison = [
-        ("binance.trades", sym, b"{not json"),
-        ("binance.trades", sym, orjson.dumps(dict(good, t="12"))),  # wrong type
-        ("binance.trades", sym, orjson.dumps({k: v for k, v in good.items() if k != "p"})),  # missing field
-        ("binance.trades", sym, orjson.dumps(dict(good, T=10**17))),  # passes parsing, rejected by PostgreSQL
-        ("binance.book_ticker", sym, orjson.dumps(dict(books[0], ingestion_timestamp="yesterday"))),
+        (topic_name(TRADES), sym, b"{not json"),
+        (topic_name(TRADES), sym, orjson.dumps(dict(good, t="12"))),  # wrong type
+        (topic_name(TRADES), sym, orjson.dumps({k: v for k, v in good.items() if k != "p"})),  # missing field
+        (topic_name(TRADES), sym, orjson.dumps(dict(good, T=10**17))),  # passes parsing, rejected by PostgreSQL
+        (topic_name(BOOK_TICKER), sym, orjson.dumps(dict(books[0], ingestion_timestamp="yesterday"))),
     ]
     # poison in the middle: half the good messages before, half after
     half_t, half_b = len(trades) // 2, len(books) // 2
@@ -242,4 +235,6 @@ def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_insert
     assert "wrong_type" in by_payload[poison[1][2]][1]
     assert "missing_field" in by_payload[poison[2][2]][1]
     assert "out of range" in by_payload[poison[3][2]][1]
-    assert by_payload[poison[4][2]][0] == "binance.book_ticker" and "ingestion_timestamp" in by_payload[poison[4][2]][1]
+    assert (
+        by_payload[poison[4][2]][0] == topic_name(BOOK_TICKER) and "ingestion_timestamp" in by_payload[poison[4][2]][1]
+    )

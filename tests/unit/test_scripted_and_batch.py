@@ -4,7 +4,10 @@ import pytest
 from cryptomon.consumer.rows import Batch, Poison, book_row, trade_row
 from cryptomon.feed.market import Conditions
 from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import TRADES
 
+TOPIC = topic_name(TRADES)
 TRADE = {
     "e": "trade",
     "E": 1,
@@ -57,27 +60,27 @@ def test_poison_values(value):
 def test_batch_flush_triggers_and_offsets():
     b = Batch("trades")
     assert not b.due(0, 3, 2.0, drained=True)  # empty: never due
-    b.add("binance.trades", 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
-    b.add("binance.trades", 1, 4, b"k", b"garbage", now=100.5)
-    b.add("binance.trades", 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), now=101.0)
+    b.add(TOPIC, 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
+    b.add(TOPIC, 1, 4, b"k", b"garbage", now=100.5)
+    b.add(TOPIC, 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), now=101.0)
     assert len(b) == 3 and len(b.rows) == 2 and len(b.poison) == 1
     assert not b.due(101.0, 5, 2.0, drained=False)
     assert b.due(101.0, 3, 2.0, drained=False)  # size
     assert b.due(102.0, 5, 2.0, drained=False)  # age of the oldest message
     assert b.due(101.0, 5, 2.0, drained=True)  # topic drained
-    assert b.commit_offsets() == {("binance.trades", 0): 12, ("binance.trades", 1): 5}
-    assert b.dead_letter_for(1, "boom") == ("binance.trades", 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
+    assert b.commit_offsets() == {(TOPIC, 0): 12, (TOPIC, 1): 5}
+    assert b.dead_letter_for(1, "boom") == (TOPIC, 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
 
 
 def test_a_failed_batch_takes_the_newer_messages_back_behind_its_own():
     older, newer = Batch("trades"), Batch("trades")
-    older.add("binance.trades", 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
-    newer.add("binance.trades", 0, 11, b"k", b"garbage", now=101.0)
-    newer.add("binance.trades", 0, 12, b"k", orjson.dumps(dict(TRADE, t=7)), now=101.5)
+    older.add(TOPIC, 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
+    newer.add(TOPIC, 0, 11, b"k", b"garbage", now=101.0)
+    newer.add(TOPIC, 0, 12, b"k", orjson.dumps(dict(TRADE, t=7)), now=101.5)
     older.absorb(newer)
-    assert [p[2] for p in older.positions] == [10, 12] and older.poison_positions == [("binance.trades", 0, 11)]
+    assert [p[2] for p in older.positions] == [10, 12] and older.poison_positions == [(TOPIC, 0, 11)]
     assert [r[3] for r in older.rows] == [TRADE["t"], 7] and older.started == 100.0
-    assert older.commit_offsets() == {("binance.trades", 0): 13}
+    assert older.commit_offsets() == {(TOPIC, 0): 13}
     empty = Batch("trades")
     empty.absorb(newer)
     assert empty.started == 101.0 and len(empty) == 2

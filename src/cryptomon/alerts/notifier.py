@@ -83,7 +83,7 @@ class Notifier:
                     (t.rule.title, t.symbol, t.firing, t.value, at, at),
                 )
                 done.append(t)
-            firing = conn.execute("SELECT count(*) FROM alert_state WHERE firing").fetchone()[0]
+            (firing,) = conn.execute("SELECT count(*) FROM alert_state WHERE firing").fetchone() or (0,)
         self.firing.set(firing)
         self.last_round = {"at": at.isoformat(), "instances": len(current), "changes": len(done), "firing": firing}
         return done

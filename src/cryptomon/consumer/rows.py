@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from cryptomon.ingestion.events import BadFrame, validate_payload
-
-TRADES, BOOK_TICKER = "trades", "book_ticker"
+from cryptomon.names import BOOK_TICKER, BOOK_TICKER_EVENT, SEQ_FIELD, TRADE_KINDS, TRADES
 
 
 class Poison(ValueError):
@@ -21,17 +20,17 @@ class Poison(ValueError):
 
 # trades row:      (event_time_ms, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ms, backfilled)
 # book_ticker row: (ingestion_ms, symbol, update_id, bid, bid_qty, ask, ask_qty)
-def trade_row(value: bytes) -> tuple:
+def trade_row(value: bytes | None) -> tuple:
     d = _load(value)
     kind = d.get("e")
-    if kind not in ("trade", "aggTrade"):
+    if kind not in TRADE_KINDS:
         raise Poison(f"event type {kind!r} on the trades topic")
     _check(kind, d)
     return (
         d["T"],
         d["s"],
         kind,
-        d["t"] if kind == "trade" else d["a"],
+        d[SEQ_FIELD[kind]],
         d["p"],
         d["q"],
         d["m"],
@@ -40,9 +39,9 @@ def trade_row(value: bytes) -> tuple:
     )
 
 
-def book_row(value: bytes) -> tuple:
+def book_row(value: bytes | None) -> tuple:
     d = _load(value)
-    _check("bookTicker", d)
+    _check(BOOK_TICKER_EVENT, d)
     return (d["ingestion_timestamp"], d["s"], d["u"], d["b"], d["B"], d["a"], d["A"])
 
 
@@ -106,7 +105,7 @@ class Batch:
         return (topic, partition, offset, key, value, error)
 
     def due(self, now: float, max_rows: int, max_age: float, drained: bool) -> bool:
-        if not len(self):
+        if not len(self) or self.started is None:
             return False
         return len(self) >= max_rows or now - self.started >= max_age or drained
 

@@ -16,22 +16,22 @@ from collections.abc import Callable
 import psycopg
 from psycopg import errors
 
+from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+
 log = logging.getLogger(__name__)
 
 EPOCH_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
 
 INSERT_SQL = {
-    "trades": (
-        "INSERT INTO trades (event_time, symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
-        " ingestion_ts, backfilled) "
+    TRADES: (
+        f"INSERT INTO {TRADES} ({', '.join(TABLE_COLUMNS[TRADES])}) "
         f"SELECT {EPOCH_MS.format('t')}, s, e, id, p, q, m, {EPOCH_MS.format('ing')}, bf "
         "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[],"
         " %s::bool[], %s::bigint[], %s::bool[]) AS u(t, s, e, id, p, q, m, ing, bf) "
         "ON CONFLICT DO NOTHING"
     ),
-    "book_ticker": (
-        "INSERT INTO book_ticker (ingestion_ts, symbol, update_id, best_bid_price, best_bid_qty,"
-        " best_ask_price, best_ask_qty) "
+    BOOK_TICKER: (
+        f"INSERT INTO {BOOK_TICKER} ({', '.join(TABLE_COLUMNS[BOOK_TICKER])}) "
         f"SELECT {EPOCH_MS.format('ing')}, s, u, b, bq, a, aq "
         "FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],"
         " %s::numeric[]) AS x(ing, s, u, b, bq, a, aq) "
@@ -64,7 +64,7 @@ class TimescaleSink:
         self.dsn = dsn
         self.conn: psycopg.Connection | None = None
 
-    def connect(self) -> None:
+    def connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
             try:
                 self.conn = psycopg.connect(
@@ -72,6 +72,7 @@ class TimescaleSink:
                 )
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(str(exc).strip()) from None
+        return self.conn
 
     def close(self) -> None:
         if self.conn is not None:
@@ -79,8 +80,7 @@ class TimescaleSink:
 
     def ping(self) -> bool:
         try:
-            self.connect()
-            self.conn.execute("SELECT 1")
+            self.connect().execute("SELECT 1")
             return True
         except (DatabaseUnavailable, psycopg.OperationalError):
             self._reset()
@@ -117,20 +117,22 @@ class TimescaleSink:
             raise DatabaseUnavailable(str(exc).strip()) from None
 
     def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
+        conn = self.connect()
         if not dead:
-            return self.conn.execute(INSERT_SQL[table], _columns(rows, COLUMNS[table])).rowcount
-        return self.conn.execute(
+            return conn.execute(INSERT_SQL[table], _columns(rows, COLUMNS[table])).rowcount
+        return conn.execute(
             WRITE_SQL[table], _columns(dead, DEAD_LETTER_COLUMNS) + _columns(rows, COLUMNS[table])
         ).rowcount
 
     def _bisect(self, table: str, rows: list[tuple]) -> list[tuple[int, str]]:
         """Indexes (and errors) of the rows PostgreSQL rejects; nothing is written."""
         bad: list[tuple[int, str]] = []
+        conn = self.connect()
 
         def probe(lo: int, hi: int) -> None:
             try:
-                with self.conn.transaction(force_rollback=True):
-                    self.conn.execute(INSERT_SQL[table], _columns(rows[lo:hi], COLUMNS[table]))
+                with conn.transaction(force_rollback=True):
+                    conn.execute(INSERT_SQL[table], _columns(rows[lo:hi], COLUMNS[table]))
             except ROW_ERRORS as exc:
                 if hi - lo == 1:
                     bad.append((lo, str(exc).strip().splitlines()[0]))

@@ -25,25 +25,26 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cryptomon.backoff import Backoff
-from cryptomon.consumer.rows import BOOK_TICKER, TRADES, Batch
+from cryptomon.consumer.ordering import CommitOrder, Partition
+from cryptomon.consumer.rows import Batch
 from cryptomon.consumer.sink import DatabaseUnavailable, TimescaleSink
-from cryptomon.diskguard import DiskGuard
+from cryptomon.diskguard import DiskGuard, DiskNearlyFull
+from cryptomon.kafka.clients import consumer_config
 from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.worker")
-
-Partition = tuple[str, int]  # (topic, partition)
 
 # Offsets of written batches are committed together, at most this often (a synchronous commit is a
 # broker round trip of a few ms; per batch it would take more time than parsing the batch). Rebalances,
@@ -51,8 +52,8 @@ Partition = tuple[str, int]  # (topic, partition)
 COMMIT_INTERVAL_S = 0.2
 
 
-class DiskNearlyFull(DatabaseUnavailable):
-    """Inserting more could fill the disk under PostgreSQL: wait, commit nothing."""
+# what holds the inserts back: consumption pauses, nothing is committed, and it is retried with backoff
+HOLD = (DatabaseUnavailable, DiskNearlyFull)
 
 
 @dataclass
@@ -63,25 +64,17 @@ class Writer:
     thread: ThreadPoolExecutor
 
 
-@dataclass
-class Flight:
-    batch: Batch
-    future: Future
-    writer: Writer
-
-
 class Worker:
     def __init__(self, settings: Settings, health_port: int | None = None):
         self.s = settings
-        self.table_of = {topic_name("trades"): TRADES, topic_name("book_ticker"): BOOK_TICKER}
+        self.table_of = {topic_name(TRADES): TRADES, topic_name(BOOK_TICKER): BOOK_TICKER}
         self.batches: dict[Partition, Batch] = {}
         self.writers = [
             Writer(TimescaleSink(settings.pg_dsn), ThreadPoolExecutor(1, f"cryptomon-db-writer-{i}"))
             for i in range(settings.worker_writers)
         ]
         self.idle = list(self.writers)
-        self.in_flight: dict[Partition, deque[Flight]] = {}  # per partition, in Kafka's order
-        self.to_commit: dict[Partition, int] = {}
+        self.order: CommitOrder[Writer] = CommitOrder()  # batches being written, committed in Kafka's order
         self.last_commit = 0.0
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stop_event = threading.Event()
@@ -95,25 +88,24 @@ class Worker:
         self.dead_letters = 0
         self.db_failures = 0
         self.disk_pauses = 0
-        self.pause_reason: DatabaseUnavailable | None = None
+        self.pause_reason: Exception | None = None
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": settings.worker_group,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-                "partition.assignment.strategy": "cooperative-sticky",
-                # a worker that died without leaving (kill -9, power loss) holds its partitions until its
-                # session expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 2_000,
-                "fetch.wait.max.ms": 50,
-                "statistics.interval.ms": 2000,
-                "stats_cb": self._on_stats,
-                "client.id": "cryptomon-worker",
-            }
+            consumer_config(
+                settings.kafka_bootstrap,
+                settings.worker_group,
+                extra={
+                    "enable.auto.offset.store": False,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    # a worker that died without leaving (kill -9, power loss) holds its partitions until its
+                    # session expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 2_000,
+                    "fetch.wait.max.ms": 50,
+                    "statistics.interval.ms": 2000,
+                    "stats_cb": self._on_stats,
+                    "client.id": "cryptomon-worker",
+                },
+            )
         )
         self.registry = CollectorRegistry()
         r = self.registry
@@ -194,7 +186,7 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     self._step(backoff)
-                except DatabaseUnavailable as exc:
+                except HOLD as exc:
                     self._settle()
                     self._commit()
                     self._db_failed(exc)
@@ -205,7 +197,7 @@ class Worker:
             self._shutdown()
 
     def _step(self, backoff: Backoff) -> None:
-        """One turn of the loop. A DatabaseUnavailable out of it pauses consumption."""
+        """One turn of the loop. A HOLD error out of it pauses consumption."""
         now = time.monotonic()
         if self.paused:  # nothing in flight: every writer is idle
             # stay in the group (poll serves rebalances and heartbeats) without fetching more
@@ -230,18 +222,17 @@ class Worker:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka: %s", err)
                 continue
-            tp = (m.topic(), m.partition())
-            batch = self.batches.get(tp)
+            topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
+            batch = self.batches.get((topic, partition))
             if batch is None:
-                batch = self.batches[tp] = Batch(self.table_of[tp[0]])
-            batch.add(tp[0], tp[1], m.offset(), m.key(), m.value(), now)
+                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic])
+            batch.add(topic, partition, offset, m.key(), m.value(), now)
         drained = len(msgs) < self.s.flush_max_rows
         self._reap()
         for tp, batch in list(self.batches.items()):
             if batch.due(time.monotonic(), self.s.flush_max_rows, self.s.flush_max_seconds, drained or self.paused):
                 while not self.idle:  # a writer is freed when its batch heads its partition's queue
-                    busy = [f.future for q in self.in_flight.values() for f in q if not f.future.done()]
-                    wait(busy, return_when=FIRST_COMPLETED)
+                    wait(self.order.busy(), return_when=FIRST_COMPLETED)
                     self._reap()
                 self._submit(tp)
         if self.paused:
@@ -258,8 +249,7 @@ class Worker:
             raise DiskNearlyFull(low)
         batch = self.batches.pop(tp)
         writer = self.idle.pop()
-        flight = Flight(batch, writer.thread.submit(self._write, writer.sink, batch), writer)
-        self.in_flight.setdefault(tp, deque()).append(flight)
+        self.order.push(tp, batch, writer.thread.submit(self._write, writer.sink, batch), writer)
 
     @staticmethod
     def _write(sink: TimescaleSink, batch: Batch) -> tuple[int, list[tuple], float]:  # on a writer thread
@@ -268,35 +258,22 @@ class Worker:
         return inserted, rejected, time.monotonic() - started
 
     def _reap(self) -> None:
-        """Take in the written batches that head their partition's queue: stage their offsets for the
-        next commit and free their writers. A batch that failed goes back in front of its partition's
-        buffer, with the partition's later batches, and DatabaseUnavailable is raised."""
-        for tp in list(self.in_flight):
-            queue = self.in_flight[tp]
-            while queue and queue[0].future.done():
-                self._land(tp, queue)
-            if not queue:
-                del self.in_flight[tp]
+        """Take in the written batches that head their partition's queue (their offsets are staged for the
+        next commit) and free their writers. A failed batch goes back in front of its partition's buffer,
+        with the partition's later batches (see cryptomon.consumer.ordering), and its error is raised."""
+        landed, failed = self.order.reap()
+        for done in landed:
+            self.idle.append(done.writer)
+            self._account(done.batch, *done.result)
+        for f in failed:
+            self.idle.extend(f.writers)
+            if f.partition in self.batches:
+                f.batch.absorb(self.batches[f.partition])
+            self.batches[f.partition] = f.batch
+        if failed:
+            raise failed[0].error
 
-    def _land(self, tp: Partition, queue: deque[Flight]) -> None:
-        flight = queue.popleft()
-        self.idle.append(flight.writer)
-        batch = flight.batch
-        try:
-            inserted, rejected, seconds = flight.future.result()
-        except DatabaseUnavailable:
-            wait([f.future for f in queue])  # whatever they did is redone (as no-ops) after this one
-            for later in queue:
-                self.idle.append(later.writer)
-                batch.absorb(later.batch)
-            queue.clear()
-            del self.in_flight[tp]
-            if tp in self.batches:
-                batch.absorb(self.batches[tp])
-            self.batches[tp] = batch
-            raise
-        for key, offset in batch.commit_offsets().items():
-            self.to_commit[key] = max(offset, self.to_commit.get(key, 0))
+    def _account(self, batch: Batch, inserted: int, rejected: list[tuple], seconds: float) -> None:
         dead = len(batch.poison) + len(rejected)
         if dead:
             log.warning("%d %s messages sent to dead_letters", dead, batch.table)
@@ -314,16 +291,13 @@ class Worker:
 
     def _settle(self, raise_first: bool = False) -> None:
         """Wait for every batch in flight and take them in; failed ones go back to their buffers.
-        Afterwards every writer is idle. With raise_first, the first failure is raised then."""
-        wait([f.future for q in self.in_flight.values() for f in q])
-        failure = None
-        while self.in_flight:
-            try:
-                self._reap()
-            except DatabaseUnavailable as exc:
-                failure = failure or exc
-        if failure and raise_first:
-            raise failure
+        Afterwards every writer is idle. With raise_first, a failure is raised then."""
+        self.order.wait_all()
+        try:
+            self._reap()
+        except DatabaseUnavailable:
+            if raise_first:
+                raise
 
     def _flush_all(self, partitions: set[Partition]) -> int:
         """Write these partitions' buffers now, one after the other (nothing in flight), and stage their
@@ -333,14 +307,14 @@ class Worker:
             try:
                 self._submit(tp)
                 self._settle(raise_first=True)
-            except DatabaseUnavailable:
+            except HOLD:
                 break
         return sum(len(self.batches[tp]) for tp in partitions if tp in self.batches)
 
     def _commit(self) -> None:
         """Commit, synchronously, the offsets of the batches that are in the database."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.to_commit.items() if (t, p) in self.assigned]
-        self.to_commit.clear()
+        staged = self.order.take_offsets()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in staged.items() if (t, p) in self.assigned]
         self.last_commit = time.monotonic()
         if offsets:
             try:
@@ -349,7 +323,7 @@ class Worker:
                 # the rows are in the database; a replay of these offsets will be a no-op
                 log.warning("offset commit failed (%s): the batches may be replayed, harmlessly", exc)
 
-    def _db_failed(self, exc: DatabaseUnavailable) -> None:
+    def _db_failed(self, exc: Exception) -> None:
         self.pause_reason = exc
         if isinstance(exc, DiskNearlyFull):
             self.disk_pauses += 1
@@ -410,7 +384,7 @@ class Worker:
             "buffered": {
                 t: sum(len(b) for b in list(self.batches.values()) if b.table == t) for t in self.table_of.values()
             },
-            "writing": sum(len(f.batch) for q in list(self.in_flight.values()) for f in list(q)),
+            "writing": self.order.messages(),
             "writers": len(self.writers),
             "last_flush_seconds_ago": round(age, 3),
             "db_failures": self.db_failures,
@@ -425,4 +399,3 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop_event.set())
     worker.run()
-

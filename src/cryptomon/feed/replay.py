@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from cryptomon.ingestion.events import SEQ_FIELD
+from cryptomon.names import SEQ_FIELD
 
 log = logging.getLogger(__name__)
 _CSV_NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-", re.IGNORECASE)
@@ -56,7 +56,7 @@ def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
     m = _CSV_NAME.match(path.name)
     if not m and not symbol:
         raise ValueError(f"{path.name}: cannot tell the symbol; name it SYMBOL-trades-*.csv / SYMBOL-aggTrades-*.csv")
-    symbol = (symbol or m.group(1)).upper()
+    symbol = (symbol or (m.group(1) if m else "")).upper()
     kind = "aggTrade" if (m and m.group(2).lower() == "aggtrades") else "trade"
     with open(path, newline="") as f:
         for row in csv.reader(f):

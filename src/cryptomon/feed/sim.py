@@ -173,6 +173,7 @@ class Simulator:
         if self.wait_for_client:
             await self.first_client.wait()
         start = time.monotonic()
+        assert self.source is not None and isinstance(self.history, ReplayHistory)
         for n, (symbol, kind, payload) in enumerate(self.source):
             await self.paused.wait()
             if self.rate > 0:
@@ -199,7 +200,7 @@ class Simulator:
             elif kind == "stall":
                 self.stall(count)
             else:
-                self.pending_faults[kind] += count
+                self.pending_faults[kind] += int(count)
 
     async def _emit(self, symbol: str, kind: str, payload: dict) -> None:
         stream = f"{symbol.lower()}@{kind}"
@@ -328,7 +329,7 @@ class Simulator:
         per_symbol = {}
         for s in self.symbols:
             gen = {k: self.stats.generated[(s, k)] for k in ("trade", "aggTrade", "bookTicker")}
-            if self.source is not None:
+            if isinstance(self.history, ReplayHistory):
                 trades, aggs = self.history.trades.get(s, []), self.history.aggs.get(s, [])
                 trade_ids = [trades[0]["t"], trades[-1]["t"]] if trades else None
                 agg_ids = [aggs[0]["a"], aggs[-1]["a"]] if aggs else None

@@ -20,21 +20,18 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, ROUTE, SEQ_FIELD, TRADE
+
 log = logging.getLogger("cryptomon.ingestion")
 
-TRADES = "trades"
-BOOK_TICKER = "book_ticker"
-KINDS = ("trade", "aggTrade", "bookTicker")
-ROUTE = {"trade": TRADES, "aggTrade": TRADES, "bookTicker": BOOK_TICKER}
-SEQ_FIELD = {"trade": "t", "aggTrade": "a", "bookTicker": "u"}
 
 _DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,8})?$")  # fits NUMERIC(20,8)
 _REQUIRED = {
-    "trade": (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
-    "aggTrade": (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
-    "bookTicker": (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
+    TRADE: (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
+    AGG_TRADE: (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
+    BOOK_TICKER_EVENT: (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
 }
-_DECIMALS = {"trade": ("p", "q"), "aggTrade": ("p", "q"), "bookTicker": ("b", "B", "a", "A")}
+_DECIMALS = {TRADE: ("p", "q"), AGG_TRADE: ("p", "q"), BOOK_TICKER_EVENT: ("b", "B", "a", "A")}
 
 
 class BadFrame(ValueError):
@@ -83,7 +80,7 @@ def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
     s = data.get("s")
     if not isinstance(s, str) or (symbol is not None and s != symbol):
         raise BadFrame("bad_symbol", f"symbol {s!r} does not match stream symbol {symbol!r}")
-    if kind != "bookTicker" and data.get("e") != kind:
+    if kind != BOOK_TICKER_EVENT and data.get("e") != kind:
         raise BadFrame("bad_event_type", f"event type {data.get('e')!r} on a {kind} stream")
     for name, expected in _REQUIRED[kind]:
         value = data.get(name)
@@ -124,6 +121,7 @@ def parse_frame(raw: bytes | str, symbols: frozenset[str]) -> Event | Control:
     if kind not in ROUTE or symbol not in symbols:
         raise BadFrame("unknown_stream", f"stream {stream!r} is not subscribed")
     validate_payload(kind, data, symbol)
+    assert isinstance(data, dict)  # validate_payload raised otherwise
     return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
 
 
@@ -142,7 +140,7 @@ def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
 def trade_from_rest(symbol: str, row: dict) -> Event:
     """/api/v3/historicalTrades row -> a trade stream payload."""
     data = {
-        "e": "trade",
+        "e": TRADE,
         "E": row["time"],
         "s": symbol,
         "t": row["id"],
@@ -152,14 +150,14 @@ def trade_from_rest(symbol: str, row: dict) -> Event:
         "m": row["isBuyerMaker"],
         "M": row.get("isBestMatch", True),
     }
-    validate_payload("trade", data, symbol)
-    return Event("trade", symbol, data["t"], data)
+    validate_payload(TRADE, data, symbol)
+    return Event(TRADE, symbol, data["t"], data)
 
 
 def agg_trade_from_rest(symbol: str, row: dict) -> Event:
     """/api/v3/aggTrades row (same letters as the stream) -> an aggTrade stream payload."""
     data = {
-        "e": "aggTrade",
+        "e": AGG_TRADE,
         "E": row["T"],
         "s": symbol,
         "a": row["a"],
@@ -171,8 +169,8 @@ def agg_trade_from_rest(symbol: str, row: dict) -> Event:
         "m": row["m"],
         "M": row.get("M", True),
     }
-    validate_payload("aggTrade", data, symbol)
-    return Event("aggTrade", symbol, data["a"], data)
+    validate_payload(AGG_TRADE, data, symbol)
+    return Event(AGG_TRADE, symbol, data["a"], data)
 
 
 # ------------------------------------------------------------------ sequence tracking
@@ -268,7 +266,7 @@ class SequenceTracker:
 
     def fill(self, key: tuple[str, str], seq: int) -> bool:
         s = self._seqs.get(key)
-        return bool(s) and self._take(s, seq)
+        return s is not None and self._take(s, seq)
 
     def drop_gap(self, key: tuple[str, str], start: int, end: int) -> int:
         """Give up on [start, end] (cannot be filled); returns how many ids were still missing."""

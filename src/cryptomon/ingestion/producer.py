@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from typing import cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -62,9 +63,9 @@ class KafkaSink:
             return
         self.retried += 1
         log.warning("delivery to %s failed (%s): retrying", msg.topic(), err)
-        self.produce(msg.topic(), msg.key(), msg.value())
+        self.produce(cast(str, msg.topic()), msg.key(), msg.value())
 
-    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Queue a message; when the local queue is full, serve callbacks until there is room
         (backpressure on the caller instead of dropping)."""
         while True:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from cryptomon.ingestion.events import _is_type
+from cryptomon.kafka.clients import consumer_config
+from cryptomon.names import SEQ_FIELD, TRADE_KINDS
 
 log = logging.getLogger(__name__)
-
-ID_FIELD = {"trade": "t", "aggTrade": "a"}
 
 
 def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]:
@@ -31,7 +30,9 @@ def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]
     for value in messages:
         try:
             d = orjson.loads(value)
-            key, seq = (d["s"], d["e"]), d[ID_FIELD[d["e"]]]
+            if d["e"] not in TRADE_KINDS:
+                continue
+            key, seq = (d["s"], d["e"]), d[SEQ_FIELD[d["e"]]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
         if key[0] in symbols and _is_type(seq, int) and seq > last.get(key, -1):
@@ -45,13 +46,7 @@ def last_ids_in_kafka(
     """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
     broker raises KafkaException (the ingestion then starts without a baseline and says so)."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"cryptomon-ingestion-resume-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "client.id": "cryptomon-resume",
-        }
+        consumer_config(bootstrap, extra={"enable.partition.eof": True, "client.id": "cryptomon-resume"})
     )
     try:
         parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
@@ -69,9 +64,10 @@ def last_ids_in_kafka(
             deadline = time.monotonic() + timeout
             while pending and time.monotonic() < deadline:
                 for m in consumer.consume(1000, 0.5):
-                    if m.error() is None:
+                    err = m.error()
+                    if err is None:
                         values.append(m.value())
-                    elif m.error().code() == KafkaError._PARTITION_EOF:
+                    elif err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(m.partition())
             if pending:
                 log.warning(

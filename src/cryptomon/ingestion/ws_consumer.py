@@ -31,7 +31,6 @@ from cryptomon.diskguard import DiskGuard, DiskNearlyFull
 from cryptomon.ingestion.events import (
     DUPLICATE,
     LATE,
-    ROUTE,
     BadFrame,
     Control,
     Event,
@@ -46,6 +45,7 @@ from cryptomon.ingestion.events import (
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.kafka.topics import topic_name
+from cryptomon.names import AGG_TRADE, BOOK_TICKER, BOOK_TICKER_EVENT, DEADLETTER, ROUTE, TRADES
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
 
@@ -88,8 +88,8 @@ class Ingestor:
         self.s = settings
         self.symbols = frozenset(settings.symbols)
         self.url = combined_stream_url(settings.binance_ws_url, settings.symbols)
-        self.topics = {"trades": topic_name("trades"), "book_ticker": topic_name("book_ticker")}
-        self.deadletter_topic = topic_name("deadletter")
+        self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER)}
+        self.deadletter_topic = topic_name(DEADLETTER)
         self.sink = KafkaSink(settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic)
         self.tracker = SequenceTracker(settings.resume_max_gap)
         self.recent_book = {s: RecentIds() for s in settings.symbols}
@@ -120,7 +120,7 @@ class Ingestor:
         if isinstance(ev, Control):
             log.warning("exchange sent %s: reconnecting now", ev.event)
             raise _Rotate(ev.event)
-        if ev.kind == "bookTicker":
+        if ev.kind == BOOK_TICKER_EVENT:
             if self.recent_book[ev.symbol].seen(ev.seq):
                 st.duplicates += 1
                 return
@@ -203,9 +203,7 @@ class Ingestor:
         if not self.s.resume_max_gap:
             return
         try:
-            last = await asyncio.to_thread(
-                last_ids_in_kafka, self.s.kafka_bootstrap, self.topics["trades"], self.symbols
-            )
+            last = await asyncio.to_thread(last_ids_in_kafka, self.s.kafka_bootstrap, self.topics[TRADES], self.symbols)
         except KafkaException as exc:
             log.warning("cannot read where the previous run stopped (%s): starting without a baseline", exc)
             return
@@ -225,7 +223,7 @@ class Ingestor:
         if not self.stopping.is_set():
             log.info(
                 "disk has room again (%.0f MB free): reconnecting; the trades missed are backfilled",
-                self.disk.status().free_bytes / (1 << 20),
+                getattr(self.disk.status(), "free_bytes", float("nan")) / (1 << 20),
             )
 
     def _connect(self):
@@ -333,7 +331,7 @@ class Ingestor:
         symbol, kind = key
         path, convert, id_field = (
             ("/api/v3/aggTrades", agg_trade_from_rest, "a")
-            if kind == "aggTrade"
+            if kind == AGG_TRADE
             else ("/api/v3/historicalTrades", trade_from_rest, "id")
         )
         from_id, failures, filled = start, 0, 0
@@ -481,4 +479,3 @@ def main(settings: Settings) -> None:
         await ing.run()
 
     asyncio.run(amain())
-

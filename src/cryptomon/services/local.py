@@ -395,8 +395,12 @@ class TimescaleDB:
         import psycopg
         from psycopg import sql
 
-        admin = dict(host=str(self.socket_dir), port=self.port, user=self.superuser, dbname="postgres", autocommit=True)
-        with psycopg.connect(**admin) as conn:
+        def admin(dbname: str) -> psycopg.Connection:
+            return psycopg.connect(
+                host=str(self.socket_dir), port=self.port, user=self.superuser, dbname=dbname, autocommit=True
+            )
+
+        with admin("postgres") as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(self.user)))
             conn.execute(
@@ -408,7 +412,7 @@ class TimescaleDB:
                         sql.Identifier(self.dbname), sql.Identifier(self.user)
                     )
                 )
-        with psycopg.connect(**{**admin, "dbname": self.dbname}) as conn:
+        with admin(self.dbname) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -463,9 +467,10 @@ def warm_up_group_coordinator(bootstrap: str, group: str, timeout: float = 60.0)
     does not wait for it. Writes nothing; harmless when it is loaded already."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+    from cryptomon.kafka.clients import consumer_config
     from cryptomon.kafka.topics import topic_name
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    c = Consumer(consumer_config(bootstrap, group))
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -80,7 +80,7 @@ ON CONFLICT (query, run_id, batch_id) DO UPDATE SET input_rows = EXCLUDED.input_
     dropped_late = EXCLUDED.dropped_late, duration_ms = EXCLUDED.duration_ms, watermark = EXCLUDED.watermark
 """
 
-# The oracle: the same metrics recomputed from the raw rows (used by tests and by `cryptomon spark verify`).
+# The oracle: the same metrics recomputed from the raw rows (used by the tests).
 TRADE_ORACLE = """
 WITH w AS (
     SELECT symbol, time_bucket('1 minute', event_time) AS window_start,

@@ -17,12 +17,13 @@ import signal
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import psycopg
 
 from cryptomon.backoff import Backoff
+from cryptomon.diskguard import DiskGuard
 from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADE, TRADES
 from cryptomon.settings import Settings
 from cryptomon.spark import metrics as M
 
@@ -97,10 +98,10 @@ def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
     )
     d = F.from_json(F.col("value").cast("string"), schema).alias("d")
     trades = (
-        _kafka_source(spark, settings, topic_name("trades"), max_offsets)
+        _kafka_source(spark, settings, topic_name(TRADES), max_offsets)
         .select(d)
         .select("d.*")
-        .where((F.col("e") == "trade") & F.col("s").isNotNull() & F.col("t").isNotNull() & F.col("T").isNotNull())
+        .where((F.col("e") == TRADE) & F.col("s").isNotNull() & F.col("t").isNotNull() & F.col("T").isNotNull())
         .select(
             F.col("s").alias("symbol"),
             F.col("t").alias("trade_id"),
@@ -150,7 +151,7 @@ def spread_windows(spark, settings: Settings, max_offsets: int | None = None):
     )
     d = F.from_json(F.col("value").cast("string"), schema).alias("d")
     books = (
-        _kafka_source(spark, settings, topic_name("book_ticker"), max_offsets)
+        _kafka_source(spark, settings, topic_name(BOOK_TICKER), max_offsets)
         .select(d)
         .select("d.*")
         .where(F.col("s").isNotNull() & F.col("ingestion_timestamp").isNotNull())
@@ -191,6 +192,7 @@ class MetricsWriter:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # the two queries' batches may run concurrently
         self.db_failures = 0
+        self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stopping = threading.Event()
 
     def _db(self) -> psycopg.Connection:
@@ -202,10 +204,18 @@ class MetricsWriter:
         """Run `work` in one transaction. While the database is unreachable (down, restarting), the batch
         waits and retries with backoff instead of failing the query: the job stays up, the batch is not
         committed to the checkpoint until its rows are in, and it resumes by itself. Other errors raise:
-        Spark fails the batch, and the restarted job replays it from the checkpoint."""
+        Spark fails the batch, and the restarted job replays it from the checkpoint. On a nearly full disk
+        under the state folder (PostgreSQL's data, the checkpoints) the batch waits the same way."""
         backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
         with self._lock:
             while True:
+                if low := self.disk.check():
+                    delay = backoff.next_delay()
+                    log.error("%s: holding this micro-batch's write, retrying in %.1fs", low, delay)
+                    self.stopping.wait(delay)
+                    if self.stopping.is_set():
+                        raise RuntimeError(f"stopping with a micro-batch unwritten ({low}): replayed on restart")
+                    continue
                 try:
                     with self._db().transaction():
                         work(self._conn)
@@ -309,7 +319,7 @@ def start_queries(
     `max_offsets` caps each query's batch ({query name: messages}), for the benchmark."""
     max_offsets = max_offsets or {}
     trigger = trigger or {"processingTime": f"{settings.spark_trigger_seconds} seconds"}
-    checkpoints = Path(settings.spark_checkpoint_dir).expanduser()
+    checkpoints = settings.spark_checkpoints
     out = []
     for name, frame, sink in (
         (TRADES_QUERY, trade_windows(spark, settings, max_offsets.get(TRADES_QUERY)), writer.write_trades),
@@ -371,7 +381,7 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
     log.info(
         "streaming: %s; checkpoints in %s; Spark UI on :%s",
         [q.name for q in queries],
-        settings.spark_checkpoint_dir,
+        settings.spark_checkpoints,
         settings.spark_ui_port or "off",
     )
     stop = threading.Event()
@@ -393,4 +403,3 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
         spark.stop()
     if failed:
         raise SystemExit(1)
-

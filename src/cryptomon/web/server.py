@@ -92,7 +92,11 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/dashboards", dashboards)
     app.router.add_get("/api/dashboards/{uid}", dashboard)
     app.router.add_static("/static", STATIC)
-    app.router.add_get("/vendor/plotly.min.js", lambda _: web.FileResponse(plotly_js()))
+
+    async def plotly(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(plotly_js())
+
+    app.router.add_get("/vendor/plotly.min.js", plotly)
     return app
 
 
