@@ -111,7 +111,7 @@ if [ -f "$VENV/.stamp" ] && [ "$(cat "$VENV/.stamp")" = "$stamp" ] && "$VENV/bin
   ok "up to date"
 else
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null || die "pip upgrade failed"
-  "$VENV/bin/pip" install -q -e "$ROOT[dev]" || die "pip install -e .[dev] failed"
+  "$VENV/bin/pip" install -q -e "$ROOT[dev,compat]" || die "pip install -e .[dev,compat] failed"
   echo "$stamp" >"$VENV/.stamp"
   ok "installed $("$VENV/bin/pip" show cryptomon 2>/dev/null | grep ^Version)"
 fi

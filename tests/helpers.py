@@ -205,3 +205,25 @@ class TopicTap:
 
 def decode(msg) -> dict:
     return orjson.loads(msg.value())
+
+
+DOCUMENTED = {  # field -> type, from Binance's spot API docs (market-data-endpoints)
+    "ticker24hr": dict.fromkeys(
+        ("symbol", "priceChange", "priceChangePercent", "weightedAvgPrice", "prevClosePrice", "lastPrice",
+         "lastQty", "bidPrice", "bidQty", "askPrice", "askQty", "openPrice", "highPrice", "lowPrice", "volume",
+         "quoteVolume"), str) | {"openTime": int, "closeTime": int, "firstId": int, "lastId": int, "count": int},
+    "bookTicker": {"symbol": str, "bidPrice": str, "bidQty": str, "askPrice": str, "askQty": str},
+    "trade": {"id": int, "price": str, "qty": str, "quoteQty": str, "time": int, "isBuyerMaker": bool,
+              "isBestMatch": bool},
+    "aggTrade": {"a": int, "p": str, "q": str, "f": int, "l": int, "T": int, "m": bool, "M": bool},
+    "avgPrice": {"mins": int, "price": str, "closeTime": int},
+    "price": {"symbol": str, "price": str},
+    "depth": {"lastUpdateId": int, "bids": list, "asks": list},
+    "streamTrade": {"e": str, "E": int, "s": str, "t": int, "p": str, "q": str, "T": int, "m": bool, "M": bool},
+    "streamBookTicker": {"u": int, "s": str, "b": str, "B": str, "a": str, "A": str},
+}  # fmt: skip
+
+
+def shaped(obj: dict, kind: str) -> bool:
+    spec = DOCUMENTED[kind]
+    return set(obj) == set(spec) and all(type(obj[k]) is t for k, t in spec.items())

@@ -245,18 +245,53 @@ def feed_sim(
     seed: int = typer.Option(1, help="Random seed: the same seed gives the same market."),
     scenario: str = typer.Option("calm", help="calm, risk or faults (see cryptomon/feed/scenarios.py)."),
     max_steps: int = typer.Option(0, help="Stop generating after this many steps per symbol (0: never)."),
+    market: str = typer.Option(
+        "symbols", help="symbols (CRYPTOMON_SYMBOLS) or whole: ~400 TRADING USDT pairs priced 1e-8 to 1e5."
+    ),
+    whole_size: int = typer.Option(400, help="TRADING symbols of --market whole."),
+    wait_for_client: bool = typer.Option(True, help="Start the market when the first WebSocket client connects."),
+    book_updates: float = typer.Option(0.0, help="Extra bookTicker-only updates per market step."),
+    history: int = typer.Option(0, help="Trades and aggTrades kept per symbol for REST (0: 2M over all symbols)."),
+    max_age: float = typer.Option(86400.0, help="Seconds after which a WebSocket connection is cut (Binance: 24 h)."),
+    max_streams: int = typer.Option(1024, help="Streams per connection (Binance: 1,024)."),
+    max_messages: int = typer.Option(5, help="Incoming messages per second per connection (Binance: 5)."),
+    max_connections: int = typer.Option(300, help="New connections per IP per 5 minutes (Binance: 300)."),
+    weight_limit: int = typer.Option(6000, help="REST request weight per window (Binance: 6,000 per minute)."),
+    weight_window: float = typer.Option(60.0, help="Seconds of the request-weight window (Binance: 60)."),
+    ban_seconds: float = typer.Option(120.0, help="First 418 ban after calls inside Retry-After (Binance: 120)."),
+    tls_cert: Path = typer.Option(None, exists=True, dir_okay=False, help="Serve wss:// and https:// (PEM)."),
+    tls_key: Path = typer.Option(None, exists=True, dir_okay=False, help="Private key of --tls-cert (PEM)."),
 ) -> None:
     """Serve a Binance-compatible exchange: point CRYPTOMON_BINANCE_WS_URL at ws://HOST:PORT/stream and
     CRYPTOMON_BINANCE_REST_URL at http://HOST:PORT."""
+    import ssl
+
     from cryptomon.feed.scenarios import SCENARIOS
     from cryptomon.feed.sim import Simulator, run_forever
+    from cryptomon.feed.universe import whole_market
+    from cryptomon.feed.wsproto import SimLimits
 
     s = get_settings()
     if scenario not in SCENARIOS:
         raise fail(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}", 2)
-    sim = Simulator(s.symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None)
-    console.print(f"exchange simulator: ws://{host}:{port}/stream  http://{host}:{port}/api/v3  ({scenario})")
-    run_forever(sim, host, port)
+    if market not in ("symbols", "whole"):
+        raise fail("--market is symbols or whole", 2)
+    instruments = whole_market(whole_size) if market == "whole" else None
+    symbols = tuple(instruments) if instruments else s.symbols
+    limits = SimLimits(max_streams=max_streams, max_messages=max_messages, max_connections=max_connections,
+                       max_age=max_age, weight_limit=weight_limit, weight_window=weight_window,
+                       ban_seconds=ban_seconds)  # fmt: skip
+    sim = Simulator(symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None,
+                    instruments=instruments, limits=limits, history=history or None, wait_for_client=wait_for_client,
+                    book_updates=book_updates)  # fmt: skip
+    context = None
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    tls = "s" if context else ""
+    console.print(f"exchange simulator: ws{tls}://{host}:{port}/stream  http{tls}://{host}:{port}/api/v3  "
+                  f"({len(sim.symbols)} symbols, {scenario})")  # fmt: skip
+    run_forever(sim, host, port, context)
 
 
 @feed_app.command("replay")

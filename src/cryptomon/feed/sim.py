@@ -1,27 +1,29 @@
-"""`cryptomon feed sim`: an exchange simulator that speaks Binance's wire protocol.
+"""`cryptomon feed sim`: an exchange simulator that real Binance clients accept, with Binance's limits.
 
-Serves, on one port:
-  GET  /stream?streams=btcusdt@trade/...    combined-stream WebSocket, frames {"stream":..,"data":..}
-  GET  /ws/<stream>                         raw single stream
-  GET  /api/v3/aggTrades?symbol=&fromId=&limit=
-  GET  /api/v3/historicalTrades?symbol=&fromId=&limit=
-  GET  /api/v3/trades?symbol=&limit=        /api/v3/ping  /api/v3/time
-and, for tests and demos (not part of Binance's API):
-  GET  /sim/stats                           what was generated and sent, per symbol and kind
+One port serves Binance's WebSocket market streams (see `wsproto.py`: /stream, /ws, live SUBSCRIBE and
+the rest of the protocol, trade / aggTrade / bookTicker / depth / depth@100ms / kline_1m streams) and its
+public REST API (see `rest.py`: exchangeInfo, depth, trades, historicalTrades, aggTrades, klines,
+avgPrice, the tickers, ping, time; weights, 429 and 418). This module is the engine between the market
+model (`market.py`, `universe.py`) and the clients: the generation loop, the fan-out to subscribers and
+the fault switches. For tests and demos (not part of Binance's API):
+  GET  /sim/stats                           what was generated and sent, per symbol and kind; limits hit
   POST /sim/drop                            close every WebSocket connection (server side)
   POST /sim/stall?seconds=S                 keep connections open but send nothing for S seconds
   POST /sim/inject?kind=malformed|duplicate|reorder&count=N
   POST /sim/conditions?volatility=&volume=&spread=
   POST /sim/pause  /sim/resume
+  POST /sim/rest?chunk_bytes=&chunk_pause=&delay=    REST bodies in pieces, slow answers
 
 The market keeps running while no client is connected (as a real exchange does), so a reconnecting
-client misses events and has to backfill them over REST. With `max_steps`, generation stops after
-that many market steps per symbol, which gives tests an exact expected total.
+client misses events and has to backfill them over REST. With `max_steps`, generation stops after that
+many market steps per symbol, which gives tests an exact expected total. Memory is bounded: the REST
+history is a ring of `history` trades per symbol, klines a day of minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -30,11 +32,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
+from cryptomon.feed.limits import RequestWeights
 from cryptomon.feed.market import Conditions, Market
 from cryptomon.feed.replay import Item, ReplayHistory
+from cryptomon.feed.rest import RestApi
 from cryptomon.feed.scenarios import SCENARIOS, Phase
+from cryptomon.feed.universe import Instrument, instrument
+from cryptomon.feed.wsproto import Connection, SimLimits, StreamProtocol
+from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, TRADE
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +52,9 @@ MALFORMED = [
     b'{"stream":"%(sym)s@bookTicker","data":{"u":1,"s":"%(SYM)s","b":"1.0","B":"1.0"}}',  # missing ask
     b"[1,2,3]",
 ]
-
-
-@dataclass
-class Client:
-    ws: web.WebSocketResponse
-    streams: set[str]
-    raw_stream: bool = False
-    stalled_until: float = 0.0
+DEPTH_LEVELS = 20  # levels per side the depth streams keep their subscribers in step with
+KLINE_PUSH_S = 2.0  # Binance pushes kline updates every 2 s
+HISTORY_BUDGET = 2_000_000  # trades (and aggTrades) kept over all symbols, unless --history says otherwise
 
 
 @dataclass
@@ -77,29 +79,69 @@ class Simulator:
         max_steps: int | None = None,
         wait_for_client: bool = True,
         source: Iterator[Item] | None = None,
+        instruments: dict[str, Instrument] | None = None,
+        limits: SimLimits | None = None,
+        history: int | None = None,
+        book_updates: float = 0.0,
     ):
-        self.symbols = symbols
+        # the instruments exchangeInfo lists; the TRADING ones among them generate the market
+        self.instruments = instruments or {s: instrument(s) for s in symbols}
+        self.symbols = tuple(s for s in symbols if self.instruments[s].status == "TRADING")
         # market steps per second over all symbols; for a replay, events per second (0: as fast as possible)
         self.rate = rate
-        self.market = Market(symbols, seed=seed)
+        self.book_updates = book_updates  # extra bookTicker-only updates per market step (quotes move more)
+        per_symbol = history or max(1_000, min(100_000, HISTORY_BUDGET // max(1, len(self.instruments))))
+        self.market = Market(tuple(self.instruments), seed=seed, history=per_symbol, instruments=self.instruments)
         self.source = source
-        self.history = ReplayHistory() if source is not None else self.market
+        self.history: Market | ReplayHistory = ReplayHistory() if source is not None else self.market
         self.phases: list[Phase] = list(SCENARIOS[scenario])
         self.conditions = Conditions()
         self.max_steps = max_steps
         self.wait_for_client = wait_for_client
-        self.clients: list[Client] = []
+        self.limits = limits or SimLimits()
+        self.protocol = StreamProtocol(self, self.limits)
+        self.rest = RestApi(self, RequestWeights(self.limits.weight_limit, self.limits.weight_window,
+                                                 self.limits.ban_seconds))  # fmt: skip
+        self.connections: list[Connection] = []
+        self.subscribers: dict[str, set[Connection]] = {}
         self.stats = Stats()
         self.pending_faults: Counter = Counter()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running
         self.first_client = asyncio.Event()
         self.done = asyncio.Event()
-        self._last_frame: tuple[str, str, bytes] | None = None
-        self._held: tuple[str, str, bytes] | None = None
-        self._task: asyncio.Task | None = None
-        self._symbol_cycle = itertools.cycle(symbols)
+        self._held: tuple[str, str, dict] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._symbol_cycle = itertools.cycle(self.symbols)
+        self._depth_sent: dict[str, tuple[dict[str, str], dict[str, str], int]] = {}  # per symbol
         self.ready_frames: int | None = None  # firehose mode: frames pre-generated
+
+    # ---------------------------------------------------------------- subscriptions
+
+    def attach(self, conn: Connection, streams: list[str]) -> None:
+        self.connections.append(conn)
+        self.stats.connections += 1
+        self.subscribe(conn, streams)
+        self.first_client.set()
+
+    def detach(self, conn: Connection) -> None:
+        self.unsubscribe(conn, list(conn.streams))
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    def subscribe(self, conn: Connection, streams: list[str]) -> None:
+        for s in streams:
+            conn.streams.add(s)
+            self.subscribers.setdefault(s, set()).add(conn)
+
+    def unsubscribe(self, conn: Connection, streams: list[str]) -> None:
+        for s in streams:
+            conn.streams.discard(s)
+            subs = self.subscribers.get(s)
+            if subs is not None:
+                subs.discard(conn)
+                if not subs:
+                    del self.subscribers[s]
 
     # ---------------------------------------------------------------- generation loop
 
@@ -115,6 +157,7 @@ class Simulator:
         start = time.monotonic()
         steps_done = 0
         phase_idx, phase_end = -1, start
+        rng = self.market.rng
         while not self._finished():
             await self.paused.wait()
             now = time.monotonic()
@@ -127,7 +170,7 @@ class Simulator:
             if due <= 0:
                 await asyncio.sleep(max(0.0005, (steps_done + 1) / self.rate - (now - start)))
                 continue
-            now_ms = int(time.time() * 1000)
+            now_ms = time.time_ns() // 1_000_000
             for _ in range(min(due, 2000)):
                 if self._finished():
                     break
@@ -139,9 +182,13 @@ class Simulator:
                 for kind, payload in self.market.step(symbol, now_ms, self.conditions):
                     self.stats.generated[(symbol, kind)] += 1
                     await self._emit(symbol, kind, payload)
+                extra = int(self.book_updates) + (rng.random() < self.book_updates % 1)
+                for _ in range(extra):
+                    self.stats.generated[(symbol, BOOK_TICKER_EVENT)] += 1
+                    await self._emit(symbol, BOOK_TICKER_EVENT, self.market.book(symbol, self.conditions))
             await asyncio.sleep(0)
         self.done.set()
-        log.info("simulator finished: %s steps", dict(self.stats.steps))
+        log.info("simulator finished: %d steps", sum(self.stats.steps.values()))
 
     async def _firehose(self) -> None:
         """rate <= 0: pre-generate every frame, then send them as fast as the client takes them
@@ -149,7 +196,7 @@ class Simulator:
         if self.max_steps is None:
             raise ValueError("the firehose mode (rate 0) needs max_steps")
         frames: list[tuple[str, str, str, str]] = []
-        now_ms = int(time.time() * 1000)
+        now_ms = time.time_ns() // 1_000_000
         for _ in range(self.max_steps):
             for symbol in self.symbols:
                 self.stats.steps[symbol] += 1
@@ -160,9 +207,8 @@ class Simulator:
         self.ready_frames = len(frames)
         await self.first_client.wait()
         for i, (symbol, kind, stream, frame) in enumerate(frames):
-            for c in self.clients:
-                if stream in c.streams:
-                    await c.ws.send_str(frame)
+            for c in list(self.subscribers.get(stream, ())):
+                await c.ws.send_str(frame)
             self.stats.sent[(symbol, kind)] += 1
             if i % 512 == 0:
                 await asyncio.sleep(0)
@@ -196,164 +242,165 @@ class Simulator:
         self.conditions = phase.conditions
         for kind, count in phase.faults.items():
             if kind == "drop":
-                asyncio.get_running_loop().create_task(self.drop())
+                self._tasks.append(asyncio.get_running_loop().create_task(self.drop()))
             elif kind == "stall":
                 self.stall(count)
             else:
                 self.pending_faults[kind] += int(count)
 
+    # ---------------------------------------------------------------- fan-out
+
     async def _emit(self, symbol: str, kind: str, payload: dict) -> None:
         stream = f"{symbol.lower()}@{kind}"
-        frame = orjson.dumps({"stream": stream, "data": payload})
-        if self.pending_faults["reorder"] and kind == "trade" and self._held is None:
+        if self.pending_faults["reorder"] and kind == TRADE and self._held is None:
             self.pending_faults["reorder"] -= 1
-            self._held = (symbol, stream, frame)  # sent after the next frame
+            self._held = (symbol, stream, payload)  # sent after the next frame
             self.stats.reordered += 1
             return
-        await self._send(symbol, kind, stream, frame)
+        if await self._broadcast(stream, payload):
+            self.stats.sent[(symbol, kind)] += 1
         if self._held is not None:
             held, self._held = self._held, None
-            await self._send(held[0], "trade", held[1], held[2])
+            if await self._broadcast(held[1], held[2]):
+                self.stats.sent[(held[0], TRADE)] += 1
         # an injected fault counts once a client received it: one that would have gone to no client (all
         # disconnected or stalled) stays pending for the next frame
-        if self.pending_faults["duplicate"] and await self._broadcast(stream, frame):
+        if self.pending_faults["duplicate"] and await self._broadcast(stream, payload):
             self.pending_faults["duplicate"] -= 1
             self.stats.duplicates_sent += 1
         if self.pending_faults["malformed"]:
             bad = MALFORMED[self.stats.malformed_sent % len(MALFORMED)]
             bad = bad.replace(b"%(sym)s", symbol.lower().encode()).replace(b"%(SYM)s", symbol.encode())
-            if await self._broadcast(stream, bad, any_stream=True):
+            if await self._send_all(bad.decode()):
                 self.pending_faults["malformed"] -= 1
                 self.stats.malformed_sent += 1
 
-    async def _send(self, symbol: str, kind: str, stream: str, frame: bytes) -> None:
-        if await self._broadcast(stream, frame):
-            self.stats.sent[(symbol, kind)] += 1
-
-    async def _broadcast(self, stream: str, frame: bytes, any_stream: bool = False) -> bool:
+    async def _broadcast(self, stream: str, payload: dict) -> bool:
+        subs = self.subscribers.get(stream)
+        if not subs:
+            return False
         delivered = False
         now = time.monotonic()
-        for c in list(self.clients):
-            if (not any_stream and stream not in c.streams) or c.stalled_until > now or c.ws.closed:
+        combined = raw = None
+        for c in list(subs):
+            if c.stalled_until > now or c.ws.closed:
                 continue
-            data = frame
-            if c.raw_stream and frame.startswith(b'{"stream"'):
-                data = orjson.dumps(orjson.loads(frame)["data"])
+            if c.combined:
+                combined = combined or orjson.dumps({"stream": stream, "data": payload}).decode()
+                text = combined
+            else:
+                raw = raw or orjson.dumps(payload).decode()
+                text = raw
             try:
-                await c.ws.send_str(data.decode())  # Binance sends text frames
+                await c.ws.send_str(text)  # Binance sends text frames
                 delivered = True
             except (ConnectionError, RuntimeError):
                 pass
         return delivered
 
+    async def _send_all(self, text: str) -> bool:
+        delivered = False
+        now = time.monotonic()
+        for c in list(self.connections):
+            if c.stalled_until > now or c.ws.closed:
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await c.ws.send_str(text)
+                delivered = True
+        return delivered
+
+    async def _periodic_streams(self) -> None:
+        """depth@100ms every 100 ms, depth every second, kline_1m every 2 s, for the symbols someone
+        listens to: each depth event carries the levels that changed since the last one (U..u update ids),
+        so a client that applies them to a /api/v3/depth snapshot keeps the simulator's book."""
+        tick = 0
+        while True:
+            await asyncio.sleep(0.1)
+            tick += 1
+            now_ms = time.time_ns() // 1_000_000
+            for stream in [s for s in self.subscribers if "@depth" in s or "@kline_" in s]:
+                symbol, _, kind = stream.partition("@")
+                symbol = symbol.upper()
+                if symbol not in self.market.state:
+                    continue
+                if kind == "depth@100ms" or (kind == "depth" and tick % 10 == 0):
+                    payload = self._depth_update(symbol, now_ms)
+                    if payload:
+                        await self._broadcast(stream, payload)
+                elif kind == "kline_1m" and tick % int(KLINE_PUSH_S * 10) == 0:
+                    event = self.market.kline_event(symbol, now_ms)
+                    if event:
+                        await self._broadcast(stream, event)
+
+    def _depth_update(self, symbol: str, now_ms: int) -> dict | None:
+        st = self.market.state[symbol]
+        bids, asks = self.market.depth_levels(symbol, DEPTH_LEVELS)
+        new_b, new_a = dict((p, q) for p, q in bids), dict((p, q) for p, q in asks)
+        old_b, old_a, last_u = self._depth_sent.get(symbol, ({}, {}, 0))
+        if last_u == st.last_update_id:
+            return None
+        self._depth_sent[symbol] = (new_b, new_a, st.last_update_id)
+
+        def diff(old: dict[str, str], new: dict[str, str]) -> list[list[str]]:
+            return [[p, q] for p, q in new.items() if old.get(p) != q] + [
+                [p, "0.00000000"] for p in old if p not in new
+            ]
+
+        return {"e": "depthUpdate", "E": now_ms, "s": symbol, "U": last_u + 1 if last_u else st.last_update_id,
+                "u": st.last_update_id, "b": diff(old_b, new_b), "a": diff(old_a, new_a)}  # fmt: skip
+
     # ---------------------------------------------------------------- faults
 
     async def drop(self) -> int:
-        clients, self.clients = self.clients, []
-        for c in clients:
+        conns = list(self.connections)
+        for c in conns:
             await c.ws.close(code=1001, message=b"simulated drop")
         self.stats.drops += 1
-        return len(clients)
+        return len(conns)
 
     def stall(self, seconds: float) -> None:
         until = time.monotonic() + seconds
-        for c in self.clients:
+        for c in self.connections:
             c.stalled_until = until
 
-    # ---------------------------------------------------------------- HTTP handlers
-
-    async def ws_combined(self, request: web.Request) -> web.WebSocketResponse:
-        streams = {s for s in request.query.get("streams", "").split("/") if s}
-        return await self._serve_ws(request, streams, raw=False)
-
-    async def ws_raw(self, request: web.Request) -> web.WebSocketResponse:
-        return await self._serve_ws(request, {request.match_info["stream"]}, raw=True)
-
-    async def _serve_ws(self, request: web.Request, streams: set[str], raw: bool) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0)  # Binance pings every 20 s
-        await ws.prepare(request)
-        client = Client(ws, streams, raw_stream=raw)
-        self.clients.append(client)
-        self.stats.connections += 1
-        self.first_client.set()
-        log.info("client connected: %d streams", len(streams))
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.ERROR:
-                    break
-        finally:
-            if client in self.clients:
-                self.clients.remove(client)
-        return ws
-
-    def _symbol(self, request: web.Request) -> str:
-        symbol = request.query.get("symbol", "").upper()
-        if symbol not in self.symbols:
-            raise web.HTTPBadRequest(text='{"code":-1121,"msg":"Invalid symbol."}', content_type="application/json")
-        return symbol
-
-    @staticmethod
-    def _limit(request: web.Request, default: int = 500) -> int:
-        try:
-            return max(1, min(1000, int(request.query.get("limit", default))))
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text='{"code":-1100,"msg":"Illegal characters found in parameter \'limit\'."}',
-                content_type="application/json",
-            ) from None
-
-    @staticmethod
-    def _from_id(request: web.Request) -> int | None:
-        value = request.query.get("fromId")
-        return int(value) if value is not None and value.lstrip("-").isdigit() else None
-
-    async def agg_trades(self, request: web.Request) -> web.Response:
-        rows = self.history.aggs_from(self._symbol(request), self._from_id(request), self._limit(request))
-        return web.Response(body=orjson.dumps(rows), content_type="application/json")
-
-    async def historical_trades(self, request: web.Request) -> web.Response:
-        rows = self.history.trades_from(self._symbol(request), self._from_id(request), self._limit(request))
-        return web.Response(body=orjson.dumps(rows), content_type="application/json")
-
-    async def recent_trades(self, request: web.Request) -> web.Response:
-        rows = self.history.trades_from(self._symbol(request), None, self._limit(request))
-        return web.Response(body=orjson.dumps(rows), content_type="application/json")
-
-    async def ping(self, request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    async def server_time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": int(time.time() * 1000)})
+    # ---------------------------------------------------------------- control endpoints
 
     def stats_json(self) -> dict:
         per_symbol = {}
         for s in self.symbols:
-            gen = {k: self.stats.generated[(s, k)] for k in ("trade", "aggTrade", "bookTicker")}
+            gen = {k: self.stats.generated[(s, k)] for k in KINDS}
             if isinstance(self.history, ReplayHistory):
                 trades, aggs = self.history.trades.get(s, []), self.history.aggs.get(s, [])
                 trade_ids = [trades[0]["t"], trades[-1]["t"]] if trades else None
                 agg_ids = [aggs[0]["a"], aggs[-1]["a"]] if aggs else None
             else:
                 st = self.market.state[s]
-                trade_ids = [st.next_trade_id - gen["trade"], st.next_trade_id - 1]
-                agg_ids = [st.next_agg_id - gen["aggTrade"], st.next_agg_id - 1]
+                trade_ids = [st.next_trade_id - gen[TRADE], st.next_trade_id - 1]
+                agg_ids = [st.next_agg_id - gen[AGG_TRADE], st.next_agg_id - 1]
             per_symbol[s] = {
                 "steps": self.stats.steps[s],
                 "trade_ids": trade_ids,
                 "agg_ids": agg_ids,
                 "generated": gen,
-                "sent": {k: self.stats.sent[(s, k)] for k in ("trade", "aggTrade", "bookTicker")},
+                "sent": {k: self.stats.sent[(s, k)] for k in KINDS},
             }
         return {
             "symbols": per_symbol,
             "done": self.done.is_set(),
             "ready_frames": self.ready_frames,
             "connections": self.stats.connections,
-            "connected": len(self.clients),
+            "connected": len(self.connections),
             "drops": self.stats.drops,
             "malformed_sent": self.stats.malformed_sent,
             "duplicates_sent": self.stats.duplicates_sent,
             "reordered": self.stats.reordered,
+            "refused": dict(self.protocol.refused),
+            "rest": {
+                "requests": self.rest.requests,
+                "429": self.rest.weights.counts[429],
+                "418": self.rest.weights.counts[418],
+            },
+            "history_per_symbol": self.market.history,
         }
 
     async def stats_handler(self, request: web.Request) -> web.Response:
@@ -364,7 +411,7 @@ class Simulator:
 
     async def stall_handler(self, request: web.Request) -> web.Response:
         self.stall(float(request.query.get("seconds", "5")))
-        return web.json_response({"stalled": len(self.clients)})
+        return web.json_response({"stalled": len(self.connections)})
 
     async def inject_handler(self, request: web.Request) -> web.Response:
         kind = request.query.get("kind", "")
@@ -389,14 +436,11 @@ class Simulator:
         return web.json_response({"paused": False})
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/stream", self.ws_combined)
-        app.router.add_get("/ws/{stream}", self.ws_raw)
-        app.router.add_get("/api/v3/aggTrades", self.agg_trades)
-        app.router.add_get("/api/v3/historicalTrades", self.historical_trades)
-        app.router.add_get("/api/v3/trades", self.recent_trades)
-        app.router.add_get("/api/v3/ping", self.ping)
-        app.router.add_get("/api/v3/time", self.server_time)
+        app = web.Application(middlewares=[self.rest.middleware])
+        app.router.add_get("/stream", self.protocol.combined)
+        app.router.add_get("/ws", self.protocol.raw)
+        app.router.add_get("/ws/{streams:.*}", self.protocol.raw)
+        self.rest.routes(app)
         app.router.add_get("/sim/stats", self.stats_handler)
         app.router.add_post("/sim/drop", self.drop_handler)
         app.router.add_post("/sim/stall", self.stall_handler)
@@ -406,27 +450,35 @@ class Simulator:
         app.router.add_post("/sim/resume", self.resume_handler)
 
         async def lifecycle(app: web.Application):
-            self._task = asyncio.get_running_loop().create_task(self.run())
+            loop = asyncio.get_running_loop()
+            self._tasks += [loop.create_task(self.run()), loop.create_task(self._periodic_streams())]
             yield
-            self._task.cancel()
-            for c in list(self.clients):
+            for t in self._tasks:
+                t.cancel()
+            for c in list(self.connections):
                 await c.ws.close()
 
         app.cleanup_ctx.append(lifecycle)
         return app
 
 
-async def serve(sim: Simulator, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(sim.app(), access_log=None)
+# a URL with 1,024 streams is ~25 KB: the request line must fit
+MAX_LINE_BYTES = 64 * 1024
+
+
+async def serve(sim: Simulator, host: str, port: int, ssl_context=None) -> web.AppRunner:
+    runner = web.AppRunner(sim.app(), access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("exchange simulator on ws://%s:%d/stream and http://%s:%d/api/v3", host, port, host, port)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    scheme = "s" if ssl_context else ""
+    log.info("exchange simulator on ws%s://%s:%d/stream and http%s://%s:%d/api/v3", scheme, host, port, scheme,
+             host, port)  # fmt: skip
     return runner
 
 
-def run_forever(sim: Simulator, host: str, port: int) -> None:
+def run_forever(sim: Simulator, host: str, port: int, ssl_context=None) -> None:
     async def main() -> None:
-        runner = await serve(sim, host, port)
+        runner = await serve(sim, host, port, ssl_context)
         try:
             await asyncio.Event().wait()
         finally:

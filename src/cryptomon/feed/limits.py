@@ -1,0 +1,95 @@
+"""The simulator's enforcement of Binance's limits (values in `cryptomon.binance`), pure: time comes in as
+an argument, so that tests run a 24-hour or a 1-minute window in milliseconds.
+
+  RequestWeights   per IP: request weight per window; above it 429 + Retry-After until the window ends;
+                   a request inside that wait is a 418 ban (2 minutes, doubling for a repeat offender,
+                   capped at 3 days) with Retry-After until the ban ends.
+  Window           a sliding count: incoming WebSocket messages per connection per second, new
+                   connections per IP per 5 minutes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from cryptomon import binance
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int  # 200, 429 or 418
+    used: int  # weight used in the current window, for X-MBX-USED-WEIGHT-1M
+    retry_after: int = 0  # seconds, for Retry-After (429 and 418)
+
+
+@dataclass
+class _Ip:
+    window_start: float = -math.inf
+    used: int = 0
+    limited_until: float = 0.0  # after a 429: any request before this is a ban
+    banned_until: float = 0.0
+    bans: int = 0
+
+
+class RequestWeights:
+    def __init__(
+        self,
+        limit: int = binance.REQUEST_WEIGHT_PER_MINUTE,
+        window: float = 60.0,
+        ban_seconds: float = binance.BAN_MIN_SECONDS,
+        max_ban_seconds: float = binance.BAN_MAX_SECONDS,
+    ):
+        self.limit = limit
+        self.window = window
+        self.ban_seconds = ban_seconds
+        self.max_ban_seconds = max_ban_seconds
+        self._ips: dict[str, _Ip] = {}
+        self.counts = {429: 0, 418: 0}
+
+    def charge(self, ip: str, weight: int, now: float) -> Verdict:
+        st = self._ips.setdefault(ip, _Ip())
+        start = now - now % self.window  # windows aligned like Binance's minutes
+        if start != st.window_start:
+            st.window_start, st.used = start, 0
+        if now < st.banned_until:
+            return self._refuse(418, st, st.banned_until - now)
+        if now < st.limited_until:  # kept calling after a 429: banned
+            st.bans += 1
+            ban = min(self.max_ban_seconds, self.ban_seconds * 2 ** (st.bans - 1))
+            st.banned_until = now + ban
+            return self._refuse(418, st, ban)
+        if st.used + weight > self.limit:
+            st.limited_until = start + self.window
+            return self._refuse(429, st, st.limited_until - now)
+        st.used += weight
+        return Verdict(200, st.used)
+
+    def _refuse(self, status: int, st: _Ip, wait: float) -> Verdict:
+        self.counts[status] += 1
+        return Verdict(status, st.used, max(1, math.ceil(wait)))
+
+    def used(self, ip: str) -> int:
+        st = self._ips.get(ip)
+        return st.used if st else 0
+
+
+class Window:
+    """How many events happened in the last `seconds`; `hit()` records one and says whether the limit
+    still holds (so the caller refuses the one that breaks it)."""
+
+    def __init__(self, limit: int, seconds: float):
+        self.limit = limit
+        self.seconds = seconds
+        self._times: deque[float] = deque()
+
+    def hit(self, now: float) -> bool:
+        times = self._times
+        while times and times[0] <= now - self.seconds:
+            times.popleft()
+        times.append(now)
+        return len(times) <= self.limit
+
+    def __len__(self) -> int:
+        return len(self._times)
