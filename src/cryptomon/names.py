@@ -12,6 +12,7 @@ SEQ_FIELD = {TRADE: "t", AGG_TRADE: "a", BOOK_TICKER_EVENT: "u"}
 
 # ---- topic roles (topics.conf) = raw tables (migrations)
 TRADES, BOOK_TICKER, DEADLETTER = "trades", "book_ticker", "deadletter"
+INGEST_STATE = "ingest_state"  # topic role only: the ingestion's durable resume points and open gaps
 ROUTE = {TRADE: TRADES, AGG_TRADE: TRADES, BOOK_TICKER_EVENT: BOOK_TICKER}  # event kind -> topic role / table
 
 # ---- raw tables' columns, in the order of the worker's rows (consumer/rows.py)

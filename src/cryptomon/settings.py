@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from cryptomon.paths import default_deps_dir
 
 ENV_PREFIX = "CRYPTOMON_"
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+_SYMBOL = re.compile(r"^([A-Z0-9]{2,20}|[A-Z0-9*?]{1,20}|ALL)$")  # a symbol, a pattern (*USDT) or ALL
 
 
 class Settings(BaseSettings):
@@ -29,7 +29,8 @@ class Settings(BaseSettings):
 
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         ("BTCUSDT", "ETHUSDT", "BNBUSDT"),
-        description="Comma-separated Binance symbols to follow (case-insensitive).",
+        description="Comma-separated Binance symbols to follow (case-insensitive); patterns such as *USDT, or "
+        "ALL, are resolved from exchangeInfo (TRADING symbols) and followed as the market lists and delists.",
     )
     binance_ws_url: str = Field(
         "wss://stream.binance.com:9443/stream",
@@ -84,6 +85,28 @@ class Settings(BaseSettings):
         description="At start, continue each symbol's trade/aggTrade ids after the last ones in Kafka, so that "
         "trades streamed while the ingestion was down are backfilled over REST, when no more than "
         "this many ids are missing (0: start afresh).",
+    )
+    symbols_refresh: float = Field(
+        300.0, gt=0, description="Seconds between two resolutions of symbol patterns (*USDT, ALL) from exchangeInfo."
+    )
+    ingest_instance: str = Field(
+        "0/1",
+        description="i/N: this ingestion is instance i of N sharing the symbols (each symbol goes to exactly one "
+        "instance, by rendezvous hashing).",
+    )
+    ws_streams_per_connection: int = Field(
+        1024, ge=3, le=1024, description="Streams per WebSocket connection (Binance allows at most 1,024)."
+    )
+    rest_weight_budget: int = Field(
+        3000,
+        ge=10,
+        le=6000,
+        description="REST request weight per minute the ingestion may spend (Binance allows 6,000 per IP; half "
+        "leaves room for other clients on the IP and for windows that do not line up).",
+    )
+    backfill_concurrency: int = Field(4, ge=1, le=64, description="Gaps backfilled at the same time.")
+    state_interval: float = Field(
+        5.0, gt=0, description="Seconds between two saves of where each stream stands (topic binance.ingest_state)."
     )
     ws_stale_after: float = Field(
         30.0, gt=0, description="Seconds without any frame after which the WebSocket is treated as dead."
@@ -190,10 +213,21 @@ class Settings(BaseSettings):
             raise ValueError("at least one symbol is required")
         bad = [s for s in value if not _SYMBOL.match(s)]
         if bad:
-            raise ValueError(f"not a Binance symbol: {', '.join(bad)}")
+            raise ValueError(f"not a Binance symbol or pattern: {', '.join(bad)}")
         if len(set(value)) != len(value):
             raise ValueError("symbols are listed twice")
         return value
+
+    @field_validator("ingest_instance")
+    @classmethod
+    def _check_instance(cls, value: str) -> str:
+        parse_instance(value)
+        return value.replace(" ", "")
+
+    @property
+    def instance(self) -> tuple[int, int]:
+        """(i, N) of CRYPTOMON_INGEST_INSTANCE."""
+        return parse_instance(self.ingest_instance)
 
     @field_validator("volatility_thresholds", mode="before")
     @classmethod
@@ -261,6 +295,17 @@ class Settings(BaseSettings):
     def kafka_host_port(self) -> tuple[str, int]:
         host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
         return host, int(port)
+
+
+def parse_instance(spec: str) -> tuple[int, int]:
+    """'i/N' -> (i, N), 0 <= i < N. Raises ValueError."""
+    i, sep, n = spec.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise ValueError(f"expected i/N (e.g. 0/2), got {spec!r}")
+    index, count = int(i), int(n)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"instance {index} of {count}: expected 0 <= i < N")
+    return index, count
 
 
 class SettingsError(Exception):

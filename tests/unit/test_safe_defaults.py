@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cryptomon.ingestion import ws_consumer
+from cryptomon.ingestion import rest
 from cryptomon.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +26,10 @@ def test_every_endpoint_and_local_service_defaults_to_loopback():
 
 def test_size_limits_on_what_comes_from_the_network():
     assert load_settings().ws_max_frame_bytes == 1 << 20
-    assert ws_consumer.MAX_REST_BYTES == 8 << 20
-    source = (SRC / "ingestion" / "ws_consumer.py").read_text()
-    assert "max_size=self.s.ws_max_frame_bytes" in source  # passed to websockets.connect
-    assert "resp.content.read(MAX_REST_BYTES + 1)" in source  # a larger REST body is refused, not read whole
+    assert rest.MAX_REST_BYTES == 16 << 20
+    source = (SRC / "ingestion" / "connection.py").read_text()
+    assert "max_size=self.o.max_frame_bytes" in source  # passed to websockets.connect
+    # a larger REST body is refused, not read whole: tests/integration/test_ingestion_exchange.py
 
 
 def test_no_secret_is_committed():

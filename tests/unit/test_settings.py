@@ -28,7 +28,7 @@ def test_symbols_from_comma_separated_env(monkeypatch):
 @pytest.mark.parametrize(
     ("env", "value", "fragment"),
     [
-        ("CRYPTOMON_SYMBOLS", "BTC-USDT", "not a Binance symbol: BTC-USDT"),
+        ("CRYPTOMON_SYMBOLS", "BTC-USDT", "not a Binance symbol or pattern: BTC-USDT"),
         ("CRYPTOMON_SYMBOLS", "BTCUSDT,btcusdt", "listed twice"),
         ("CRYPTOMON_BINANCE_WS_URL", "http://example.com", "ws:// or wss://"),
         ("CRYPTOMON_KAFKA_BOOTSTRAP", "localhost", "host:port"),

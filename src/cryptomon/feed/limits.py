@@ -11,10 +11,12 @@ an argument, so that tests run a 24-hour or a 1-minute window in milliseconds.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from cryptomon import binance
+from cryptomon.ratelimit import Window
+
+__all__ = ["RequestWeights", "Verdict", "Window"]
 
 
 @dataclass(frozen=True)
@@ -73,23 +75,3 @@ class RequestWeights:
     def used(self, ip: str) -> int:
         st = self._ips.get(ip)
         return st.used if st else 0
-
-
-class Window:
-    """How many events happened in the last `seconds`; `hit()` records one and says whether the limit
-    still holds (so the caller refuses the one that breaks it)."""
-
-    def __init__(self, limit: int, seconds: float):
-        self.limit = limit
-        self.seconds = seconds
-        self._times: deque[float] = deque()
-
-    def hit(self, now: float) -> bool:
-        times = self._times
-        while times and times[0] <= now - self.seconds:
-            times.popleft()
-        times.append(now)
-        return len(times) <= self.limit
-
-    def __len__(self) -> int:
-        return len(self._times)

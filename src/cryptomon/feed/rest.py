@@ -95,7 +95,7 @@ class RestApi:
             weight = self._weight(request)
         except ApiError:
             weight = 1
-        verdict = self.weights.charge(ip, weight, time.monotonic())
+        verdict = self.weights.charge(ip, weight, time.time())  # windows on the wall clock, as Binance's minutes
         headers = {binance.USED_WEIGHT_HEADER: str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
             headers["Retry-After"] = str(verdict.retry_after)

@@ -29,7 +29,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from cryptomon import binance
-from cryptomon.feed.limits import Window
+from cryptomon.ratelimit import Window
 
 log = logging.getLogger(__name__)
 

@@ -206,10 +206,20 @@ class SequenceTracker:
         s = self._seqs.get(key)
         return s.last if s else None
 
-    def seed(self, key: tuple[str, str], last: int) -> None:
-        """Start from a known last id (recovered from Kafka) instead of the first one seen: the ids between
-        it and the first one seen become a gap to backfill."""
-        self._seqs.setdefault(key, _Seq(last, resumed=True))
+    def seed(self, key: tuple[str, str], last: int, gaps: list[list[int]] | None = None) -> None:
+        """Start from a known last id (recovered from a previous run) instead of the first one seen: the ids
+        between it and the first one seen become a gap to backfill, as do the previous run's open `gaps`."""
+        s = self._seqs.setdefault(key, _Seq(last, resumed=True))
+        for start, end in sorted(gaps or []):
+            if start <= end <= last and not any(g[0] <= end and start <= g[1] for g in s.gaps):
+                s.gaps.append([start, end])
+                s.found_at[start] = 0.0  # due at once
+                self.ids_missed += end - start + 1
+        s.gaps.sort()
+
+    def state(self) -> dict[tuple[str, str], tuple[int, list[list[int]]]]:
+        """Where each stream stands: its last id and its open gaps (copies)."""
+        return {key: (s.last, [list(g) for g in s.gaps]) for key, s in self._seqs.items()}
 
     def observe(self, key: tuple[str, str], seq: int, now: float = 0.0) -> str:
         s = self._seqs.get(key)
@@ -295,6 +305,11 @@ class SequenceTracker:
                 if older_than is None or s.found_at.get(start, 0.0) <= older_than:
                     out.append((key, start, end))
         return out
+
+    def found_at(self, key: tuple[str, str], start: int) -> float:
+        """When the gap starting at `start` was found (monotonic), 0.0 if unknown."""
+        s = self._seqs.get(key)
+        return s.found_at.get(start, 0.0) if s else 0.0
 
     def missing_count(self) -> int:
         return sum(end - start + 1 for _, start, end in self.pending())

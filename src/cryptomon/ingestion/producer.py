@@ -38,6 +38,7 @@ class KafkaSink:
         self.producer = Producer({**producer_config(bootstrap, linger_ms), "error_cb": self._on_error})
         self.deadletter_topic = deadletter_topic
         self.delivered: Counter = Counter()  # per topic
+        self.produced = 0  # every produce() call, re-sends included
         self.delivery_failures = 0
         self.retried = 0
         self.fatal = 0
@@ -68,6 +69,7 @@ class KafkaSink:
     def produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Queue a message; when the local queue is full, serve callbacks until there is room
         (backpressure on the caller instead of dropping)."""
+        self.produced += 1
         while True:
             try:
                 self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
@@ -84,6 +86,11 @@ class KafkaSink:
 
     def queued(self) -> int:
         return len(self.producer)
+
+    def settled(self, mark: int) -> bool:
+        """Have as many messages been delivered (or dead-lettered) as had been produced at `mark`
+        (a value of `produced`)? Then everything produced before it is, as far as counts can tell, in Kafka."""
+        return sum(self.delivered.values()) + self.fatal >= mark
 
     def flush(self, timeout: float = 30.0) -> int:
         """Deliver everything queued; returns how many messages are still undelivered."""

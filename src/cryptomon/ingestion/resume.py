@@ -23,9 +23,9 @@ from cryptomon.names import SEQ_FIELD, TRADE_KINDS
 log = logging.getLogger(__name__)
 
 
-def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]:
+def highest_ids(messages, symbols: frozenset[str] | None) -> dict[tuple[str, str], int]:
     """The highest trade/aggTrade id per (symbol, kind) among Kafka message values (bytes); values that
-    are not such events (or not of these symbols) are skipped."""
+    are not such events (or not of these symbols; None: any symbol) are skipped."""
     last: dict[tuple[str, str], int] = {}
     for value in messages:
         try:
@@ -35,13 +35,13 @@ def highest_ids(messages, symbols: frozenset[str]) -> dict[tuple[str, str], int]
             key, seq = (d["s"], d["e"]), d[SEQ_FIELD[d["e"]]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
-        if key[0] in symbols and _is_type(seq, int) and seq > last.get(key, -1):
+        if (symbols is None or key[0] in symbols) and _is_type(seq, int) and seq > last.get(key, -1):
             last[key] = seq
     return last
 
 
 def last_ids_in_kafka(
-    bootstrap: str, topic: str, symbols: frozenset[str], tail: int = 10_000, timeout: float = 30.0
+    bootstrap: str, topic: str, symbols: frozenset[str] | None, tail: int = 10_000, timeout: float = 30.0
 ) -> dict[tuple[str, str], int]:
     """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
     broker raises KafkaException (the ingestion then starts without a baseline and says so)."""

@@ -1,11 +1,18 @@
-"""`cryptomon ingest`: Binance combined stream -> Kafka, never missing an event.
+"""`cryptomon ingest`: Binance's market streams -> Kafka, never missing an event. This module wires the
+parts together; each has a module of its own:
 
-One persistent WebSocket for every symbol x {trade, aggTrade, bookTicker}. Each frame is stamped with
-`ingestion_timestamp`, validated and produced to `binance.trades` / `binance.book_ticker` with the symbol
-as key. trade and aggTrade ids are consecutive per symbol: a skipped range (after a reconnect, a stall
-or a lost frame) is fetched from the REST API and produced with `"backfilled": true`. Anything that
-cannot be routed goes to the dead-letter topic with its raw bytes and the reason. On a nearly full disk
-under the local stack it disconnects until there is room again (see `cryptomon.diskguard`).
+  universe.py    which symbols (names, patterns such as *USDT, this instance's share) and which connection
+  connection.py  one WebSocket per <= 1,024 streams: reconnects, 24 h rotation without a gap, watchdog
+  events.py      parse and validate frames, track consecutive ids and gaps (pure)
+  backfill.py    gaps filled over REST until they are in, several at a time
+  rest.py        the REST client: whole bodies, one request-weight budget, no call inside Retry-After
+  state.py       where each stream stands, kept in a compacted topic: restarts resume from there
+  producer.py    the idempotent, acks=all producer
+
+Each frame is stamped with `ingestion_timestamp`, validated and produced to `binance.trades` /
+`binance.book_ticker` with the symbol as key; anything that cannot be routed goes to the dead-letter
+topic with its raw bytes and the reason. On a nearly full disk under the local stack every connection
+disconnects until there is room again (see `cryptomon.diskguard`).
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
-import websockets
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from websockets.asyncio.client import connect
 
-from cryptomon.backoff import Backoff
-from cryptomon.diskguard import DiskGuard, DiskNearlyFull
+from cryptomon.diskguard import DiskGuard
+from cryptomon.ingestion import state as durable
+from cryptomon.ingestion import universe
+from cryptomon.ingestion.backfill import Backfiller
+from cryptomon.ingestion.connection import ConnectionGate, ConnOptions, Rotate, StreamConnection
 from cryptomon.ingestion.events import (
     DUPLICATE,
     LATE,
@@ -36,69 +44,56 @@ from cryptomon.ingestion.events import (
     Event,
     RecentIds,
     SequenceTracker,
-    agg_trade_from_rest,
-    combined_stream_url,
     encode,
     parse_frame,
-    trade_from_rest,
 )
 from cryptomon.ingestion.producer import KafkaSink
+from cryptomon.ingestion.rest import RestBudget, RestClient, RestError
 from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import AGG_TRADE, BOOK_TICKER, BOOK_TICKER_EVENT, DEADLETTER, ROUTE, TRADES
+from cryptomon.names import BOOK_TICKER, BOOK_TICKER_EVENT, DEADLETTER, INGEST_STATE, ROUTE, TRADES
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
 
 log = logging.getLogger("cryptomon.ingestion")
 
-REST_PAGE = 1000
-MAX_REST_BYTES = 8 << 20
-BACKFILL_ATTEMPTS = 5
-
 
 @dataclass
 class IngestStats:
-    connected: bool = False
-    connected_since: float = 0.0
-    last_message: float = 0.0
-    frames: int = 0
     produced: Counter = field(default_factory=Counter)  # per kind
-    reconnects: int = 0
     duplicates: int = 0
     late: int = 0
     dead_letters: Counter = field(default_factory=Counter)  # per reason
-    gaps_filled: int = 0
-    backfilled: int = 0
-    unfillable: int = 0
     book_ticker_gaps: int = 0
-    disk_pauses: int = 0
-
-
-class _Rotate(Exception):
-    """Ends a session to replace its connection (age limit, serverShutdown). `handover` carries an
-    already-open replacement and its first frame, when there is one."""
-
-    def __init__(self, why: str, handover: tuple | None = None):
-        super().__init__(why)
-        self.handover = handover
+    universe_changes: int = 0
 
 
 class Ingestor:
     def __init__(self, settings: Settings, health_port: int | None = None):
         self.s = settings
-        self.symbols = frozenset(settings.symbols)
-        self.url = combined_stream_url(settings.binance_ws_url, settings.symbols)
+        self.instance, self.instances = settings.instance
+        self.dynamic = any(universe.is_pattern(spec) for spec in settings.symbols)
+        self.symbols: frozenset[str] = frozenset()
+        self.accepting: frozenset[str] = frozenset()  # symbols + those just removed (their connection rotates)
         self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER)}
         self.deadletter_topic = topic_name(DEADLETTER)
         self.sink = KafkaSink(settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic)
         self.tracker = SequenceTracker(settings.resume_max_gap)
-        self.recent_book = {s: RecentIds() for s in settings.symbols}
+        self.recent_book: dict[str, RecentIds] = {}
         self.stats = IngestStats()
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
+        self.gate = ConnectionGate()
+        self.options = ConnOptions(settings.ws_stale_after, settings.ws_max_age, settings.ws_max_frame_bytes,
+                                   settings.backoff_initial, settings.backoff_max)  # fmt: skip
+        self.connections: list[StreamConnection] = []
+        self._conn_tasks: dict[str, asyncio.Task] = {}
+        self.budget = RestBudget(settings.rest_weight_budget)
+        self.rest: RestClient | None = None
+        self.backfill: Backfiller | None = None
+        self.publisher = durable.StatePublisher(self.sink, topic_name(INGEST_STATE), self.tracker,
+                                                settings.state_interval)  # fmt: skip
         self.stopping = asyncio.Event()
-        self._handover: tuple | None = None  # (open replacement connection, its first frame) during a rotation
-        self.resumed = 0  # (symbol, kind) streams continued from the ids in Kafka at start
-        self._disk_low: str | None = None  # why the current connection is being closed for lack of disk
+        self.resumed = 0  # (symbol, kind) streams continued from a previous run
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         port = settings.ingest_health_port if health_port is None else health_port
@@ -107,25 +102,27 @@ class Ingestor:
     # ---------------------------------------------------------------- hot path
 
     def handle(self, raw: str | bytes) -> None:
-        now = time.monotonic()
         ingestion_ms = time.time_ns() // 1_000_000
         st = self.stats
-        st.last_message = now
-        st.frames += 1
         try:
-            ev = parse_frame(raw, self.symbols)
+            ev = parse_frame(raw, self.accepting)
         except BadFrame as bad:
+            if bad.reason == "bad_envelope" and _is_reply(raw):
+                return  # {"result": .., "id": ..}: an answer to a live request, not data
             self.dead_letter(raw, bad.reason, bad.detail, ingestion_ms)
             return
         if isinstance(ev, Control):
             log.warning("exchange sent %s: reconnecting now", ev.event)
-            raise _Rotate(ev.event)
+            raise Rotate(ev.event)
         if ev.kind == BOOK_TICKER_EVENT:
-            if self.recent_book[ev.symbol].seen(ev.seq):
+            recent = self.recent_book.get(ev.symbol)
+            if recent is None:
+                recent = self.recent_book[ev.symbol] = RecentIds()
+            if recent.seen(ev.seq):
                 st.duplicates += 1
                 return
         else:
-            verdict = self.tracker.observe((ev.symbol, ev.kind), ev.seq, now)
+            verdict = self.tracker.observe((ev.symbol, ev.kind), ev.seq, time.monotonic())
             if verdict is DUPLICATE:
                 st.duplicates += 1
                 return
@@ -136,6 +133,9 @@ class Ingestor:
     def _produce(self, ev: Event, ingestion_ms: int, backfilled: bool = False) -> None:
         self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), encode(ev, ingestion_ms, backfilled))
         self.stats.produced[ev.kind] += 1
+
+    def _backfilled(self, ev: Event, ingestion_ms: int) -> None:
+        self._produce(ev, ingestion_ms, backfilled=True)
 
     def dead_letter(self, raw: str | bytes, reason: str, detail: str, ingestion_ms: int) -> None:
         text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
@@ -152,163 +152,117 @@ class Ingestor:
         )
         self.sink.produce(self.deadletter_topic, reason.encode(), value)
 
-    # ---------------------------------------------------------------- connection management
+    # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
         if self.health_server:
             self.health_server.start()
-        backoff = Backoff(self.s.backoff_initial, self.s.backoff_max, reset_after=30.0)
-        await self._resume()
-        tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._backfill_loop())]
+        self.rest = RestClient(self.s.binance_rest_url, self.budget, self.s.binance_api_key)
+        self.backfill = Backfiller(self.rest, self.tracker, self._backfilled, self.dead_letter,
+                                   self.s.backfill_grace, self.s.backfill_concurrency)  # fmt: skip
+        tasks = [asyncio.create_task(self._poll_loop())]
         try:
-            handover = None
-            while not self.stopping.is_set():
-                if self.disk.check():
-                    await self._wait_for_disk()
-                    continue
-                started = time.monotonic()
-                session, handover = handover, None
-                try:
-                    await self._session(session)
-                except _Rotate as rotate:
-                    handover = rotate.handover
-                    backoff.success(float("inf"))  # a planned reconnect starts right away
-                    self.stats.reconnects += 1
-                    continue
-                except DiskNearlyFull:
-                    self.stats.reconnects += 1
-                    continue  # waits for room at the top of the loop
-                except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
-                    log.warning("connection to %s lost: %s", self.s.binance_ws_url, exc or type(exc).__name__)
-                if self.stopping.is_set():
-                    break
-                backoff.success(time.monotonic() - started)
-                delay = backoff.next_delay()
-                self.stats.reconnects += 1
-                log.info("reconnecting in %.1fs (attempt %d)", delay, backoff.attempt)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
+            symbols = await self._resolve()
+            await self._resume(frozenset(symbols))
+            if not self.stopping.is_set():
+                self._apply_universe(symbols)
+                tasks += [asyncio.create_task(self.backfill.run()), asyncio.create_task(self.publisher.run())]
+                if self.dynamic:
+                    tasks.append(asyncio.create_task(self._refresh_loop()))
+                await self.stopping.wait()
         finally:
+            for conn in self.connections:
+                conn.stopping.set()
+            await asyncio.gather(*self._conn_tasks.values(), return_exceptions=True)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.publisher.tick()  # the last state whose data is delivered
             left = self.sink.flush(30.0)
+            self.publisher.tick()
+            self.sink.flush(5.0)
+            await self.rest.close()
             log.info("stopped: %d messages produced, %d left undelivered", sum(self.stats.produced.values()), left)
             if self.health_server:
                 self.health_server.stop()
 
-    async def _resume(self) -> None:
-        """Continue each trade/aggTrade stream after the last id the previous run put in Kafka, so that
-        what was streamed while the ingestion was down is backfilled (see cryptomon.ingestion.resume)."""
+    async def _resume(self, followed: frozenset[str]) -> None:
+        """Continue each trade/aggTrade stream where the previous run stopped (the durable state, corrected
+        by the tail of binance.trades), so that what was streamed while the ingestion was down, and the
+        gaps it had not filled, are backfilled."""
         if not self.s.resume_max_gap:
             return
         try:
-            last = await asyncio.to_thread(last_ids_in_kafka, self.s.kafka_bootstrap, self.topics[TRADES], self.symbols)
+            saved = await asyncio.to_thread(durable.load, self.s.kafka_bootstrap, topic_name(INGEST_STATE))
+            tail = await asyncio.to_thread(last_ids_in_kafka, self.s.kafka_bootstrap, self.topics[TRADES], None)
         except KafkaException as exc:
             log.warning("cannot read where the previous run stopped (%s): starting without a baseline", exc)
             return
-        for key, seq in sorted(last.items()):
-            self.tracker.seed(key, seq)
-        self.resumed = len(last)
-        if last:
-            log.info(
-                "resuming after the last ids in Kafka: %s",
-                ", ".join(f"{sym} {kind} {seq}" for (sym, kind), seq in sorted(last.items())),
-            )
+        merged = durable.merge(saved, tail)
+        for key, (last, gaps) in sorted(merged.items()):  # every stream: a symbol may join later
+            self.tracker.seed(key, last, gaps)
+        merged = {key: entry for key, entry in merged.items() if key[0] in followed}
+        self.resumed = len(merged)
+        if merged:
+            log.info("resuming after the last ids in Kafka for %d streams (%d open gaps): %s", len(merged),
+                     sum(len(g) for _, g in merged.values()),
+                     ", ".join(f"{sym} {kind} {last}" for (sym, kind), (last, _) in sorted(merged.items())[:10]))  # fmt: skip
 
-    async def _wait_for_disk(self) -> None:
-        while not self.stopping.is_set() and self.disk.check():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.disk.interval * 2)
-        if not self.stopping.is_set():
-            log.info(
-                "disk has room again (%.0f MB free): reconnecting; the trades missed are backfilled",
-                getattr(self.disk.status(), "free_bytes", float("nan")) / (1 << 20),
-            )
+    # ---------------------------------------------------------------- symbols and connections
 
-    def _connect(self):
-        return connect(
-            self.url,
-            max_size=self.s.ws_max_frame_bytes,
-            ping_interval=20,
-            ping_timeout=20,
-            open_timeout=10,
-            close_timeout=2,
-            max_queue=4096,
-        )
-
-    async def _session(self, handover: tuple | None = None) -> None:
-        """One connection: consume until it closes, goes silent, or must be rotated."""
-        ws, first = handover if handover else (await self._connect(), None)
-        self._handover = self._disk_low = None
-        async with ws:
-            if first is not None:
-                self.handle(first)
-            st = self.stats
-            st.connected, st.connected_since, st.last_message = True, time.monotonic(), time.monotonic()
-            log.info("connected to %s (%d streams)", self.s.binance_ws_url, 3 * len(self.symbols))
-            if st.reconnects:
-                st.book_ticker_gaps += len(self.symbols)  # bookTicker has no history to backfill
-            watchdog = asyncio.create_task(self._watchdog(ws))
-            stop = asyncio.create_task(self.stopping.wait())
+    async def _resolve(self) -> list[str]:
+        """This instance's symbols: the configured names and patterns, patterns resolved from exchangeInfo
+        (retried until the exchange answers: without a symbol list there is nothing to follow)."""
+        listed: dict[str, str] = {}
+        delay = 1.0
+        while self.dynamic and not self.stopping.is_set():
             try:
-                reader = asyncio.create_task(self._read(ws))
-                done, _ = await asyncio.wait({reader, stop, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done:
-                    reader.result()  # re-raise _Rotate or connection errors
-                    if self._handover:  # the old connection was closed and drained for a handover
-                        raise _Rotate("max age", self._handover)
-                    if self._disk_low:  # closed and drained for lack of disk
-                        low, self._disk_low = self._disk_low, None
-                        raise DiskNearlyFull(low)
-                elif watchdog in done:
-                    reader.cancel()
-                    watchdog.result()
-                else:
-                    reader.cancel()
-            finally:
-                st.connected = False
-                watchdog.cancel()
-                stop.cancel()
+                assert self.rest is not None
+                info = await self.rest.get("/api/v3/exchangeInfo", {})
+                listed = {x["symbol"]: x["status"] for x in info["symbols"]}
+                break
+            except (RestError, aiohttp.ClientError, TimeoutError, KeyError, TypeError) as exc:
+                log.warning("cannot read exchangeInfo (%s): retrying in %.0fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(60.0, delay * 2)
+        return universe.mine(universe.resolve(self.s.symbols, listed), self.instance, self.instances)
 
-    async def _read(self, ws) -> None:
-        handle = self.handle
-        async for raw in ws:
-            handle(raw)
-
-    async def _watchdog(self, ws) -> None:
-        st = self.stats
+    async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            if low := self.disk.check():
-                st.disk_pauses += 1
-                log.error(
-                    "%s: disconnecting from the exchange until there is room (trades missed meanwhile are "
-                    "backfilled then; bookTicker updates are not)",
-                    low,
-                )
-                self._disk_low = low
-                await ws.close()
-                await asyncio.Event().wait()  # the reader drains what was received and ends the session
-            if now - st.last_message > self.s.ws_stale_after:
-                log.warning("no data for %.0fs: treating the connection as dead", now - st.last_message)
-                await ws.close()
-                raise ConnectionError("stale connection")
-            if now - st.connected_since > self.s.ws_max_age:
-                await self._rotate(ws)
+            await asyncio.sleep(self.s.symbols_refresh)
+            symbols = await self._resolve()
+            if symbols and frozenset(symbols) != self.symbols:
+                self._apply_universe(symbols)
 
-    async def _rotate(self, old) -> None:
-        """Replace a connection nearing Binance's 24 h limit without a gap: the replacement is open and
-        has delivered its first frame before the old one is closed; the old reader then drains what it
-        had queued and ends, and the session goes on with the replacement. The overlap's duplicates are
-        dropped by id."""
-        log.info("connection is %.0fs old: opening its replacement", time.monotonic() - self.stats.connected_since)
-        new = await self._connect()
-        first = await new.recv()
-        self._handover = (new, first)
-        await old.close()
-        await asyncio.Event().wait()  # the reader ends the session; this task is cancelled then
+    def _apply_universe(self, symbols: list[str]) -> None:
+        """Follow exactly these symbols: connections get their new stream lists (a rotation, nothing lost),
+        are added, or stop."""
+        added, removed = set(symbols) - self.symbols, self.symbols - set(symbols)
+        if self.symbols:
+            self.stats.universe_changes += 1
+            log.info("symbols changed: %d added %s, %d removed %s", len(added), sorted(added)[:10], len(removed),
+                     sorted(removed)[:10])  # fmt: skip
+        self.symbols = frozenset(symbols)
+        self.accepting = self.symbols | removed
+        groups = universe.shard(symbols, self.s.ws_streams_per_connection)
+        log.info("following %d symbols (instance %d of %d) over %d connections", len(symbols), self.instance,
+                 self.instances, len(groups))  # fmt: skip
+        for i, group in enumerate(groups):
+            streams = [s for sym in group for s in universe.streams_of(sym)]
+            if i < len(self.connections):
+                self.connections[i].set_streams(streams)
+                continue
+            conn = StreamConnection(f"connection {i}", self.s.binance_ws_url, streams, self.handle, self.gate,
+                                    self.disk, self.options, self._reconnected)  # fmt: skip
+            self.connections.append(conn)
+            self._conn_tasks[conn.name] = asyncio.get_running_loop().create_task(conn.run())
+        for conn in self.connections[len(groups) :]:
+            conn.stopping.set()
+        self.connections = self.connections[: len(groups)]
+
+    def _reconnected(self, conn: StreamConnection) -> None:
+        self.stats.book_ticker_gaps += len(conn.streams) // 3  # bookTicker has no history to backfill
 
     async def _poll_loop(self) -> None:
         """Serve the producer's delivery callbacks even when no frame arrives."""
@@ -316,108 +270,68 @@ class Ingestor:
             self.sink.poll(0)
             await asyncio.sleep(0.05)
 
-    # ---------------------------------------------------------------- backfill
-
-    async def _backfill_loop(self) -> None:
-        headers = {"X-MBX-APIKEY": self.s.binance_api_key} if self.s.binance_api_key else {}
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(self.s.binance_rest_url, headers=headers, timeout=timeout) as http:
-            while True:
-                await asyncio.sleep(0.2)
-                for key, start, end in self.tracker.pending(older_than=time.monotonic() - self.s.backfill_grace):
-                    await self._backfill(http, key, start, end)
-
-    async def _backfill(self, http: aiohttp.ClientSession, key: tuple[str, str], start: int, end: int) -> None:
-        symbol, kind = key
-        path, convert, id_field = (
-            ("/api/v3/aggTrades", agg_trade_from_rest, "a")
-            if kind == AGG_TRADE
-            else ("/api/v3/historicalTrades", trade_from_rest, "id")
-        )
-        from_id, failures, filled = start, 0, 0
-        log.info("backfilling %s %s ids %d..%d", symbol, kind, start, end)
-        while from_id <= end:
-            try:
-                async with http.get(path, params={"symbol": symbol, "fromId": from_id, "limit": REST_PAGE}) as resp:
-                    body = await resp.content.read(MAX_REST_BYTES + 1)
-                    if resp.status != 200 or len(body) > MAX_REST_BYTES:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, (), status=resp.status, message=body[:200].decode("utf-8", "replace")
-                        )
-                rows = orjson.loads(body)
-            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-                failures += 1
-                if failures >= BACKFILL_ATTEMPTS:
-                    break
-                log.warning("backfill %s %s from %d failed (%s): retry %d", symbol, kind, from_id, exc, failures)
-                await asyncio.sleep(min(10.0, 0.5 * 2**failures))
-                continue
-            if not rows:
-                break
-            ingestion_ms = time.time_ns() // 1_000_000
-            for row in rows:
-                try:
-                    ev = convert(symbol, row)
-                except (BadFrame, KeyError, TypeError) as exc:
-                    self.dead_letter(orjson.dumps(row), "bad_rest_row", repr(exc), ingestion_ms)
-                    continue
-                if ev.seq > end:
-                    break
-                if self.tracker.fill(key, ev.seq):
-                    self._produce(ev, ingestion_ms, backfilled=True)
-                    self.stats.backfilled += 1
-                    filled += 1
-            next_id = rows[-1][id_field] + 1
-            if next_id <= from_id:
-                break
-            from_id = next_id
-        lost = self.tracker.drop_gap(key, start, end)
-        if lost:
-            self.stats.unfillable += lost
-            log.error("could not backfill %d %s %s ids in %d..%d: recorded as lost", lost, symbol, kind, start, end)
-        if filled:
-            self.stats.gaps_filled += 1
-
     # ---------------------------------------------------------------- health
 
     def health(self) -> tuple[bool, dict]:
         st = self.stats
         now = time.monotonic()
-        since = round(now - st.last_message, 3) if st.last_message else None
+        conns = self.connections
+        lasts = [c.stats.last_message for c in conns if c.stats.last_message]
+        since = round(now - max(lasts), 3) if lasts else None
         kafka_error_recent = self.sink.last_error is not None and now - self.sink.last_error_at < 30
+        bf = self.backfill.stats if self.backfill else None
+        gaps = self.tracker.pending()
+        oldest = min((self.tracker.found_at(key, start) for key, start, _ in gaps), default=None)
         body = {
-            "connected": st.connected,
+            "connected": bool(conns) and all(c.stats.connected for c in conns),
+            "connections": [c.health() for c in conns],
+            "symbols": len(self.symbols),
+            "instance": f"{self.instance}/{self.instances}",
             "seconds_since_last_message": since,
             "messages_produced": dict(st.produced),
-            "messages_delivered": dict(self.sink.delivered),
+            "messages_delivered": {t: n for t, n in self.sink.delivered.items() if t != self.publisher.topic},
             "producer_queue": self.sink.queued(),
-            "reconnects": st.reconnects,
+            "reconnects": sum(c.stats.reconnects + c.stats.rotations for c in conns),
             "duplicates_dropped": st.duplicates,
             "late_arrivals": st.late,
             "gaps_found": self.tracker.gaps_found,
+            "gaps_open": len(gaps),
             "ids_missed": self.tracker.ids_missed,
+            "ids_pending_backfill": sum(end - start + 1 for _, start, end in gaps),
+            "oldest_open_gap_seconds": round(now - oldest, 1) if oldest is not None else None,
             "resumed_from_kafka": self.resumed,
             "baseline_resets": self.tracker.baseline_resets,
             "resume_ids_skipped": self.tracker.resume_ids_skipped,
-            "gaps_filled": st.gaps_filled,
-            "events_backfilled": st.backfilled,
-            "ids_unfillable": st.unfillable,
-            "ids_pending_backfill": self.tracker.missing_count(),
+            "gaps_filled": bf.gaps_filled if bf else 0,
+            "events_backfilled": bf.backfilled if bf else 0,
+            "ids_unfillable": bf.lost if bf else 0,
+            "unfillable_reasons": bf.lost_reasons if bf else [],
+            "backfill_page_failures": bf.page_failures if bf else 0,
+            "rest": {
+                "requests": self.rest.requests if self.rest else 0,
+                "weight_used_1m": self.rest.last_used_weight if self.rest else None,
+                "weight_budget_1m": self.budget.budget,
+                "rate_limited_429": self.budget.limited.get(429, 0),
+                "banned_418": self.budget.limited.get(418, 0),
+            },
+            "state_entries_published": self.publisher.published,
             "book_ticker_gaps": st.book_ticker_gaps,
             "delivery_failures": self.sink.delivery_failures,
             "dead_letters": dict(st.dead_letters),
             "kafka_last_error": self.sink.last_error,
             "disk": self.disk.as_dict(),
-            "disk_full_pauses": st.disk_pauses,
+            "disk_full_pauses": sum(c.stats.disk_pauses for c in conns),
         }
-        ok = (
-            st.connected
-            and since is not None
-            and since < self.s.ws_stale_after
-            and not kafka_error_recent
-            and self.disk.check() is None
-        )
+        ok = bool(conns) and all(c.healthy() for c in conns) and not kafka_error_recent and self.disk.check() is None
         return ok, body
+
+
+def _is_reply(raw: str | bytes) -> bool:
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(d, dict) and "id" in d and ("result" in d or "error" in d)
 
 
 class _Collector:
@@ -428,6 +342,7 @@ class _Collector:
 
     def collect(self):
         ing, st = self.ing, self.ing.stats
+        _, h = ing.health()
         produced = CounterMetricFamily(
             "cryptomon_ingest_messages_produced", "Events produced to Kafka", labels=["stream"]
         )
@@ -440,34 +355,43 @@ class _Collector:
         for reason, n in st.dead_letters.items():
             dead.add_metric([reason], n)
         yield dead
+        limited = CounterMetricFamily(
+            "cryptomon_ingest_rest_rate_limited", "REST answers 429 and 418", labels=["status"]
+        )
+        for status in (429, 418):
+            limited.add_metric([str(status)], ing.budget.limited.get(status, 0))
+        yield limited
         for name, doc, value in (
-            ("frames_received", "WebSocket frames received", st.frames),
-            ("reconnects", "WebSocket reconnects", st.reconnects),
+            ("frames_received", "WebSocket frames received", sum(c.stats.frames for c in ing.connections)),
+            ("reconnects", "WebSocket reconnects and rotations", h["reconnects"]),
             ("duplicates_dropped", "Duplicate events dropped", st.duplicates),
             ("gaps_found", "Gaps in trade/aggTrade ids", ing.tracker.gaps_found),
-            ("gaps_filled", "Gaps filled from REST", st.gaps_filled),
-            ("events_backfilled", "Events fetched from REST", st.backfilled),
-            ("ids_unfillable", "Missing ids that could not be backfilled", st.unfillable),
+            ("gaps_filled", "Gaps filled from REST", h["gaps_filled"]),
+            ("events_backfilled", "Events fetched from REST", h["events_backfilled"]),
+            ("ids_unfillable", "Missing ids the exchange no longer had", h["ids_unfillable"]),
             ("resume_ids_skipped", "Ids missed between two runs, too many to backfill", ing.tracker.resume_ids_skipped),
             ("book_ticker_gaps", "bookTicker gaps (reconnects) per symbol", st.book_ticker_gaps),
             ("delivery_failures", "Kafka delivery failures (each retried)", ing.sink.delivery_failures),
-            ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", st.disk_pauses),
+            ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", h["disk_full_pauses"]),
+            ("rest_requests", "REST requests sent", h["rest"]["requests"]),
         ):
             yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
-        yield GaugeMetricFamily(
-            "cryptomon_ingest_connected", "1 while the WebSocket is connected", value=int(st.connected)
-        )
-        since = time.monotonic() - st.last_message if st.last_message else float("nan")
-        yield GaugeMetricFamily("cryptomon_ingest_seconds_since_last_message", "Age of the last frame", value=since)
-        yield GaugeMetricFamily(
-            "cryptomon_ingest_producer_queue", "Messages waiting in the producer", value=ing.sink.queued()
-        )
+        for name, doc, value in (
+            ("connected", "1 while every WebSocket is connected", int(h["connected"])),
+            ("connections", "WebSocket connections", len(ing.connections)),
+            ("symbols", "Symbols followed", len(ing.symbols)),
+            ("gaps_open", "Open gaps in trade/aggTrade ids", h["gaps_open"]),
+            ("ids_missing", "Ids waiting for the backfill", h["ids_pending_backfill"]),
+            ("oldest_open_gap_seconds", "Age of the oldest open gap", h["oldest_open_gap_seconds"] or 0.0),
+            ("rest_weight_used", "REST weight used in the current minute (X-MBX-USED-WEIGHT-1M)",
+             h["rest"]["weight_used_1m"] or 0),
+            ("seconds_since_last_message", "Age of the last frame", h["seconds_since_last_message"] or float("nan")),
+            ("producer_queue", "Messages waiting in the producer", ing.sink.queued()),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
         disk = ing.disk.status()
-        yield GaugeMetricFamily(
-            "cryptomon_ingest_disk_free_bytes",
-            "Free bytes on the state folder's disk",
-            value=float("nan") if disk is None else disk.free_bytes,
-        )
+        yield GaugeMetricFamily("cryptomon_ingest_disk_free_bytes", "Free bytes on the state folder's disk",
+                                value=float("nan") if disk is None else disk.free_bytes)  # fmt: skip
 
 
 def main(settings: Settings) -> None:

@@ -1,0 +1,162 @@
+"""The ingestion's REST client for Binance: whole bodies, one request-weight budget, and no request while
+the exchange has said to wait.
+
+Binance counts request weight per IP per minute (`binance.REQUEST_WEIGHT_PER_MINUTE`), reports the count
+in `X-MBX-USED-WEIGHT-1M` on every answer, answers 429 with `Retry-After` above the limit and bans an IP
+that keeps calling (418, 2 minutes up to 3 days). So every REST call of the process goes through one
+`RestBudget`: it spends at most `budget` weight per minute (the exchange's count, read from each answer,
+overrides the local estimate: other processes on the IP count too), and after a 429 or a 418 it lets no
+request out until `Retry-After` has passed. The budget is pure (time is an argument) and unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from cryptomon import binance
+
+log = logging.getLogger("cryptomon.ingestion.rest")
+
+MAX_REST_BYTES = 16 << 20  # a page of 1,000 trades is ~170 KB; the whole market's exchangeInfo a few MB
+
+
+class RestError(Exception):
+    """An answer that is not data: an HTTP error, Binance's {"code", "msg"}, a body cut or too large."""
+
+    def __init__(self, status: int, message: str, code: int | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.code = status, code
+
+
+class RateLimited(RestError):
+    """429 or 418: no request may be sent before `retry_after` seconds."""
+
+    def __init__(self, status: int, retry_after: float, message: str):
+        super().__init__(status, message)
+        self.retry_after = retry_after
+
+
+class RestBudget:
+    def __init__(self, budget: int = binance.REQUEST_WEIGHT_PER_MINUTE // 2, window: float = 60.0):
+        self.budget = budget
+        self.window = window
+        self.window_start = -1.0
+        self.used = 0  # weight used in the current window, as far as this process knows
+        self.blocked_until = 0.0  # after a 429/418: nothing is sent before this
+        self.limited = {429: 0, 418: 0}
+
+    def _roll(self, now: float) -> None:
+        start = now - now % self.window
+        if start != self.window_start:
+            self.window_start, self.used = start, 0
+
+    def reserve(self, weight: int, now: float) -> float:
+        """0 when a request of `weight` may go now (and it is counted); otherwise seconds to wait."""
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        self._roll(now)
+        if self.used + weight > self.budget:
+            return self.window_start + self.window - now
+        self.used += weight
+        return 0.0
+
+    def observe(self, used: int | None, now: float) -> None:
+        """The exchange's count for the IP (X-MBX-USED-WEIGHT-1M) replaces the local estimate."""
+        if used is not None:
+            self._roll(now)
+            self.used = max(self.used, used)
+
+    def stop(self, status: int, retry_after: float, now: float) -> None:
+        self.limited[status] = self.limited.get(status, 0) + 1
+        self.blocked_until = max(self.blocked_until, now + retry_after)
+
+
+class RestClient:
+    def __init__(
+        self,
+        base_url: str,
+        budget: RestBudget,
+        api_key: str = "",
+        max_bytes: int = MAX_REST_BYTES,
+        timeout: float = 30.0,
+        clock=time.time,
+    ):
+        self.base_url = base_url
+        self.budget = budget
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.requests = 0
+        self.errors = 0
+        self.last_used_weight: int | None = None
+        headers = {"X-MBX-APIKEY": api_key} if api_key else {}
+        self._session = aiohttp.ClientSession(base_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def get(self, path: str, params: dict[str, Any]) -> Any:
+        """The JSON of GET path?params, once the budget allows it. Raises RateLimited, RestError,
+        aiohttp.ClientError or asyncio.TimeoutError; never sends inside a Retry-After."""
+        weight = binance.WEIGHTS.get(path, 1)
+        while (wait := self.budget.reserve(weight, self.clock())) > 0:  # noqa: ASYNC110 - waits on the clock
+            await asyncio.sleep(min(wait, 5.0))
+        self.requests += 1
+        async with self._session.get(path, params=params) as resp:
+            used = resp.headers.get(binance.USED_WEIGHT_HEADER)
+            if used is not None and used.isdigit():
+                self.last_used_weight = int(used)
+                self.budget.observe(int(used), self.clock())
+            if resp.status in (429, 418):
+                retry_after = _seconds(resp.headers.get("Retry-After"), default=60.0)
+                self.budget.stop(resp.status, retry_after, self.clock())
+                log.error(
+                    "exchange answered %d (%s) to %s: no REST request for %.0fs",
+                    resp.status,
+                    "IP banned" if resp.status == 418 else "request weight limit",
+                    path,
+                    retry_after,
+                )
+                raise RateLimited(resp.status, retry_after, f"{path}: retry after {retry_after:.0f}s")
+            body = await self._read(resp)
+            if resp.status != 200:
+                self.errors += 1
+                code, msg = _binance_error(body)
+                raise RestError(resp.status, f"{path}: {msg}", code)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            self.errors += 1
+            raise RestError(200, f"{path}: body is not JSON ({exc}; {len(body)} bytes)") from None
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body (it may come in many pieces, with pauses between them), at most max_bytes."""
+        if resp.content_length is not None and resp.content_length > self.max_bytes:
+            raise RestError(resp.status, f"body of {resp.content_length} bytes, more than {self.max_bytes}")
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise RestError(resp.status, f"body larger than {self.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _seconds(value: str | None, default: float) -> float:
+    try:
+        return max(1.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _binance_error(body: bytes) -> tuple[int | None, str]:
+    try:
+        d = orjson.loads(body)
+        return d.get("code"), str(d.get("msg"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return None, body[:200].decode("utf-8", "replace")
