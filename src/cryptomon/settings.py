@@ -100,9 +100,9 @@ class Settings(BaseSettings):
     rest_weight_budget: int = Field(
         3000,
         ge=10,
-        le=6000,
         description="REST request weight per minute the ingestion may spend (Binance allows 6,000 per IP; half "
-        "leaves room for other clients on the IP and for windows that do not line up).",
+        "leaves room for other clients on the IP and for windows that do not line up; more than 6,000 only "
+        "makes sense against the simulator with a higher limit).",
     )
     backfill_concurrency: int = Field(4, ge=1, le=64, description="Gaps backfilled at the same time.")
     state_interval: float = Field(

@@ -51,3 +51,10 @@ def test_window_refuses_the_sixth_message_within_a_second():
     assert not win.hit(0.55)
     slow = Window(5, 1.0)
     assert all(slow.hit(0.25 * i) for i in range(40))  # 4 per second, forever
+
+
+def test_requests_already_in_flight_when_the_429_went_out_are_not_a_ban():
+    w = RequestWeights(limit=10, window=60.0, grace=0.25)
+    assert w.charge("a", 11, 5.0).status == 429
+    assert w.charge("a", 1, 5.1).status == 429  # sent before the client saw the 429
+    assert w.charge("a", 1, 5.4).status == 418  # sent after it could have known

@@ -2,7 +2,7 @@
 an argument, so that tests run a 24-hour or a 1-minute window in milliseconds.
 
   RequestWeights   per IP: request weight per window; above it 429 + Retry-After until the window ends;
-                   a request inside that wait is a 418 ban (2 minutes, doubling for a repeat offender,
+                   a request inside that wait (past a 0.25 s grace for requests already in flight) is a 418 ban (2 minutes, doubling for a repeat offender,
                    capped at 3 days) with Retry-After until the ban ends.
   Window           a sliding count: incoming WebSocket messages per connection per second, new
                    connections per IP per 5 minutes.
@@ -30,7 +30,8 @@ class Verdict:
 class _Ip:
     window_start: float = -math.inf
     used: int = 0
-    limited_until: float = 0.0  # after a 429: any request before this is a ban
+    limited_at: float = 0.0  # when the last 429 was answered
+    limited_until: float = 0.0  # after a 429: a request before this (past the grace) is a ban
     banned_until: float = 0.0
     bans: int = 0
 
@@ -42,11 +43,15 @@ class RequestWeights:
         window: float = 60.0,
         ban_seconds: float = binance.BAN_MIN_SECONDS,
         max_ban_seconds: float = binance.BAN_MAX_SECONDS,
+        grace: float = 0.25,
     ):
         self.limit = limit
         self.window = window
         self.ban_seconds = ban_seconds
         self.max_ban_seconds = max_ban_seconds
+        # requests arriving within `grace` seconds of a 429 were in flight when it was sent: another 429,
+        # not a ban (a client cannot take back what it sent before the answer reached it)
+        self.grace = grace
         self._ips: dict[str, _Ip] = {}
         self.counts = {429: 0, 418: 0}
 
@@ -57,13 +62,15 @@ class RequestWeights:
             st.window_start, st.used = start, 0
         if now < st.banned_until:
             return self._refuse(418, st, st.banned_until - now)
+        if now < st.limited_until and now - st.limited_at < self.grace:
+            return self._refuse(429, st, st.limited_until - now)  # sent before the client could know
         if now < st.limited_until:  # kept calling after a 429: banned
             st.bans += 1
             ban = min(self.max_ban_seconds, self.ban_seconds * 2 ** (st.bans - 1))
             st.banned_until = now + ban
             return self._refuse(418, st, ban)
         if st.used + weight > self.limit:
-            st.limited_until = start + self.window
+            st.limited_at, st.limited_until = now, start + self.window
             return self._refuse(429, st, st.limited_until - now)
         st.used += weight
         return Verdict(200, st.used)

@@ -1,0 +1,76 @@
+"""The ingestion at the real exchange's edges, against the simulator enforcing Binance's limits: REST bodies
+in pieces, 429s, a kill with open gaps, several instances, the whole market with a disconnect."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.helpers import TopicTap, exchange_env, free_port, get_json, post, running, wait_json
+from tests.integration.test_ingestion import TOPICS, assert_exactly_once, finish_and_drain
+
+pytestmark = pytest.mark.integration
+
+
+def unique_symbols(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{uuid.uuid4().hex[:4].upper()}{i}USDT" for i in range(n))
+
+
+def sim_proc(port: int, env: dict, *args: str):
+    return running("sim", ["feed", "sim", "--port", str(port), *args], env)
+
+
+def ingest_env(stack, port: int, **extra) -> dict:
+    return exchange_env(stack, port, CRYPTOMON_BACKOFF_INITIAL="0.2", CRYPTOMON_BACKOFF_MAX="2", **extra)
+
+
+def url(port) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def health_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['CRYPTOMON_INGEST_HEALTH_PORT']}"
+
+
+def stall_for_a_gap(sim_url: str, health: str, seconds: float) -> None:
+    wait_json(f"{health}/health", lambda b: sum(b["messages_produced"].values()) > 300, 30, "first events")
+    post(f"{sim_url}/sim/stall?seconds={seconds}")
+    wait_json(f"{health}/health", lambda b: b["gaps_found"] > 0, 30 + seconds, "the gap after the stall")
+
+
+def test_pages_sent_in_small_pieces_with_pauses_lose_nothing(stack):
+    """Every backfill page (~170 KB for 1,000 trades) arrives in 2 KB pieces 3 ms apart: read whole."""
+    symbols = unique_symbols("CH", 2)
+    port = free_port()
+    env = ingest_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols))
+    tap = TopicTap(stack.kafka_bootstrap, TOPICS)
+    with sim_proc(port, env, "--rate", "300", "--max-steps", "3000"), running("ingest", ["ingest"], env):
+        wait_for(lambda: get_json(f"{url(port)}/sim/stats")[0] == 200, 20, what="the simulator")
+        post(f"{url(port)}/sim/rest?chunk_bytes=2048&chunk_pause=0.003")
+        stall_for_a_gap(url(port), health_url(env), 8)
+        stats, health = finish_and_drain(url(port), health_url(env), tap)
+    tap.close()
+    assert health["ids_unfillable"] == 0 and health["backfill_page_failures"] == 0
+    assert health["events_backfilled"] > 2 * 1000  # more than a page per symbol
+    streams = assert_exactly_once(stats, tap.messages)
+    assert sum(1 for evs in streams.values() for d in evs if d.get("backfilled")) == health["events_backfilled"]
+
+
+def test_a_burst_of_429s_sends_nothing_inside_retry_after_and_backfills_everything(stack):
+    """The exchange allows 60 weight per 2 s; the ingestion's own budget would allow far more: it gets
+    429s, and then sends nothing until Retry-After has passed (a call inside would be a 418)."""
+    symbols = unique_symbols("RL", 2)
+    port = free_port()
+    env = ingest_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols))
+    tap = TopicTap(stack.kafka_bootstrap, TOPICS)
+    args = ("--rate", "300", "--max-steps", "2500", "--weight-limit", "60", "--weight-window", "2")
+    with sim_proc(port, env, *args), running("ingest", ["ingest"], env):
+        stall_for_a_gap(url(port), health_url(env), 6)
+        stats, health = finish_and_drain(url(port), health_url(env), tap)
+    tap.close()
+    assert stats["rest"]["429"] >= 1 and stats["rest"]["418"] == 0
+    assert health["rest"]["rate_limited_429"] == stats["rest"]["429"] and health["rest"]["banned_418"] == 0
+    assert health["ids_unfillable"] == 0
+    assert_exactly_once(stats, tap.messages)
