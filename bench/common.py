@@ -97,3 +97,38 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError(f"benchmark: timed out waiting for {what}")
+
+
+def _stat(pid: int) -> tuple[int, float, int] | None:
+    """(parent pid, CPU seconds, RSS bytes) of a process, from /proc; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    tck, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tck, int(fields[21]) * page
+
+
+def tree_usage(root: int) -> tuple[float, int]:
+    """CPU seconds and RSS of a process and all its descendants."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))):
+            stats[int(entry)] = st
+    members, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, _) in stats.items():
+            if ppid == parent and pid not in members:
+                members.add(pid)
+                frontier.append(pid)
+    cpu = sum(stats[p][1] for p in members if p in stats)
+    rss = sum(stats[p][2] for p in members if p in stats)
+    return cpu, rss
+
+
+def quarter_mean(values: list[float], q: int) -> float:
+    """Mean of the q-th quarter (0-3) of a series."""
+    n = len(values)
+    part = values[q * n // 4 : (q + 1) * n // 4] or values[-1:] or [0]
+    return sum(part) / len(part)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_stack, emit, env_for, machine, spawn, wait
+from common import bench_stack, emit, env_for, machine, quarter_mean, spawn, tree_usage, wait
 
 from cryptomon.services.local import KafkaBroker, TimescaleDB
 
@@ -49,34 +48,6 @@ SOAK_RSS_BOUNDS_NOTE = (
     "so it grows with the run and is not bounded"
 )
 EVENTS_PER_STEP = 3.67  # one market step (of one symbol) is ~3.7 events: 1-3 trades, 1 aggTrade, 1 bookTicker
-
-
-def _stat(pid: int) -> tuple[int, float, int] | None:
-    """(parent pid, CPU seconds, RSS bytes) of a process, from /proc; None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    tck, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tck, int(fields[21]) * page
-
-
-def tree_usage(root: int) -> tuple[float, int]:
-    """CPU seconds and RSS of a process and all its descendants."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))):
-            stats[int(entry)] = st
-    members, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _, _) in stats.items():
-            if ppid == parent and pid not in members:
-                members.add(pid)
-                frontier.append(pid)
-    cpu = sum(stats[p][1] for p in members if p in stats)
-    rss = sum(stats[p][2] for p in members if p in stats)
-    return cpu, rss
 
 
 def percentiles(conn, sql: str) -> dict:
@@ -195,8 +166,10 @@ def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -
         "cpu_cores": cpu,
         "peak_rss_mb": {n: round(v / 2**20) for n, v in peak.items()},
         # memory and lag trend: the last quarter of the run against the second (the first is warm-up)
-        "rss_growth_mb": {n: round((_quarter(v, 3) - _quarter(v, 1)) / 2**20, 1) for n, v in rss_series.items()},
-        "lag_trend": round(_quarter(lag, 3) - _quarter(lag, 1), 1) if len(lag) >= 4 else None,
+        "rss_growth_mb": {
+            n: round((quarter_mean(v, 3) - quarter_mean(v, 1)) / 2**20, 1) for n, v in rss_series.items()
+        },
+        "lag_trend": round(quarter_mean(lag, 3) - quarter_mean(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {"generated": expected, "stored": stored, "exact": stored == expected},
         "goal_met": (
             measured_rate >= 0.95 * rate
@@ -207,13 +180,6 @@ def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -
             and stored == expected
         ),
     }
-
-
-def _quarter(values: list[float], q: int) -> float:
-    """Mean of the q-th quarter (0-3) of a series."""
-    n = len(values)
-    part = values[q * n // 4 : (q + 1) * n // 4] or values[-1:] or [0]
-    return sum(part) / len(part)
 
 
 def _alive(p) -> bool:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("ingest", "worker", "spark", "e2e")
+BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e")
 
 
 def run(name: str, quick: bool, out_dir: Path, extra: list[str] = (), out_name: str | None = None) -> dict:
@@ -59,6 +59,34 @@ def fmt(v, unit: str = "") -> str:
     return f"{v:,.0f}{unit}" if isinstance(v, (int, float)) else f"{v}{unit}"
 
 
+def render_sim(sim: dict, title: str) -> list[str]:
+    x, base = sim["live"], sim["baseline_firehose"]
+    got, target = x["received_per_second"], x["target_per_second"]
+    lines = [
+        f"## Simulator: the whole market from one process, {title}",
+        "",
+        f"{x['symbols']} symbols, {x['streams']:,} streams over {x['connections']} connections, "
+        f"{x['seconds']:g} s; one client process counts every frame.",
+        "",
+        "| | trades/s | aggTrades/s | bookTickers/s | frames/s | simulator CPU (cores) | simulator RSS first / last (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| target | {target['trade']:,} | | {target['bookTicker']:,} | | | |",
+        f"| simulator, live market | {fmt(got.get('trade'))} | {fmt(got.get('aggTrade'))} | {fmt(got.get('bookTicker'))} "
+        f"| {fmt(x['frames_per_second'])} | {x['sim_cpu_cores']:g} | "
+        f"{' / '.join(str(v) for v in x['sim_rss_mb_first_last'] or [])} |",
+        f"| baseline: firehose (frames serialised beforehand, no market generation) | | | | "
+        f"{fmt(base['frames_per_second'])} | | |",
+        "",
+        f"The live market uses {sim['live_share_of_firehose']:.0%} of what the same WebSocket fan-out carries.",
+    ]
+    if "sim_rss_growth_mb_q2_to_q4" in x:
+        lines.append(
+            f"Simulator RSS growth from the second quarter of the run to the last: "
+            f"{x['sim_rss_growth_mb_q2_to_q4']:+g} MiB (bound 20 MiB)."
+        )
+    return [*lines, ""]
+
+
 def render(report: dict) -> str:
     r = report["results"]
     m = report["machine"]
@@ -74,6 +102,10 @@ def render(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
         "",
     ]
+    if (sim := r.get("sim")) and not sim.get("failed"):
+        lines += render_sim(sim, "`cryptomon feed sim --market whole`")
+    if (sim_soak := report.get("sim_soak")) and not sim_soak.get("failed"):
+        lines += render_sim(sim_soak, f"`bench/run --sim-soak` ({sim_soak.get('finished')})")
     if (ing := r.get("ingest")) and not ing.get("failed"):
         o, b = ing["cryptomon"], ing["baseline_naive"]
         lines += [
@@ -200,6 +232,8 @@ def render(report: dict) -> str:
     for goal, met in ((soak or {}).get("goals") or {}).items():
         if goal.startswith("soak"):
             lines.append(f"| soak | `{goal}` | {fmt(met)} |")
+    for goal, met in ((report.get("sim_soak") or {}).get("goals") or {}).items():
+        lines.append(f"| sim soak | `{goal}` | {fmt(met)} |")
     failed = [n for n, x in r.items() if x.get("failed")]
     if failed:
         lines += ["", f"Failed to run: {', '.join(failed)} (see the harness output)."]
@@ -211,6 +245,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CI-smoke sizes: minutes instead of tens of minutes")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--soak", action="store_true", help="only the soak run (30 min at 2,000 events/s)")
+    ap.add_argument("--sim-soak", action="store_true", help="only the simulator's soak (30 min, whole market)")
     ap.add_argument("--report", type=Path, help="default: docs/benchmarks.md (full), bench/results/quick.md (quick)")
     args = ap.parse_args()
     args.report = args.report or (
@@ -223,14 +258,15 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from common import machine
 
-    if args.soak:
-        soak = run("e2e", False, work, extra=["--soak"], out_name="soak")
+    if args.soak or args.sim_soak:
+        name, key = ("e2e", "soak") if args.soak else ("sim", "sim_soak")
+        soak = run(name, False, work, extra=["--soak"], out_name=key)
         soak["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        (out_dir / "soak.json").write_text(json.dumps(soak, indent=2, default=str) + "\n")
+        (out_dir / f"{key}.json").write_text(json.dumps(soak, indent=2, default=str) + "\n")
         report = json.loads((out_dir / "full.json").read_text())
-        report["soak"] = soak
+        report[key] = soak
         args.report.write_text(render(report))
-        print(f"wrote {out_dir / 'soak.json'} and {args.report}")
+        print(f"wrote {out_dir / f'{key}.json'} and {args.report}")
         sys.exit(1 if soak.get("failed") else 0)
     results = {name: run(name, args.quick, work) for name in names}
     previous = out_dir / f"{'quick' if args.quick else 'full'}.json"
@@ -245,8 +281,9 @@ def main() -> None:
         "results": results,
         "file": f"{'quick' if args.quick else 'full'}.json",
     }
-    if not args.quick and (out_dir / "soak.json").exists():
-        report["soak"] = json.loads((out_dir / "soak.json").read_text())
+    for key in ("soak", "sim_soak"):
+        if not args.quick and (out_dir / f"{key}.json").exists():
+            report[key] = json.loads((out_dir / f"{key}.json").read_text())
     (out_dir / report["file"]).write_text(json.dumps(report, indent=2, default=str) + "\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(render(report))

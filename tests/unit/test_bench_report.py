@@ -13,8 +13,9 @@ spec = importlib.util.spec_from_file_location("harness", ROOT / "bench" / "harne
 harness = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(harness)
 REPORT = json.loads((ROOT / "bench" / "results" / "full.json").read_text())
-if (ROOT / "bench" / "results" / "soak.json").exists():
-    REPORT["soak"] = json.loads((ROOT / "bench" / "results" / "soak.json").read_text())
+for key in ("soak", "sim_soak"):
+    if (ROOT / "bench" / "results" / f"{key}.json").exists():
+        REPORT[key] = json.loads((ROOT / "bench" / "results" / f"{key}.json").read_text())
 
 
 def test_the_committed_report_is_the_rendering_of_the_committed_results():
@@ -29,6 +30,9 @@ def test_every_headline_figure_is_in_the_report():
     assert f"{r['worker']['cryptomon_flush_500']['rows_per_second']:,}" in text
     assert f"p99 {r['worker']['latency_2000_events_per_s']['p99_ms']} ms" in text
     assert f"Highest sustained: **{r['spark']['highest_sustained_events_per_second']:,} events/s**" in text
+    live = r["sim"]["live"]
+    assert f"| simulator, live market | {live['received_per_second']['trade']:,.0f} |" in text
+    assert f"{r['sim']['baseline_firehose']['frames_per_second']:,.0f}" in text
     for run in r["e2e"]["runs"]:
         assert f"| {run['target_events_per_second']:,} | {run['measured_events_per_second']:,} |" in text
 
