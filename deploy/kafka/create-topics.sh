@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # docker compose's kafka-init: creates the topics declared in topics.conf (the same file
-# `cryptomon services up` reads), then exits. Idempotent: existing topics get the declared config.
+# `cryptomon services up` reads), then exits. Idempotent: existing topics get the declared config, and
+# the declared partition count when they have fewer (Kafka never shrinks a topic).
 set -euo pipefail
 BOOTSTRAP=${KAFKA_BOOTSTRAP:-kafka:29092}
 TOPICS_FILE=${TOPICS_FILE:-/cryptomon/topics.conf}
@@ -13,6 +14,10 @@ while read -r role name partitions configs || [ -n "${role:-}" ]; do
   for kv in $configs; do args+=(--config "$kv"); done
   "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
     --topic "$name" --partitions "$partitions" --replication-factor 1 "${args[@]}"
+  current=$("$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe --topic "$name" | grep -c "Partition: ")
+  if [ "$current" -lt "$partitions" ]; then
+    "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --alter --topic "$name" --partitions "$partitions"
+  fi
   if [ -n "${configs// /}" ]; then
     "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --alter --entity-type topics \
       --entity-name "$name" --add-config "$(echo $configs | tr ' ' ',')"

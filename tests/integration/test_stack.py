@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,14 +91,14 @@ def test_services_up_status_down_up_keeps_data():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_topics_have_3_partitions_and_7_day_retention(stack):
+def test_topics_have_6_partitions_and_7_day_retention(stack):
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     md = admin.list_topics(timeout=10).topics
     resources = [
         ConfigResource(ConfigResource.Type.TOPIC, name) for name in (topic_name(TRADES), topic_name(BOOK_TICKER))
     ]
     for resource, fut in admin.describe_configs(resources).items():
-        assert len(md[resource.name].partitions) == 3
+        assert len(md[resource.name].partitions) == 6
         assert fut.result()["retention.ms"].value == "604800000"
     assert topic_name(DEADLETTER) in md
     # idempotent: a second ensure changes nothing
@@ -189,16 +190,23 @@ def test_compose_topic_init_script_creates_the_same_topics(stack, tmp_path):
         (bin_dir / script).write_text(f'#!/bin/sh\nexec java -Xmx128m -cp "{jars}/*" {cls} "$@"\n')
         (bin_dir / script).chmod(0o755)
     suffix = uuid.uuid4().hex[:8]
+    # the real file, with the topic names made unique to this test; first with 1 partition each (an older
+    # deployment), then as it is: the topics grow and get their configs again
+    lines = [
+        line.replace("binance.", f"compose-{suffix}.")
+        for line in (root / "src/cryptomon/kafka/topics.conf").read_text().splitlines()
+    ]
+    older = tmp_path / "older.conf"
+    older.write_text("\n".join(re.sub(r"^(\S+\s+\S+\s+)\d+", r"\g<1>1", line) for line in lines))
     conf = tmp_path / "topics.conf"
-    # the real file, with the topic names made unique to this test
-    conf.write_text(
-        "\n".join(
-            line.replace("binance.", f"compose-{suffix}.")
-            for line in (root / "src/cryptomon/kafka/topics.conf").read_text().splitlines()
-        )
-    )
-    env = {**os.environ, "KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "TOPICS_FILE": str(conf), "KAFKA_BIN": str(bin_dir)}
-    for _ in range(2):  # idempotent
+    conf.write_text("\n".join(lines))
+    for file in (older, conf):
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "TOPICS_FILE": str(file),
+            "KAFKA_BIN": str(bin_dir),
+        }
         proc = subprocess.run(
             ["bash", str(root / "deploy/kafka/create-topics.sh")], env=env, capture_output=True, text=True, timeout=180
         )
