@@ -3,10 +3,14 @@ in pieces, 429s, a kill with open gaps, several instances, the whole market with
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import pytest
 
+from cryptomon.ingestion import state as durable
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import INGEST_STATE
 from tests.conftest import wait_for
 from tests.helpers import TopicTap, exchange_env, free_port, get_json, post, running, wait_json
 from tests.integration.test_ingestion import TOPICS, assert_exactly_once, finish_and_drain
@@ -73,4 +77,66 @@ def test_a_burst_of_429s_sends_nothing_inside_retry_after_and_backfills_everythi
     assert stats["rest"]["429"] >= 1 and stats["rest"]["418"] == 0
     assert health["rest"]["rate_limited_429"] == stats["rest"]["429"] and health["rest"]["banned_418"] == 0
     assert health["ids_unfillable"] == 0
+    assert_exactly_once(stats, tap.messages)
+
+
+def saved_gaps(bootstrap: str, symbols: tuple[str, ...]) -> dict:
+    saved = durable.load(bootstrap, topic_name(INGEST_STATE))
+    return {key: gaps for key, (_, gaps) in saved.items() if key[0] in symbols and gaps}
+
+
+def test_a_kill_with_open_gaps_fills_them_after_the_restart(stack):
+    """Every REST answer hangs, so the gap after a stall stays open; the state topic records it; kill -9;
+    the exchange answers again; a new ingestion reads the state back and fills the gap."""
+    symbols = unique_symbols("KG", 2)
+    port = free_port()
+    env = ingest_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_STATE_INTERVAL="0.5")
+    tap = TopicTap(stack.kafka_bootstrap, TOPICS)
+    with sim_proc(port, env, "--rate", "300", "--max-steps", "3000"):
+        wait_for(lambda: get_json(f"{url(port)}/sim/stats")[0] == 200, 20, what="the simulator")
+        post(f"{url(port)}/sim/rest?delay=600")
+        with running("ingest", ["ingest"], env) as first:
+            stall_for_a_gap(url(port), health_url(env), 3)
+            gaps = wait_for(lambda: saved_gaps(stack.kafka_bootstrap, symbols), 30, what="gaps in the state topic")
+            first.stop(signal.SIGKILL)
+        post(f"{url(port)}/sim/rest?delay=0")
+        with running("ingest", ["ingest"], env):
+            stats, health = finish_and_drain(url(port), health_url(env), tap)
+    tap.close()
+    saved = sum(end - start + 1 for spans in gaps.values() for start, end in spans)
+    assert health["resumed_from_kafka"] == 2 * len(symbols)
+    assert health["events_backfilled"] >= saved and health["ids_unfillable"] == 0
+    assert_exactly_once(stats, tap.messages)
+    assert saved_gaps(stack.kafka_bootstrap, symbols) == {}  # the restarted run recorded them as filled
+
+
+def test_two_instances_share_the_symbols_and_together_store_every_event_once(stack):
+    symbols = unique_symbols("TI", 6)
+    port = free_port()
+    envs = [
+        ingest_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_INGEST_INSTANCE=f"{i}/2")
+        for i in range(2)
+    ]
+    tap = TopicTap(stack.kafka_bootstrap, TOPICS)
+    with sim_proc(port, envs[0], "--rate", "600", "--max-steps", "400"):
+        wait_for(lambda: get_json(f"{url(port)}/sim/stats")[0] == 200, 20, what="the simulator")
+        post(f"{url(port)}/sim/pause")  # the market starts once both instances listen
+        with running("ingest-0", ["ingest"], envs[0]), running("ingest-1", ["ingest"], envs[1]):
+            shares = [
+                wait_json(f"{health_url(e)}/health", lambda b: b["connected"], 30, "an instance to connect")["symbols"]
+                for e in envs
+            ]
+            post(f"{url(port)}/sim/resume")
+            stats = wait_json(f"{url(port)}/sim/stats", lambda b: b["done"], 60, "simulator to finish")
+            healths = [
+                wait_json(f"{health_url(e)}/health", lambda b: b["ids_pending_backfill"] == 0
+                          and b["producer_queue"] == 0 and b["seconds_since_last_message"] > 0.5, 60, "delivery")
+                for e in envs
+            ]  # fmt: skip
+            tap.drain(quiet=1.5)
+    tap.close()
+    assert sorted(shares) != [0, 6] and sum(shares) == 6  # both have a share, none twice
+    assert all(h["gaps_found"] == 0 for h in healths)
+    produced = [sum(h["messages_produced"].values()) for h in healths]
+    assert sum(produced) == sum(n for v in stats["symbols"].values() for n in v["generated"].values())
     assert_exactly_once(stats, tap.messages)
