@@ -4,10 +4,10 @@ from cryptomon.db.migrate import discover
 from cryptomon.kafka.topics import parse_topics, topics
 
 
-def test_declared_topics_follow_the_spec():
+def test_declared_topics_follow_the_spec_sized_for_the_whole_market():
     t = topics()
-    assert t["trades"].name == "binance.trades" and t["trades"].partitions == 3
-    assert t["book_ticker"].name == "binance.book_ticker" and t["book_ticker"].partitions == 3
+    assert t["trades"].name == "binance.trades" and t["trades"].partitions == 6
+    assert t["book_ticker"].name == "binance.book_ticker" and t["book_ticker"].partitions == 6
     for role in ("trades", "book_ticker"):
         assert t[role].config["retention.ms"] == str(7 * 24 * 3600 * 1000)
     assert t["deadletter"].name == "binance.deadletter"

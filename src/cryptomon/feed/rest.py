@@ -155,9 +155,7 @@ class RestApi:
     def _symbol(self, q) -> str:
         symbol = q.get("symbol")
         if not symbol:
-            raise ApiError(
-                binance.ERR_BAD_PARAM, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            )
+            raise _missing("symbol")
         symbol = symbol.upper()
         if symbol not in self.sim.instruments:
             raise ApiError(binance.ERR_BAD_SYMBOL, "Invalid symbol.")
@@ -196,9 +194,7 @@ class RestApi:
         value = q.get(name)
         if value is None:
             if default is None:
-                raise ApiError(
-                    binance.ERR_BAD_PARAM, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
-                )
+                raise _missing(name)
             return default
         try:
             return int(value)
@@ -259,9 +255,7 @@ class RestApi:
         symbol = self._symbol(q)
         interval = q.get("interval")
         if not interval:
-            raise ApiError(
-                binance.ERR_BAD_PARAM, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
-            )
+            raise _missing("interval")
         if interval not in KLINE_INTERVALS:
             raise ApiError(binance.ERR_BAD_INTERVAL, "Invalid interval.")
         rows = self.sim.market.klines(
@@ -302,3 +296,7 @@ def _json(value: object) -> web.Response:
 def _error(exc: ApiError, headers: dict[str, str]) -> web.Response:
     return web.Response(status=exc.status, body=orjson.dumps({"code": exc.code, "msg": exc.msg}),
                         content_type="application/json", headers=headers)  # fmt: skip
+
+
+def _missing(name: str) -> ApiError:
+    return ApiError(binance.ERR_BAD_PARAM, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")

@@ -11,13 +11,11 @@ its partition starts fresh, as before.
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from cryptomon.ingestion.events import _is_type
-from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.clients import read_to_end
 from cryptomon.names import SEQ_FIELD, TRADE_KINDS
 
 log = logging.getLogger(__name__)
@@ -45,34 +43,7 @@ def last_ids_in_kafka(
 ) -> dict[tuple[str, str], int]:
     """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
     broker raises KafkaException (the ingestion then starts without a baseline and says so)."""
-    consumer = Consumer(
-        consumer_config(bootstrap, extra={"enable.partition.eof": True, "client.id": "cryptomon-resume"})
-    )
-    try:
-        parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        if parts.error is not None:
-            raise KafkaException(parts.error)
-        start, pending = [], set()
-        for p in parts.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                start.append(TopicPartition(topic, p, max(low, high - tail)))
-                pending.add(p)
-        values = []
-        if start:
-            consumer.assign(start)
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                for m in consumer.consume(1000, 0.5):
-                    err = m.error()
-                    if err is None:
-                        values.append(m.value())
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-            if pending:
-                log.warning(
-                    "read the tail of %s partitions %s only partly within %.0fs", topic, sorted(pending), timeout
-                )
-        return highest_ids(values, symbols)
-    finally:
-        consumer.close()
+    messages, unread = read_to_end(bootstrap, topic, "cryptomon-resume", tail, timeout)
+    if unread:
+        log.warning("read the tail of %s partitions %s only partly within %.0fs", topic, sorted(unread), timeout)
+    return highest_ids((m.value() for m in messages), symbols)

@@ -18,11 +18,11 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from cryptomon.ingestion.events import SequenceTracker
 from cryptomon.ingestion.producer import KafkaSink
-from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.clients import read_to_end
 
 log = logging.getLogger("cryptomon.ingestion.state")
 
@@ -87,36 +87,15 @@ class StatePublisher:
 
 def load(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[Key, Entry]:
     """The newest state of every (symbol, kind) in the topic (read to its end)."""
-    consumer = Consumer(consumer_config(bootstrap, extra={"enable.partition.eof": True,
-                                                          "client.id": "cryptomon-state"}))  # fmt: skip
-    try:
-        parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        if parts.error is not None:
-            raise KafkaException(parts.error)
-        start, pending = [], set()
-        for p in parts.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                start.append(TopicPartition(topic, p, low))
-                pending.add(p)
-        out: dict[Key, Entry] = {}
-        if start:
-            consumer.assign(start)
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                for m in consumer.consume(1000, 0.5):
-                    err = m.error()
-                    if err is None:
-                        item = decode(m.key(), m.value())
-                        if item:
-                            out[item[0]] = item[1]
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-            if pending:
-                raise KafkaException(f"read {topic} only partly within {timeout:.0f}s")
-        return out
-    finally:
-        consumer.close()
+    messages, unread = read_to_end(bootstrap, topic, "cryptomon-state", timeout=timeout)
+    if unread:
+        raise KafkaException(f"read {topic} only partly within {timeout:.0f}s")
+    out: dict[Key, Entry] = {}
+    for m in messages:
+        item = decode(m.key(), m.value())
+        if item:
+            out[item[0]] = item[1]
+    return out
 
 
 def merge(state: dict[Key, Entry], tail: dict[Key, int]) -> dict[Key, Entry]:

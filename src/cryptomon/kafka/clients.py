@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 
 def consumer_config(bootstrap: str, group: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -19,3 +22,36 @@ def consumer_config(bootstrap: str, group: str | None = None, extra: Mapping[str
         "enable.partition.eof": False,
         **(extra or {}),
     }
+
+
+def read_to_end(
+    bootstrap: str, topic: str, client_id: str, tail: int | None = None, timeout: float = 30.0
+) -> tuple[list[Message], set[int]]:
+    """Every message of `topic` (or only the last `tail` of each partition) up to the partitions' ends,
+    without a consumer group. Returns the messages and the partitions not read to their end within
+    `timeout`; an unreachable broker or a missing topic raises KafkaException."""
+    consumer = Consumer(consumer_config(bootstrap, extra={"enable.partition.eof": True, "client.id": client_id}))
+    try:
+        parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if parts.error is not None:
+            raise KafkaException(parts.error)
+        start, pending = [], set()
+        for p in parts.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                start.append(TopicPartition(topic, p, low if tail is None else max(low, high - tail)))
+                pending.add(p)
+        messages: list[Message] = []
+        if start:
+            consumer.assign(start)
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                for m in consumer.consume(1000, 0.5):
+                    err = m.error()
+                    if err is None:
+                        messages.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+        return messages, pending
+    finally:
+        consumer.close()
