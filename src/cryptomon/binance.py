@@ -15,9 +15,18 @@ Sources (Binance spot API docs, developers.binance.com/docs/binance-spot-api-doc
                       limits and/or failing to back off after receiving 429s will result in an automated IP
                       ban (HTTP status 418)", "from 2 minutes to 3 days".
   rest-api/market-data-endpoints   the weight of each endpoint (WEIGHTS below).
+  filters             PRICE_FILTER (minPrice/maxPrice/tickSize), LOT_SIZE (minQty/maxQty/stepSize) per symbol
+                      in exchangeInfo; every price and quantity is a decimal string with 8 decimals.
 """
 
 from __future__ import annotations
+
+# ---- values (filters): the ranges cryptomon stores and aggregates exactly. Binance's spot prices run from
+# 0.00000001 (tickSize of the cheapest tokens) to maxPrice values of up to 10,000,000, and quantities up to
+# LOT_SIZE maxQty 92,233,720,368 (PEPEUSDT: int64 / 1e8) -- issue #14 asks for 1e11. With 8 decimals:
+DECIMALS = 8
+PRICE_INTEGER_DIGITS = 8  # prices < 100,000,000: DECIMAL(16,8)
+QUANTITY_INTEGER_DIGITS = 12  # quantities < 1,000,000,000,000: DECIMAL(20,8), the raw tables' NUMERIC(20,8)
 
 # ---- WebSocket (web-socket-streams)
 MAX_STREAMS_PER_CONNECTION = 1024

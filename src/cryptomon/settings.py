@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions of the streaming job.")
     spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of both queries.")
     spark_watermark_seconds: int = Field(10, ge=0, description="Event-time watermark: how late an event may arrive.")
+    spark_repair_interval: float = Field(
+        10.0, gt=0, description="Seconds between two looks for trades that landed after Spark closed their window."
+    )
     spark_checkpoint_dir: Path | None = Field(
         None,
         description="Checkpoints of the streaming queries (restart point); default: spark-checkpoints in the "
@@ -150,6 +153,12 @@ class Settings(BaseSettings):
     )
     spark_max_offsets_per_trigger: int = Field(
         500_000, ge=1, description="Most Kafka messages one micro-batch reads (bounds catch-up batches)."
+    )
+    spark_starting_offsets: str = Field(
+        "earliest",
+        pattern=r"^(earliest|latest|\{.*\})$",
+        description="Where a job without a checkpoint starts reading Kafka: earliest (everything retained), "
+        'latest (what arrives from now on), or Spark\'s JSON of offsets per topic and partition, {"topic": {"0": 42}}.',
     )
     spark_ui_port: int = Field(4040, ge=0, le=65535, description="Spark UI port (0 disables the UI).")
     volatility_threshold: float = Field(

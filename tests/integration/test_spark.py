@@ -7,6 +7,8 @@ import math
 import signal
 import time
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -94,7 +96,7 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
         sym, ws, vwap, sd, n, vol, alert, spike = got
         wsym, wws, wvwap, wsd, wn, wvol, wspike = want
         assert (sym, ws, n, vol) == (wsym, wws, wn, wvol), (got, want)
-        assert vwap == wvwap  # exact: both are sum(p*q)/sum(q) in NUMERIC, rounded to 12 places
+        assert vwap == wvwap  # exact: both are sum(p*q)/sum(q) in NUMERIC, rounded to 20 places
         assert (sd is None and wsd is None) or math.isclose(sd, wsd, rel_tol=1e-9, abs_tol=1e-12), (sd, wsd)
         assert alert == (wsd is not None and wsd > threshold), (got, want)
         assert spike == wspike, (got, want)
@@ -235,3 +237,157 @@ def test_volume_spike_needs_the_minimum_history_and_k_times_the_mean(stack):
             )
         ]
     assert got == [False, False, False, False, True, False, True]
+
+
+# ---------------------------------------------------------------- every Binance value, poison, late rows
+
+
+def trade(sym: str, tid: int, p: str, q: str, t_ms: int, ingested_ms: int | None = None, **extra) -> dict:
+    return {"e": "trade", "E": t_ms, "s": sym, "t": tid, "p": p, "q": q, "T": t_ms, "m": tid % 2 == 0,
+            "ingestion_timestamp": ingested_ms or t_ms + 5, **extra}  # fmt: skip
+
+
+def windows_from_inputs(trades: list[dict]) -> dict[tuple[str, datetime], tuple[int, Decimal, Decimal]]:
+    """The oracle, independent of the job and of the database: per (symbol, minute) count, volume and VWAP
+    in Python's Decimal from the payloads as produced."""
+    acc: dict = {}
+    for d in trades:
+        key = (d["s"], datetime.fromtimestamp(d["T"] // MINUTE * 60, UTC))
+        n, v, pv = acc.get(key, (0, Decimal(0), Decimal(0)))
+        acc[key] = (n + 1, v + Decimal(d["q"]), pv + Decimal(d["p"]) * Decimal(d["q"]))
+    return {k: (n, v, pv / v) for k, (n, v, pv) in acc.items()}
+
+
+def assert_windows(stack, symbols, want) -> None:
+    got = fetch(stack.pg_dsn, "SELECT symbol, window_start, trade_count, volume, vwap FROM trade_metrics "
+                "WHERE symbol = ANY(%s)", (list(symbols),))  # fmt: skip
+    assert {(s, w) for s, w, *_ in got} == set(want)
+    for sym, ws, n, vol, vwap in got:
+        wn, wvol, wvwap = want[(sym, ws)]
+        assert (n, vol) == (wn, wvol), (sym, ws)
+        assert abs(vwap - wvwap) <= wvwap * Decimal("1e-9"), (sym, ws, vwap, wvwap)
+
+
+def test_a_memecoin_and_bitcoin_together_give_exact_raw_rows_and_windows(stack, tmp_path):
+    """PEPE-like (price 0.00000812, up to 99,999,999,999.99999999 units a trade), BTC-like and a price of
+    9,999,999.99999999: Binance's extremes in one job, where DECIMAL(18,8) failed the whole query."""
+    pepe, btc, high = new_symbols("PE", 3)
+    start = (int(time.time() * 1000) // MINUTE - 40) * MINUTE
+    trades = []
+    for i in range(180):  # three minutes, one trade per second per symbol
+        t = start + i * 1000
+        pepe_q = ["92233720368.00000000", "99999999999.99999999", "85090616019.00000000", "1000000.00000000"][i % 4]
+        trades += [
+            trade(pepe, i, f"0.0000{810 + i % 7:03d}", pepe_q, t),
+            trade(btc, i, f"97{i % 10:03d}.{i:08d}", f"0.{i + 1:08d}", t),
+            trade(high, i, "9999999.99999999" if i % 2 else "0.00000001", f"{i + 1}.00000001", t),
+        ]
+    books = [
+        {"u": i, "s": pepe, "b": "0.00000811", "B": "99999999999.99999999", "a": "0.00000812", "A": "1.0",
+         "ingestion_timestamp": start + i * 1000}
+        for i in range(180)
+    ]  # fmt: skip
+    produce(stack.kafka_bootstrap, [("trade", d) for d in trades] + [("bookTicker", b) for b in books])
+    env, _ = worker_env(stack)
+    with running("worker-for-spark", ["worker"], env):
+        wait_for(lambda: counts(stack.pg_dsn, (pepe, btc, high)) == (len(trades), len(books)), 120, what="raw rows")
+    raw = fetch(stack.pg_dsn, "SELECT symbol, trade_id, price, quantity FROM trades WHERE symbol = ANY(%s)",
+                ([pepe, btc, high],))  # fmt: skip
+    assert sorted(raw) == sorted((d["s"], d["t"], Decimal(d["p"]), Decimal(d["q"])) for d in trades)
+    log = run_spark_available_now(stack, tmp_path / "ckpt")
+    assert "NUMERIC_VALUE_OUT_OF_RANGE" not in log and "Traceback" not in log
+    assert_windows(stack, (pepe, btc, high), windows_from_inputs(trades))
+    spread = fetch(stack.pg_dsn, "SELECT sum(update_count), min(min_spread), max(max_spread) FROM spread_metrics "
+                   "WHERE symbol = %s", (pepe,))  # fmt: skip
+    assert spread == [(180, Decimal("0.00000001"), Decimal("0.00000001"))]
+
+
+def end_offsets(bootstrap: str) -> str:
+    """Spark's startingOffsets JSON for where both topics end now: a job started with it reads exactly what
+    is produced afterwards (the shared topics hold other tests' events, whose times would move the
+    watermark)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from cryptomon.kafka.clients import consumer_config
+
+    c = Consumer(consumer_config(bootstrap))
+    try:
+        out = {}
+        for topic in (topic_name(TRADES), topic_name(BOOK_TICKER)):
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            out[topic] = {str(p): c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        return orjson.dumps(out).decode()
+    finally:
+        c.close()
+
+
+def streaming_job(stack, tmp_path, name: str) -> Proc:
+    env = spark_env(stack, tmp_path / "ckpt", CRYPTOMON_SPARK_TRIGGER_SECONDS=1, CRYPTOMON_SPARK_REPAIR_INTERVAL=2,
+                    CRYPTOMON_SPARK_STARTING_OFFSETS=end_offsets(stack.kafka_bootstrap))  # fmt: skip
+    return Proc(name, ["spark"], env)
+
+
+def dead_letters_of(stack, key: str) -> list[tuple]:
+    return fetch(stack.pg_dsn, "SELECT topic, kafka_offset, error FROM dead_letters WHERE kafka_key = %s "
+                 "ORDER BY kafka_offset", (key.encode(),))  # fmt: skip
+
+
+def test_poison_records_go_to_dead_letters_and_the_queries_go_on(stack, tmp_path):
+    good, bad = new_symbols("PO", 2)
+    start = (int(time.time() * 1000) // MINUTE - 3) * MINUTE
+    events = scripted_events((good,), start, [Span(150)], steps_per_second=2.0, seed=4)
+    poison = [
+        trade(bad, 1, "1.5", "1e30", start + 1000),  # a quantity no DECIMAL(20,8) holds
+        trade(bad, 2, "abc", "1.0", start + 2000),  # not a number
+        {"e": "trade", "s": bad, "t": "x", "p": "1", "q": "1", "T": start},  # a mistyped id
+    ]
+    job = streaming_job(stack, tmp_path, "spark-poison")
+    try:
+        half = len(events) // 2
+        produce(stack.kafka_bootstrap, events[:half] + [("trade", d) for d in poison] + events[half:])
+        wait_for(lambda: len(dead_letters_of(stack, bad)) == 3, 120, interval=1.0, what="three dead letters")
+        assert all(e.startswith("spark: ") for _, _, e in dead_letters_of(stack, bad))
+        load_raw(stack, events, (good,))
+        wait_metrics_match_oracle(stack, (good,), 120)
+        assert job.alive()
+        assert len(dead_letters_of(stack, bad)) == 3  # the worker rejected them too: still one row each
+        counted = fetch(stack.pg_dsn, "SELECT sum(dead_letters) FROM stream_progress WHERE query = 'poison_records' "
+                        "AND batch_timestamp > now() - interval '10 minutes'", ())[0][0]  # fmt: skip
+        assert counted >= 3
+    finally:
+        job.stop()
+    assert "Traceback" not in job.log()
+
+
+def test_trades_backfilled_after_their_window_closed_are_repaired_within_60_s(stack, tmp_path):
+    """Five trades of the first minute are held back and arrive, backfilled, 2 minutes after that window
+    closed: Spark drops them (behind its watermark), the worker stores them, the repair loop recomputes the
+    window (and the volume-spike flags after it) from the raw rows."""
+    sym = new_symbols("RP", 1)[0]
+    start = (int(time.time() * 1000) // MINUTE - 4) * MINUTE
+    events = scripted_events((sym,), start, [Span(230)], steps_per_second=2.0, seed=5)
+    first_minute = [i for i, (k, d) in enumerate(events) if k == "trade" and d["T"] < start + MINUTE]
+    held = {first_minute[i] for i in range(10, 15)}
+    job = streaming_job(stack, tmp_path, "spark-repair")
+    env, _ = worker_env(stack)
+    try:
+        with running("worker-for-repair", ["worker"], env):
+            produce(stack.kafka_bootstrap, [e for i, e in enumerate(events) if i not in held])
+            sent = [e for i, e in enumerate(events) if i not in held]
+            wait_for(lambda: counts(stack.pg_dsn, (sym,)) == (sum(1 for k, _ in sent if k != "bookTicker"),
+                     sum(1 for k, _ in sent if k == "bookTicker")), 120, what="raw rows")  # fmt: skip
+            wait_metrics_match_oracle(stack, (sym,), 120, "the on-time windows")
+            late = [("trade", dict(events[i][1], ingestion_timestamp=start + 3 * MINUTE + 1, backfilled=True))
+                    for i in sorted(held)]  # fmt: skip
+            produce(stack.kafka_bootstrap, late)
+            landed = time.monotonic()
+            wait_for(lambda: counts(stack.pg_dsn, (sym,))[0] == sum(1 for k, _ in events if k != "bookTicker"), 60,
+                     what="the backfilled rows")  # fmt: skip
+            wait_metrics_match_oracle(stack, (sym,), 60 - (time.monotonic() - landed), "the repaired window")
+        # a window changed by the repair: Spark's value (equal to the raw rows before the late ones) lacked them
+        repaired = fetch(stack.pg_dsn, "SELECT sum(repaired_windows) FROM stream_progress WHERE query = "
+                         "'trade_repair' AND batch_timestamp > now() - interval '10 minutes'", ())[0][0]  # fmt: skip
+        assert repaired >= 1
+    finally:
+        job.stop()
+    assert "repaired" in job.log() and "Traceback" not in job.log()

@@ -96,6 +96,9 @@ def test_encode_adds_the_ingestion_timestamp_and_keeps_the_payload():
         (frame("btcusdt@trade", {**TRADE, "p": "1e5"}), "bad_decimal"),
         (frame("btcusdt@trade", {**TRADE, "q": "-1.0"}), "bad_decimal"),
         (frame("btcusdt@trade", {**TRADE, "p": "1.123456789"}), "bad_decimal"),
+        (frame("btcusdt@trade", {**TRADE, "p": "100000000.00000000"}), "bad_decimal"),  # a price >= 1e8
+        (frame("btcusdt@trade", {**TRADE, "q": "1000000000000.00000000"}), "bad_decimal"),  # a quantity >= 1e12
+        (frame("btcusdt@bookTicker", {**BOOK, "a": "123456789.0"}), "bad_decimal"),
         (frame("btcusdt@bookTicker", {k: v for k, v in BOOK.items() if k != "a"}), "missing_field"),
         (frame("btcusdt@trade", [1]), "bad_payload"),
     ],
@@ -104,6 +107,15 @@ def test_bad_frames_are_rejected_with_a_reason(raw, reason):
     with pytest.raises(BadFrame) as err:
         parse_frame(raw, SYMBOLS)
     assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("p", "q"),
+    [("0.00000001", "99999999999.99999999"), ("10000000.00000000", "0.00000001"), ("0.00000812", "92233720368")],
+)
+def test_the_extremes_of_binance_prices_and_quantities_are_accepted_as_sent(p, q):
+    ev = parse_frame(frame("btcusdt@trade", {**TRADE, "p": p, "q": q}), SYMBOLS)
+    assert (ev.data["p"], ev.data["q"]) == (p, q)
 
 
 def test_server_shutdown_is_a_control_event():

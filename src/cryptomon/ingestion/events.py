@@ -20,18 +20,25 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from cryptomon import binance
 from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, ROUTE, SEQ_FIELD, TRADE
 
 log = logging.getLogger("cryptomon.ingestion")
 
 
-_DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,8})?$")  # fits NUMERIC(20,8)
+# prices fit DECIMAL(16,8), quantities DECIMAL(20,8) (the raw tables' NUMERIC(20,8)): see binance.py
+_PRICE = re.compile(rf"^\d{{1,{binance.PRICE_INTEGER_DIGITS}}}(\.\d{{1,{binance.DECIMALS}}})?$")
+_QUANTITY = re.compile(rf"^\d{{1,{binance.QUANTITY_INTEGER_DIGITS}}}(\.\d{{1,{binance.DECIMALS}}})?$")
 _REQUIRED = {
     TRADE: (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
     AGG_TRADE: (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
     BOOK_TICKER_EVENT: (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
 }
-_DECIMALS = {TRADE: ("p", "q"), AGG_TRADE: ("p", "q"), BOOK_TICKER_EVENT: ("b", "B", "a", "A")}
+_DECIMALS = {
+    TRADE: (("p", _PRICE), ("q", _QUANTITY)),
+    AGG_TRADE: (("p", _PRICE), ("q", _QUANTITY)),
+    BOOK_TICKER_EVENT: (("b", _PRICE), ("B", _QUANTITY), ("a", _PRICE), ("A", _QUANTITY)),
+}
 
 
 class BadFrame(ValueError):
@@ -90,9 +97,15 @@ def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
             raise BadFrame(
                 "wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}"
             )
-    for name in _DECIMALS[kind]:
-        if not _DECIMAL.match(data[name]):
-            raise BadFrame("bad_decimal", f"{kind} field {name!r}={data[name]!r} is not a decimal of NUMERIC(20,8)")
+    for name, pattern in _DECIMALS[kind]:
+        if not pattern.match(data[name]):
+            what = "price" if pattern is _PRICE else "quantity"
+            digits = binance.PRICE_INTEGER_DIGITS if pattern is _PRICE else binance.QUANTITY_INTEGER_DIGITS
+            raise BadFrame(
+                "bad_decimal",
+                f"{kind} field {name!r}={data[name]!r} is not a {what} of at most {digits} integer digits "
+                f"and {binance.DECIMALS} decimals",
+            )
     return s
 
 

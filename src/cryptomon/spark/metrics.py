@@ -1,7 +1,7 @@
 """Metric definitions of the streaming job, as SQL run in TimescaleDB on exact sums computed by Spark.
 
-Spark aggregates per window only exact decimal sums (prices and quantities are DECIMAL(18,8), so
-sum(p*q), sum(q), sum(p), sum(p*p) are exact DECIMAL(38,16)); PostgreSQL derives from them, in NUMERIC:
+Spark aggregates per window only exact decimal sums (prices DECIMAL(16,8), quantities DECIMAL(20,8): the
+arithmetic is next to the casts in streaming_job.py); PostgreSQL derives from them, in NUMERIC:
 
     vwap         = sum(p*q) / sum(q)
     price_stddev = sqrt((sum(p*p) - sum(p)^2 / n) / (n - 1))         (sample stddev; NULL when n = 1)
@@ -19,13 +19,14 @@ floating-point approximation of it. Flags:
 
 from __future__ import annotations
 
-# one row per (symbol, window) from Spark:
-# (symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, volatility_threshold)
-TRADE_UPSERT = """
+# Upsert of trade windows from their exact sums. {sums} yields (symbol, window_start, window_end, n,
+# sum_pq, sum_q, sum_p, sum_pp, threshold): Spark's sums (SPARK_SUMS) or the raw rows' (RAW_SUMS, the
+# repair); {only_changed} is empty, or a WHERE that leaves equal windows alone and so counts real repairs.
+_TRADE_UPSERT = """
 INSERT INTO trade_metrics AS m (symbol, window_start, window_end, vwap, price_stddev, trade_count, volume,
                                 volatility_alert, volume_spike, updated_at)
 SELECT symbol, window_start, window_end,
-       round(sum_pq / sum_q, 12),
+       round(sum_pq / sum_q, 20),
        stddev,
        n, sum_q,
        coalesce(stddev > threshold, false),
@@ -34,14 +35,40 @@ SELECT symbol, window_start, window_end,
 FROM (
     SELECT symbol, window_start, window_end, n, sum_pq, sum_q, threshold,
            CASE WHEN n > 1 THEN sqrt(greatest((sum_pp - sum_p * sum_p / n) / (n - 1), 0))::double precision END AS stddev
-    FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[],
-                %s::numeric[], %s::numeric[], %s::double precision[])
-         AS u(symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
+    FROM ({sums}) AS u(symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
 ) x
 ON CONFLICT (symbol, window_start) DO UPDATE SET
     window_end = EXCLUDED.window_end, vwap = EXCLUDED.vwap, price_stddev = EXCLUDED.price_stddev,
     trade_count = EXCLUDED.trade_count, volume = EXCLUDED.volume,
     volatility_alert = EXCLUDED.volatility_alert, updated_at = EXCLUDED.updated_at
+{only_changed}
+"""
+SPARK_SUMS = """SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[],
+                              %s::numeric[], %s::numeric[], %s::numeric[], %s::double precision[])"""
+# (symbols[], window_starts[], thresholds[]): the 1-minute windows recomputed from the rows in `trades`
+RAW_SUMS = """
+SELECT t.symbol, w.window_start, w.window_start + interval '1 minute', count(*), sum(t.price * t.quantity),
+       sum(t.quantity), sum(t.price), sum(t.price * t.price), w.threshold
+FROM unnest(%s::text[], %s::timestamptz[], %s::double precision[]) AS w(symbol, window_start, threshold)
+JOIN trades t ON t.symbol = w.symbol AND t.event_type = 'trade'
+             AND t.event_time >= w.window_start AND t.event_time < w.window_start + interval '1 minute'
+GROUP BY t.symbol, w.window_start, w.threshold"""
+TRADE_UPSERT = _TRADE_UPSERT.format(sums=SPARK_SUMS, only_changed="")
+TRADE_REPAIR = _TRADE_UPSERT.format(
+    sums=RAW_SUMS,
+    only_changed="""WHERE (m.trade_count, m.volume, m.vwap, m.price_stddev, m.volatility_alert)
+    IS DISTINCT FROM (EXCLUDED.trade_count, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.price_stddev,
+                      EXCLUDED.volatility_alert)
+RETURNING m.symbol, m.window_start""",
+)
+
+# Rows written since the last look that were late for Spark: ingested more than `late` after their event
+# time (backfilled, replayed, or slowed down), as the 1-minute windows they belong to.
+LATE_WINDOWS = """
+SELECT DISTINCT symbol, time_bucket('1 minute', event_time)
+FROM trades
+WHERE inserted_at > %(since)s AND inserted_at <= %(until)s AND event_type = 'trade'
+  AND ingestion_ts > event_time + %(late)s
 """
 
 # Recompute volume_spike for the symbols just written, from the earliest window that changed onwards
@@ -63,7 +90,7 @@ WHERE t.symbol = c.symbol AND t.window_start = c.window_start
 SPREAD_UPSERT = """
 INSERT INTO spread_metrics AS m (symbol, window_start, window_end, avg_spread, max_spread, min_spread, update_count,
                                  spread_warning, updated_at)
-SELECT symbol, window_start, window_end, round(sum_spread / n, 12), max_spread, min_spread, n,
+SELECT symbol, window_start, window_end, round(sum_spread / n, 20), max_spread, min_spread, n,
        max_spread > %s * min_spread, now()
 FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[],
             %s::numeric[]) AS u(symbol, window_start, window_end, n, sum_spread, max_spread, min_spread)
@@ -80,11 +107,34 @@ ON CONFLICT (query, run_id, batch_id) DO UPDATE SET input_rows = EXCLUDED.input_
     dropped_late = EXCLUDED.dropped_late, duration_ms = EXCLUDED.duration_ms, watermark = EXCLUDED.watermark
 """
 
+# what the streaming job's own sinks counted in a batch or round (dead letters, repaired windows)
+PROGRESS_COUNTS = """
+INSERT INTO stream_progress AS p (query, batch_id, run_id, batch_timestamp, input_rows, dropped_late, duration_ms,
+                                  dead_letters, repaired_windows)
+VALUES (%(query)s, %(batch_id)s, %(run_id)s, now(), %(input_rows)s, 0, %(duration_ms)s, %(dead_letters)s,
+        %(repaired_windows)s)
+ON CONFLICT (query, run_id, batch_id) DO UPDATE SET dead_letters = EXCLUDED.dead_letters,
+    repaired_windows = EXCLUDED.repaired_windows
+"""
+
+# where Spark's trade query stands: the newest watermark it reported, and when
+TRADE_WATERMARK = """
+SELECT max(watermark), max(batch_timestamp) FROM stream_progress WHERE query = %s AND watermark IS NOT NULL
+"""
+
+# records the streaming job cannot convert: one dead letter per Kafka record (the worker may have
+# written the same record already: then that row stays)
+DEAD_LETTER_INSERT = """
+INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, error)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bytea[], %s::bytea[], %s::text[])
+ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
+"""
+
 # The oracle: the same metrics recomputed from the raw rows (used by the tests).
 TRADE_ORACLE = """
 WITH w AS (
     SELECT symbol, time_bucket('1 minute', event_time) AS window_start,
-           round(sum(price * quantity) / sum(quantity), 12) AS vwap,
+           round(sum(price * quantity) / sum(quantity), 20) AS vwap,
            stddev_samp(price)::double precision AS price_stddev,
            count(*) AS trade_count, sum(quantity) AS volume
     FROM trades WHERE event_type = 'trade' AND symbol = ANY(%(symbols)s)
@@ -99,7 +149,7 @@ ORDER BY symbol, window_start
 
 SPREAD_ORACLE = """
 SELECT symbol, time_bucket('30 seconds', ingestion_ts) AS window_start,
-       round(avg(best_ask_price - best_bid_price), 12) AS avg_spread,
+       round(avg(best_ask_price - best_bid_price), 20) AS avg_spread,
        max(best_ask_price - best_bid_price) AS max_spread, min(best_ask_price - best_bid_price) AS min_spread,
        count(*) AS update_count,
        max(best_ask_price - best_bid_price) > %(f)s * min(best_ask_price - best_bid_price) AS spread_warning

@@ -1,0 +1,139 @@
+"""Repair of trade windows that received rows after Spark closed them.
+
+Spark drops a trade whose event time is behind its watermark (10 s): a backfilled gap, a replay of old
+frames, a trade slowed down by exchange limits. The worker still stores it in `trades`. This loop, run
+beside the queries by `cryptomon spark`, finds such rows by when they were written (`inserted_at`,
+indexed) and ingested late (`ingestion_ts` more than half the watermark after `event_time`), and once
+Spark's own watermark has passed the end of their window (Spark will not write it again), recomputes the
+window from the raw rows and upserts it with the same SQL as Spark's sums (metrics.TRADE_REPAIR), then the
+volume-spike flags from that window on. Windows whose Spark sums overflowed (try_sum gave NULL) come here
+too. A round runs every `interval` seconds, so a late row is in its window within about
+interval + trigger seconds of landing.
+
+Why here and not a Spark batch job: the rows are already in TimescaleDB, a window is one indexed range
+query there, and PostgreSQL's NUMERIC has no precision bound; a batch job would read them back out of the
+database to compute the same sums. Recomputing is idempotent, so overlapping scans and restarts are
+harmless: `metric_repair_cursor` keeps how far the loop has looked (less the windows still waiting), and
+a repaired window is counted only when a value changed (`stream_progress.repaired_windows`, query
+`trade_repair`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from cryptomon.settings import Settings
+from cryptomon.spark import metrics as M
+
+log = logging.getLogger("cryptomon.spark.repair")
+
+REPAIR_QUERY = "trade_repair"
+WINDOW = timedelta(minutes=1)
+OVERLAP = timedelta(seconds=30)  # rows of a transaction still open at the last look are scanned again
+SPARK_SILENT = timedelta(minutes=5)  # without Spark's progress for this long, windows are repaired by age
+
+
+def due(pending: dict[tuple[str, datetime], datetime], watermark: datetime | None, spark_seen: datetime | None,
+        now: datetime, grace: timedelta) -> list[tuple[str, datetime]]:  # fmt: skip
+    """The pending windows Spark is done with: its watermark has passed their end. If Spark has not
+    reported for SPARK_SILENT, those older than `grace` after their end (pure)."""
+    silent = spark_seen is None or now - spark_seen > SPARK_SILENT
+    out = []
+    for symbol, start in pending:
+        end = start + WINDOW
+        if (watermark is not None and watermark >= end) or (silent and now >= end + grace):
+            out.append((symbol, start))
+    return sorted(out)
+
+
+class Repairer:
+    """`in_transaction(work)` runs work(conn) in one transaction, retrying while the database is down (the
+    streaming job's MetricsWriter.in_transaction, which also serialises it with the micro-batch writes)."""
+
+    def __init__(self, settings: Settings, in_transaction, trades_query: str, interval: float = 10.0):
+        self.s = settings
+        self.in_transaction = in_transaction
+        self.trades_query = trades_query
+        self.interval = interval
+        self.late = timedelta(seconds=settings.spark_watermark_seconds / 2)
+        self.grace = timedelta(seconds=settings.spark_watermark_seconds + 3 * settings.spark_trigger_seconds)
+        self.pending: dict[tuple[str, datetime], datetime] = {}  # window -> scan position it was found at
+        self._requested: set[tuple[str, datetime]] = set()
+        self._lock = threading.Lock()
+        self.run_id = uuid.uuid4().hex
+        self.rounds = 0
+        self.repaired = 0
+        self.stopping = threading.Event()
+
+    def request(self, symbol: str, window_start: datetime) -> None:
+        """A window to compute from the raw rows (its Spark sums overflowed)."""
+        if window_start.tzinfo is None:  # Spark hands out naive datetimes in the session's zone, UTC
+            window_start = window_start.replace(tzinfo=UTC)
+        with self._lock:
+            self._requested.add((symbol, window_start))
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.round()
+            except Exception:  # a failed round is retried by the next; the loop never dies
+                log.exception("repair round failed")
+
+    def round(self) -> int:
+        """One look at the rows written since the last one; returns how many windows changed."""
+        started = time.monotonic()
+        result: dict = {}
+
+        def work(conn):
+            now = conn.execute("SELECT now()").fetchone()[0]
+            row = conn.execute("SELECT scanned_until FROM metric_repair_cursor WHERE name = %s", (REPAIR_QUERY,))
+            cursor = (row.fetchone() or (now - timedelta(hours=1),))[0]
+            late = conn.execute(M.LATE_WINDOWS, {"since": cursor - OVERLAP, "until": now, "late": self.late})
+            found = late.fetchall()
+            with self._lock:
+                requested, self._requested = self._requested, set()
+            for key in [*found, *requested]:
+                self.pending.setdefault((key[0], key[1]), cursor)
+            watermark, seen = conn.execute(M.TRADE_WATERMARK, (self.trades_query,)).fetchone()
+            windows = due(self.pending, watermark, seen, now, self.grace)
+            changed: list = []
+            if windows:
+                symbols = [w[0] for w in windows]
+                changed = conn.execute(
+                    M.TRADE_REPAIR,
+                    (symbols, [w[1] for w in windows], [self.s.volatility_threshold_for(x) for x in symbols]),
+                ).fetchall()
+                if changed:
+                    conn.execute(M.VOLUME_SPIKE_UPDATE, {
+                        "k": self.s.volume_spike_factor, "n": self.s.volume_spike_windows,
+                        "m": min(self.s.volume_spike_min_windows, self.s.volume_spike_windows),
+                        "symbols": sorted({c[0] for c in changed}), "since": min(c[1] for c in changed),
+                    })  # fmt: skip
+            # a restart looks again from the oldest window still waiting
+            until = min([now, *(v for k, v in self.pending.items() if k not in set(windows))])
+            conn.execute(
+                "INSERT INTO metric_repair_cursor (name, scanned_until) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET scanned_until = EXCLUDED.scanned_until",
+                (REPAIR_QUERY, until),
+            )
+            conn.execute(M.PROGRESS_COUNTS, {
+                "query": REPAIR_QUERY, "batch_id": self.rounds, "run_id": self.run_id, "input_rows": len(found),
+                "duration_ms": int((time.monotonic() - started) * 1000), "dead_letters": 0,
+                "repaired_windows": len(changed),
+            })  # fmt: skip
+            result.update(changed=len(changed), due=windows)
+
+        self.in_transaction(work)
+        for w in result["due"]:
+            self.pending.pop(w, None)
+        self.rounds += 1
+        n = result.get("changed", 0)
+        self.repaired += n
+        if n:
+            log.info("repaired %d trade windows from the raw rows (%d due, %d waiting for Spark's watermark)", n,
+                     len(result["due"]), len(self.pending))  # fmt: skip
+        return n
