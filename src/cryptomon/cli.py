@@ -296,22 +296,41 @@ def feed_sim(
 
 @feed_app.command("replay")
 def feed_replay(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON-lines capture or Binance CSV dump."),
+    files: list[Path] = typer.Argument(
+        ..., exists=True, dir_okay=False,
+        help="Captures: JSON lines (feed record), hftbacktest's `<ns> <frame>` lines, cryptofeed's .ws "
+        "recordings (plain or gzip), or Binance CSV dumps; several are merged by receive time.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(9443, help="Port for both the WebSocket and the REST API."),
-    rate: float = typer.Option(200.0, help="Events per second (0: as fast as the client reads)."),
+    rate: float = typer.Option(200.0, help="Events per second (0: as fast as the client reads); see --speed."),
+    speed: float = typer.Option(
+        0.0, help="Replay at this many times the recorded pace (captures with receive times; 0: use --rate)."
+    ),
+    shift_to_now: bool = typer.Option(
+        False, "--shift-to-now", help="Move event times by whole minutes so the first lands in this minute."
+    ),
+    shift_minutes: int = typer.Option(0, help="Move event times by this many minutes (instead of --shift-to-now)."),
     symbol: str = typer.Option("", help="Symbol of a CSV dump whose file name does not start with it."),
-) -> None:
-    """Serve a recorded feed through the simulator's Binance-compatible server."""
-    from cryptomon.feed.replay import capture_symbols, read_capture
+) -> None:  # fmt: skip
+    """Serve recorded feeds through the simulator's Binance-compatible server."""
+    import time
+
+    from cryptomon.feed.replay import capture_symbols, first_event_ms, read_captures
+    from cryptomon.feed.replay import shift_to_now as shift
     from cryptomon.feed.sim import Simulator, run_forever
 
+    sym = symbol or None
     try:
-        symbols = capture_symbols(file, symbol or None)
+        symbols = capture_symbols(files, sym)
+        shift_ms = shift(first_event_ms(files, sym), time.time_ns() // 1_000_000) if shift_to_now else 0
+        shift_ms = shift_ms or shift_minutes * 60_000
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    sim = Simulator(symbols, rate=rate, source=read_capture(file, symbol or None))
-    console.print(f"replaying {file} ({', '.join(symbols)}): ws://{host}:{port}/stream  http://{host}:{port}/api/v3")
+    sim = Simulator(symbols, rate=rate, speed=speed, source=read_captures(files, sym, shift_ms))
+    names = ", ".join(str(f) for f in files)
+    console.print(f"replaying {names} ({', '.join(symbols)}), event times {shift_ms // 60_000:+d} min: "
+                  f"ws://{host}:{port}/stream  http://{host}:{port}/api/v3")  # fmt: skip
     run_forever(sim, host, port)
 
 

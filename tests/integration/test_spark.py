@@ -258,9 +258,9 @@ def windows_from_inputs(trades: list[dict]) -> dict[tuple[str, datetime], tuple[
     return {k: (n, v, pv / v) for k, (n, v, pv) in acc.items()}
 
 
-def assert_windows(stack, symbols, want) -> None:
+def assert_windows(stack, symbols, want, since: datetime | None = None) -> None:
     got = fetch(stack.pg_dsn, "SELECT symbol, window_start, trade_count, volume, vwap FROM trade_metrics "
-                "WHERE symbol = ANY(%s)", (list(symbols),))  # fmt: skip
+                "WHERE symbol = ANY(%s) AND window_start >= %s", (list(symbols), since or datetime(1970, 1, 1, tzinfo=UTC)))  # fmt: skip
     assert {(s, w) for s, w, *_ in got} == set(want)
     for sym, ws, n, vol, vwap in got:
         wn, wvol, wvwap = want[(sym, ws)]

@@ -1,23 +1,30 @@
 """Recorded feeds: `cryptomon feed record` captures a live stream, `cryptomon feed replay` serves one.
 
-Accepted inputs for replay:
+Accepted inputs for replay (plain or gzip, told by their first bytes):
   * JSON lines as written by `feed record`: {"stream": "btcusdt@trade", "data": {...}, "received_at": ms}
     (the "received_at" field is optional, so any capture of raw combined-stream frames works);
+  * hftbacktest's collector: `<receive time, ns since epoch> <raw combined-stream frame>` per line;
+  * cryptofeed's raw recordings (`*.ws.*`): a first line with the URL, then `<receive time, s>: <frame>`;
   * Binance's public dumps (data.binance.vision), CSV with or without a header row:
       <SYMBOL>-trades-*.csv     id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch
       <SYMBOL>-aggTrades-*.csv  aggTradeId,price,qty,firstTradeId,lastTradeId,time,isBuyerMaker,isBestMatch
     Times in microseconds (Binance's spot dumps since 2025) are converted to milliseconds.
+Lines that are not combined-stream frames in the timestamped formats (a REST depth snapshot the
+collector stored beside the stream) are skipped and counted. Several captures are merged by receive time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
+import heapq
 import logging
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, cast
 
 import orjson
 
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 _CSV_NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-", re.IGNORECASE)
 
 Item = tuple[str, str, dict]  # (symbol, kind, payload)
+Timed = tuple[int | None, str, str, dict]  # (receive time ms or None, symbol, kind, payload)
 
 
 def _ms(value: str) -> int:
@@ -38,18 +46,55 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in ("true", "1")
 
 
-def read_jsonl(path: Path) -> Iterator[Item]:
+def _open(path: Path) -> IO[bytes]:
     with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return cast(IO[bytes], gzip.open(path, "rb")) if gz else open(path, "rb")
+
+
+def _frame(line: bytes) -> tuple[str, str, dict] | None:
+    """(symbol, kind, data) of a combined-stream frame; None for any other JSON object. Raises ValueError."""
+    msg = orjson.loads(line)
+    if not isinstance(msg, dict) or "stream" not in msg:
+        return None
+    stream, data = msg["stream"], msg["data"]
+    symbol, _, kind = stream.partition("@")
+    return symbol.upper(), kind, data
+
+
+def read_timed(path: Path) -> Iterator[Timed]:
+    """Any of the line formats, with the receive time where the capture has one."""
+    skipped = 0
+    with _open(path) as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+            line = line.strip()
+            if not line or (lineno == 1 and line.startswith((b"wss://", b"ws://"))):
+                continue  # cryptofeed's first line: the URL it opened
+            received: int | None = None
             try:
-                msg = orjson.loads(line)
-                stream, data = msg["stream"], msg["data"]
-                symbol, _, kind = stream.partition("@")
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                if line.startswith(b"{"):  # JSON lines (feed record)
+                    item = _frame(line)
+                    received = orjson.loads(line).get("received_at") if item else None
+                else:
+                    head, _, rest = line.partition(b" ")
+                    if head.endswith(b":"):  # cryptofeed: "<seconds>: <frame>"
+                        received = int(float(head[:-1]) * 1000)
+                    else:  # hftbacktest: "<ns> <frame>"
+                        received = int(head) // 1_000_000
+                    item = _frame(rest)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a combined-stream frame ({exc})") from None
-            yield symbol.upper(), kind, data
+            if item is None:
+                skipped += 1
+                continue
+            yield (received, *item)
+    if skipped:
+        log.info("%s: skipped %d lines that are not stream frames", path.name, skipped)
+
+
+def read_jsonl(path: Path) -> Iterator[Item]:
+    for _, symbol, kind, data in read_timed(path):
+        yield symbol, kind, data
 
 
 def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
@@ -104,6 +149,44 @@ def read_capture(path: Path, symbol: str | None = None) -> Iterator[Item]:
     return read_csv(path, symbol) if path.suffix.lower() == ".csv" else read_jsonl(path)
 
 
+def read_captures(paths: list[Path], symbol: str | None = None, shift_ms: int = 0) -> Iterator[Timed]:
+    """Several captures merged by receive time (CSV dumps by trade time), event times (`E`, `T`) moved by
+    `shift_ms`."""
+
+    def timed(path: Path) -> Iterator[Timed]:
+        if path.suffix.lower() == ".csv":
+            return ((d["T"], sym, kind, d) for sym, kind, d in read_csv(path, symbol))
+        return read_timed(path)
+
+    for received, sym, kind, data in heapq.merge(*(timed(p) for p in paths), key=lambda x: x[0] or 0):
+        if shift_ms and isinstance(data, dict):
+            data = dict(data)
+            for field in ("E", "T"):
+                if isinstance(data.get(field), int):
+                    data[field] += shift_ms
+        yield received, sym, kind, data
+
+
+def first_event_ms(paths: list[Path], symbol: str | None = None) -> int | None:
+    """The earliest event time (`E`, else `T`) among the captures' first 1,000 frames each."""
+    times = []
+    for path in paths:
+        for n, (_, _, _, data) in enumerate(read_captures([path], symbol)):
+            t = data.get("E", data.get("T")) if isinstance(data, dict) else None
+            if isinstance(t, int):
+                times.append(t)
+            if n >= 1000:
+                break
+    return min(times, default=None)
+
+
+def shift_to_now(first_ms: int | None, now_ms: int) -> int:
+    """Whole minutes that bring `first_ms` into the current minute: windows keep their content (pure)."""
+    if first_ms is None:
+        return 0
+    return (now_ms // 60_000 - first_ms // 60_000) * 60_000
+
+
 class ReplayHistory:
     """What was replayed so far, served by the REST endpoints (backfill) like the live market's history."""
 
@@ -152,9 +235,9 @@ class ReplayHistory:
         ]
 
 
-def capture_symbols(path: Path, symbol: str | None = None) -> tuple[str, ...]:
+def capture_symbols(paths: list[Path], symbol: str | None = None) -> tuple[str, ...]:
     seen: dict[str, None] = {}
-    for sym, _, _ in read_capture(path, symbol):
+    for _, sym, _, _ in read_captures(paths, symbol):
         seen.setdefault(sym, None)
     return tuple(seen)
 

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from cryptomon.feed.limits import RequestWeights
 from cryptomon.feed.market import Conditions, Market
-from cryptomon.feed.replay import Item, ReplayHistory
+from cryptomon.feed.replay import ReplayHistory, Timed
 from cryptomon.feed.rest import RestApi
 from cryptomon.feed.scenarios import SCENARIOS, Phase
 from cryptomon.feed.universe import Instrument, instrument
@@ -78,11 +78,12 @@ class Simulator:
         scenario: str = "calm",
         max_steps: int | None = None,
         wait_for_client: bool = True,
-        source: Iterator[Item] | None = None,
+        source: Iterator[Timed] | None = None,
         instruments: dict[str, Instrument] | None = None,
         limits: SimLimits | None = None,
         history: int | None = None,
         book_updates: float = 0.0,
+        speed: float = 0.0,
     ):
         # the instruments exchangeInfo lists; the TRADING ones among them generate the market
         self.instruments = instruments or {s: instrument(s) for s in symbols}
@@ -90,6 +91,7 @@ class Simulator:
         # market steps per second over all symbols; for a replay, events per second (0: as fast as possible)
         self.rate = rate
         self.book_updates = book_updates  # extra bookTicker-only updates per market step (quotes move more)
+        self.speed = speed  # a replay with receive times: paced at that many times the recorded pace
         per_symbol = history or max(1_000, min(100_000, HISTORY_BUDGET // max(1, len(self.instruments))))
         self.market = Market(tuple(self.instruments), seed=seed, history=per_symbol, instruments=self.instruments)
         self.source = source
@@ -215,17 +217,23 @@ class Simulator:
         self.done.set()
 
     async def _replay(self) -> None:
-        """Serve a recorded feed in its order, paced at `rate` events/s; REST serves what was replayed."""
+        """Serve a recorded feed in its order: at `speed` times the recorded pace where the capture has
+        receive times, else `rate` events/s (0: as fast as possible); REST serves what was replayed."""
         if self.wait_for_client:
             await self.first_client.wait()
         start = time.monotonic()
         assert self.source is not None and isinstance(self.history, ReplayHistory)
-        for n, (symbol, kind, payload) in enumerate(self.source):
+        first: int | None = None
+        for n, (received, symbol, kind, payload) in enumerate(self.source):
             await self.paused.wait()
-            if self.rate > 0:
+            delay = 0.0
+            if self.speed > 0 and received is not None:
+                first = received if first is None else first
+                delay = start + (received - first) / 1000 / self.speed - time.monotonic()
+            elif self.rate > 0:
                 delay = start + n / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if delay > 0:
+                await asyncio.sleep(delay)
             elif n % 512 == 0:
                 await asyncio.sleep(0)
             self.history.add(symbol, kind, payload)

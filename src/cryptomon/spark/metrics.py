@@ -62,13 +62,14 @@ TRADE_REPAIR = _TRADE_UPSERT.format(
 RETURNING m.symbol, m.window_start""",
 )
 
-# Rows written since the last look that were late for Spark: ingested more than `late` after their event
-# time (backfilled, replayed, or slowed down), as the 1-minute windows they belong to.
+# The 1-minute windows of rows written since the last look that Spark may not have counted: ingested more
+# than `late` after their event time (backfilled, replayed, slowed down), or written after Spark's watermark
+# had passed their event time (the worker was behind: the window may have been repaired without them).
 LATE_WINDOWS = """
 SELECT DISTINCT symbol, time_bucket('1 minute', event_time)
 FROM trades
 WHERE inserted_at > %(since)s AND inserted_at <= %(until)s AND event_type = 'trade'
-  AND ingestion_ts > event_time + %(late)s
+  AND (ingestion_ts > event_time + %(late)s OR event_time < coalesce(%(watermark)s, '-infinity'::timestamptz))
 """
 
 # Recompute volume_spike for the symbols just written, from the earliest window that changed onwards
@@ -117,9 +118,11 @@ ON CONFLICT (query, run_id, batch_id) DO UPDATE SET dead_letters = EXCLUDED.dead
     repaired_windows = EXCLUDED.repaired_windows
 """
 
-# where Spark's trade query stands: the newest watermark it reported, and when
+# where Spark's trade query stands: the watermark of its latest batch (of the running job: a job started
+# afresh on old data has a lower one than its predecessors had), and when
 TRADE_WATERMARK = """
-SELECT max(watermark), max(batch_timestamp) FROM stream_progress WHERE query = %s AND watermark IS NOT NULL
+SELECT watermark, batch_timestamp FROM stream_progress WHERE query = %s AND watermark IS NOT NULL
+ORDER BY batch_timestamp DESC LIMIT 1
 """
 
 # records the streaming job cannot convert: one dead letter per Kafka record (the worker may have

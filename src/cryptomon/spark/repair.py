@@ -3,7 +3,9 @@
 Spark drops a trade whose event time is behind its watermark (10 s): a backfilled gap, a replay of old
 frames, a trade slowed down by exchange limits. The worker still stores it in `trades`. This loop, run
 beside the queries by `cryptomon spark`, finds such rows by when they were written (`inserted_at`,
-indexed) and ingested late (`ingestion_ts` more than half the watermark after `event_time`), and once
+indexed): ingested late (`ingestion_ts` more than half the watermark after `event_time`), or written
+after Spark's watermark had passed their event time (a worker behind Spark: a window repaired before all
+its rows were in is repaired again when the rest lands). Once
 Spark's own watermark has passed the end of their window (Spark will not write it again), recomputes the
 window from the raw rows and upserts it with the same SQL as Spark's sums (metrics.TRADE_REPAIR), then the
 volume-spike flags from that window on. Windows whose Spark sums overflowed (try_sum gave NULL) come here
@@ -67,6 +69,7 @@ class Repairer:
         self.run_id = uuid.uuid4().hex
         self.rounds = 0
         self.repaired = 0
+        self.first_look: datetime | None = None
         self.stopping = threading.Event()
 
     def request(self, symbol: str, window_start: datetime) -> None:
@@ -92,13 +95,15 @@ class Repairer:
             now = conn.execute("SELECT now()").fetchone()[0]
             row = conn.execute("SELECT scanned_until FROM metric_repair_cursor WHERE name = %s", (REPAIR_QUERY,))
             cursor = (row.fetchone() or (now - timedelta(hours=1),))[0]
-            late = conn.execute(M.LATE_WINDOWS, {"since": cursor - OVERLAP, "until": now, "late": self.late})
-            found = late.fetchall()
+            watermark, seen = conn.execute(M.TRADE_WATERMARK, (self.trades_query,)).fetchone() or (None, None)
+            self.first_look = self.first_look or now
+            seen = seen or self.first_look  # a job just started: Spark is not silent before SPARK_SILENT has passed
+            params = {"since": cursor - OVERLAP, "until": now, "late": self.late, "watermark": watermark}
+            found = conn.execute(M.LATE_WINDOWS, params).fetchall()
             with self._lock:
                 requested, self._requested = self._requested, set()
             for key in [*found, *requested]:
                 self.pending.setdefault((key[0], key[1]), cursor)
-            watermark, seen = conn.execute(M.TRADE_WATERMARK, (self.trades_query,)).fetchone()
             windows = due(self.pending, watermark, seen, now, self.grace)
             changed: list = []
             if windows:
