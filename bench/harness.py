@@ -188,6 +188,17 @@ def render(report: dict) -> str:
                 + " |"
             )
         lines.append("")
+        repairs = [
+            f"Late data at {x['target_events_per_second']:,} events/s: a {x['stall_seconds']} s stall halfway; "
+            f"{rep['backfilled_windows']} windows got backfilled trades, the repair loop changed "
+            f"{rep['repaired_windows']}; last backfilled row landed → window rewritten: p50 "
+            f"{fmt(rep['p50_ms'] and round(rep['p50_ms'] / 1000, 1), ' s')} / p99 "
+            f"{fmt(rep['p99_ms'] and round(rep['p99_ms'] / 1000, 1), ' s')} ({rep['n']} windows)."
+            for x in e["runs"]
+            if (rep := x.get("repair"))
+        ]
+        if repairs:
+            lines += [*repairs, ""]
         for x in e["runs"]:
             if "rss_growth_mb" in x:
                 lines.append(

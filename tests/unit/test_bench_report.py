@@ -43,3 +43,13 @@ def test_unmet_goals_and_failed_benchmarks_are_said():
     text = harness.render(report)
     assert "Failed to run: spark" in text and "## Spark" not in text
     assert "| worker | `rows_per_second>=100000` | **no** |" in text
+
+
+def test_the_repair_of_late_data_is_reported_when_measured():
+    report = copy.deepcopy(REPORT)
+    run = report["results"]["e2e"]["runs"][0]
+    run["stall_seconds"] = 30
+    run["repair"] = {"n": 4, "p50_ms": 12_300.0, "p99_ms": 15_900.0, "backfilled_windows": 4, "repaired_windows": 3}
+    text = harness.render(report)
+    assert "4 windows got backfilled trades, the repair loop changed 3" in text
+    assert "p50 12.3 s / p99 15.9 s (4 windows)" in text

@@ -104,6 +104,7 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
 # poison_records) and sums try_sum (NULL on overflow: the window is then computed from the raw rows in
 # PostgreSQL, whose NUMERIC has no such bound; see repair.py).
 PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
+KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
 
 def _trades(df):
@@ -127,11 +128,7 @@ def _trades(df):
     p, q = d["p"].try_cast(PRICE_TYPE), d["q"].try_cast(QUANTITY_TYPE)
     ok = d["s"].isNotNull() & d["t"].isNotNull() & d["T"].isNotNull() & (p > 0) & (q > 0)
     return df.select(
-        "topic",
-        "partition",
-        "offset",
-        "key",
-        "value",
+        *KAFKA_COLUMNS,
         d["e"].alias("e"),
         d["s"].alias("symbol"),
         d["t"].alias("trade_id"),
@@ -160,11 +157,7 @@ def _books(df):
     bid, ask = d["b"].try_cast(PRICE_TYPE), d["a"].try_cast(PRICE_TYPE)
     ok = d["s"].isNotNull() & d["ingestion_timestamp"].isNotNull() & (bid > 0) & (ask > 0)
     return df.select(
-        "topic",
-        "partition",
-        "offset",
-        "key",
-        "value",
+        *KAFKA_COLUMNS,
         d["s"].alias("symbol"),
         F.timestamp_millis(d["ingestion_timestamp"]).alias("ingestion_ts"),
         (ask - bid).alias("spread"),
@@ -241,12 +234,11 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
 
     trades_topic, books_topic = topic_name(TRADES), topic_name(BOOK_TICKER)
     src = _kafka_source(spark, settings, f"{trades_topic},{books_topic}", max_offsets)
-    cols = ["topic", "partition", "offset", "key", "value"]
     bad_trades = (
         _trades(src.where(F.col("topic") == trades_topic))
         .where(F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok")))
         .select(
-            *cols,
+            *KAFKA_COLUMNS,
             F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
             .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
             .otherwise(
@@ -260,7 +252,7 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
         _books(src.where(F.col("topic") == books_topic))
         .where(~F.col("ok"))
         .select(
-            *cols,
+            *KAFKA_COLUMNS,
             F.lit(
                 f"a bookTicker without symbol or ingestion time, or a bid/ask that is not a positive {PRICE_TYPE}"
             ).alias("reason"),
