@@ -13,8 +13,8 @@ simulator at R events/s for the stated time. Measured:
   tree: the Spark driver's JVM counts with Spark, PostgreSQL's backends with PostgreSQL);
 - exact accounting after the feed stops: every event the simulator generated is one row
   (trade + aggTrade -> trades, bookTicker -> book_ticker);
-- halfway through, the simulator stalls for 30 s and its REST answers take 20 s from then on (an exchange
-  limiting): the ingestion backfills the gap, Spark drops those trades as late, and the repair loop
+- halfway through, the simulator stalls for 30 s and its REST answers take 20 s for the next 50 s (an
+  exchange limiting): the ingestion backfills the gap, Spark drops those trades as late, and the repair loop
   rewrites their windows. Reported: windows
   with backfilled trades, windows the loop changed, and the repair latency (last backfilled row landed
   -> window rewritten, p50/p99). Those windows are left out of the metric latency above.
@@ -110,9 +110,12 @@ def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -
         lag = []
         t0 = time.monotonic()
         started_wall = time.time()
-        stalled = False
+        stalled = restored = False
         while time.monotonic() - t0 < seconds:
             time.sleep(sample_every)
+            if stalled and not restored and time.monotonic() - t0 >= seconds / 2 + STALL_SECONDS + REST_DELAY_SECONDS:
+                httpx.post(f"http://127.0.0.1:{port}/sim/rest?delay=0", timeout=5)  # the rest of the gap, quickly
+                restored = True
             if not stalled and time.monotonic() - t0 >= seconds / 2:
                 # a forced stall longer than the watermark: the backfilled trades are too late for Spark and
                 # reach their windows through the repair loop
@@ -131,6 +134,7 @@ def run_rate(rate: int, seconds: float, logs: Path, sample_every: float = 1.0) -
         elapsed = time.monotonic() - t0
         cpu = {n: round((tree_usage(p)[0] - cpu0[n]) / elapsed, 2) for n, p in pids.items()}
         ended_wall = time.time()
+        httpx.post(f"http://127.0.0.1:{port}/sim/rest?delay=0", timeout=5)
         stats = _pause_feed(port)  # the market stops; everything it generated must arrive
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
             expected = {
