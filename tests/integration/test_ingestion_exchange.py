@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from cryptomon.ingestion import state as durable
+from cryptomon.ingestion import universe
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import INGEST_STATE
 from tests.conftest import wait_for
@@ -115,6 +116,8 @@ def test_a_kill_with_open_gaps_fills_them_after_the_restart(stack):
 
 def test_two_instances_share_the_symbols_and_together_store_every_event_once(stack):
     symbols = unique_symbols("TI", 6)
+    while not all(universe.mine(list(symbols), i, 2) for i in range(2)):  # random names: 1 in 32 all land on one
+        symbols = unique_symbols("TI", 6)
     port = free_port()
     envs = [
         ingest_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_INGEST_INSTANCE=f"{i}/2")
