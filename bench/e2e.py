@@ -13,7 +13,7 @@ simulator at R events/s for the stated time. Measured:
   tree: the Spark driver's JVM counts with Spark, PostgreSQL's backends with PostgreSQL);
 - exact accounting after the feed stops: every event the simulator generated is one row
   (trade + aggTrade -> trades, bookTicker -> book_ticker);
-- halfway through, the simulator stalls for 30 s and its REST answers take 20 s for the next 50 s (an
+- halfway through (not trustworthy yet, see the README), the simulator stalls for 30 s and its REST answers take 20 s for the next 50 s (an
   exchange limiting): the ingestion backfills the gap, Spark drops those trades as late, and the repair loop
   rewrites their windows. Reported: windows
   with backfilled trades, windows the loop changed, and the repair latency (last backfilled row landed
