@@ -52,9 +52,8 @@ def _open(path: Path) -> IO[bytes]:
     return cast(IO[bytes], gzip.open(path, "rb")) if gz else open(path, "rb")
 
 
-def _frame(line: bytes) -> tuple[str, str, dict] | None:
-    """(symbol, kind, data) of a combined-stream frame; None for any other JSON object. Raises ValueError."""
-    msg = orjson.loads(line)
+def _frame(msg: object) -> tuple[str, str, dict] | None:
+    """(symbol, kind, data) of a parsed combined-stream frame; None for any other JSON value."""
     if not isinstance(msg, dict) or "stream" not in msg:
         return None
     stream, data = msg["stream"], msg["data"]
@@ -73,15 +72,16 @@ def read_timed(path: Path) -> Iterator[Timed]:
             received: int | None = None
             try:
                 if line.startswith(b"{"):  # JSON lines (feed record)
-                    item = _frame(line)
-                    received = orjson.loads(line).get("received_at") if item else None
+                    msg = orjson.loads(line)
+                    item = _frame(msg)
+                    received = msg.get("received_at") if item else None
                 else:
                     head, _, rest = line.partition(b" ")
                     if head.endswith(b":"):  # cryptofeed: "<seconds>: <frame>"
                         received = int(float(head[:-1]) * 1000)
                     else:  # hftbacktest: "<ns> <frame>"
                         received = int(head) // 1_000_000
-                    item = _frame(rest)
+                    item = _frame(orjson.loads(rest))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a combined-stream frame ({exc})") from None
             if item is None:
@@ -90,11 +90,6 @@ def read_timed(path: Path) -> Iterator[Timed]:
             yield (received, *item)
     if skipped:
         log.info("%s: skipped %d lines that are not stream frames", path.name, skipped)
-
-
-def read_jsonl(path: Path) -> Iterator[Item]:
-    for _, symbol, kind, data in read_timed(path):
-        yield symbol, kind, data
 
 
 def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
@@ -143,10 +138,6 @@ def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
                         "M": _bool(row[7]) if len(row) > 7 else True,
                     },
                 )
-
-
-def read_capture(path: Path, symbol: str | None = None) -> Iterator[Item]:
-    return read_csv(path, symbol) if path.suffix.lower() == ".csv" else read_jsonl(path)
 
 
 def read_captures(paths: list[Path], symbol: str | None = None, shift_ms: int = 0) -> Iterator[Timed]:

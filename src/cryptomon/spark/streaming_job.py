@@ -315,15 +315,16 @@ class MetricsWriter:
                     self.stopping.wait(delay)
 
     def write_trades(self, batch_df, batch_id: int) -> None:
-        rows = batch_df.collect()
-        overflowed = [r for r in rows if None in (r.sum_pq, r.sum_q, r.sum_p, r.sum_pp)]
+        rows: list = []
+        overflowed: list = []
+        for r in batch_df.collect():
+            (overflowed if None in (r.sum_pq, r.sum_q, r.sum_p, r.sum_pp) else rows).append(r)
         if overflowed:
             log.warning("%d trade windows overflowed Spark's DECIMAL(38,16) sums: computed from the raw rows "
                         "instead", len(overflowed))  # fmt: skip
-            for r in overflowed:
-                if self.repair is not None:
+            if self.repair is not None:
+                for r in overflowed:
                     self.repair.request(r.symbol, r.window_start)
-            rows = [r for r in rows if r not in overflowed]
         if not rows:
             return
         data = [
