@@ -47,8 +47,10 @@ def env_for(settings: Settings, **extra) -> dict:
     return env
 
 
-def spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+def spawn(args: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+    )
 
 
 class TopicCounter:

@@ -264,8 +264,6 @@ def feed_sim(
 ) -> None:
     """Serve a Binance-compatible exchange: point CRYPTOMON_BINANCE_WS_URL at ws://HOST:PORT/stream and
     CRYPTOMON_BINANCE_REST_URL at http://HOST:PORT."""
-    import ssl
-
     from cryptomon.feed.scenarios import SCENARIOS
     from cryptomon.feed.sim import Simulator, run_forever
     from cryptomon.feed.universe import whole_market
@@ -284,10 +282,7 @@ def feed_sim(
     sim = Simulator(symbols, rate=rate, seed=seed, scenario=scenario, max_steps=max_steps or None,
                     instruments=instruments, limits=limits, history=history or None, wait_for_client=wait_for_client,
                     book_updates=book_updates)  # fmt: skip
-    context = None
-    if tls_cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls_cert, tls_key)
+    context = _tls(tls_cert, tls_key)
     tls = "s" if context else ""
     console.print(f"exchange simulator: ws{tls}://{host}:{port}/stream  http{tls}://{host}:{port}/api/v3  "
                   f"({len(sim.symbols)} symbols, {scenario})")  # fmt: skip
@@ -312,6 +307,8 @@ def feed_replay(
     ),
     shift_minutes: int = typer.Option(0, help="Move event times by this many minutes (instead of --shift-to-now)."),
     symbol: str = typer.Option("", help="Symbol of a CSV dump whose file name does not start with it."),
+    tls_cert: Path = typer.Option(None, exists=True, dir_okay=False, help="Serve wss:// and https:// (PEM)."),
+    tls_key: Path = typer.Option(None, exists=True, dir_okay=False, help="Private key of --tls-cert (PEM)."),
 ) -> None:  # fmt: skip
     """Serve recorded feeds through the simulator's Binance-compatible server."""
     import time
@@ -329,9 +326,21 @@ def feed_replay(
         raise fail(str(exc), 2) from None
     sim = Simulator(symbols, rate=rate, speed=speed, source=read_captures(files, sym, shift_ms))
     names = ", ".join(str(f) for f in files)
+    context = _tls(tls_cert, tls_key)
+    tls = "s" if context else ""
     console.print(f"replaying {names} ({', '.join(symbols)}), event times {shift_ms // 60_000:+d} min: "
-                  f"ws://{host}:{port}/stream  http://{host}:{port}/api/v3")  # fmt: skip
-    run_forever(sim, host, port)
+                  f"ws{tls}://{host}:{port}/stream  http{tls}://{host}:{port}/api/v3")  # fmt: skip
+    run_forever(sim, host, port, context)
+
+
+def _tls(cert: Path | None, key: Path | None):
+    if not cert:
+        return None
+    if not key:
+        raise fail("--tls-cert needs --tls-key", 2)
+    from cryptomon.feed.tls import server_context
+
+    return server_context(cert, key)
 
 
 @feed_app.command("record")
