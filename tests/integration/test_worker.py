@@ -238,3 +238,47 @@ def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_insert
     assert (
         by_payload[poison[4][2]][0] == topic_name(BOOK_TICKER) and "ingestion_timestamp" in by_payload[poison[4][2]][1]
     )
+
+
+def test_the_sink_writes_any_symbol_text_and_every_decimal_extreme_as_sent(stack):
+    """The batch travels as array literals built by the sink: symbols that array syntax would misread
+    (quotes, backslashes, commas, braces, spaces, the word NULL) and the decimal extremes come back as sent."""
+    from cryptomon.consumer.sink import TimescaleSink
+
+    tag = uuid.uuid4().hex[:6].upper()
+    names = [f'{tag}"Q', f"{tag}\\B", f"{tag},C", f"{{{tag}}}", f" {tag} S ", "NULL" + tag, f"{tag}'A"]
+    now = int(time.time() * 1000)
+    prices = ["0.00000001", "99999999.99999999", "61583.22", "1"]
+    qtys = ["99999999999.99999999", "0.00000001", "92233720368", "0.5"]
+    trades = [(now + i, s, "trade", 10 + i, prices[i % 4], qtys[i % 4], i % 2 == 0, now + i + 1, i % 3 == 0)
+              for i, s in enumerate(names)]  # fmt: skip
+    books = [(now + i, s, 20 + i, prices[i % 4], qtys[i % 4], prices[(i + 1) % 4], qtys[(i + 1) % 4])
+             for i, s in enumerate(names)]  # fmt: skip
+    sink = TimescaleSink(stack.pg_dsn)
+    try:
+        assert sink.write(TRADES, trades, [], lambda i, e: ()) == (len(names), [])
+        assert sink.write(BOOK_TICKER, books, [], lambda i, e: ()) == (len(names), [])
+        assert sink.write(TRADES, trades, [], lambda i, e: ()) == (0, [])  # replayed: no-ops
+    finally:
+        sink.close()
+    with psycopg.connect(stack.pg_dsn) as conn:
+        got_t = conn.execute(
+            "SELECT (extract(epoch FROM event_time) * 1000)::bigint, symbol, event_type, trade_id, price::text,"
+            " quantity::text, is_buyer_maker, (extract(epoch FROM ingestion_ts) * 1000)::bigint, backfilled"
+            " FROM trades WHERE symbol = ANY(%s) ORDER BY trade_id",
+            (names,),
+        ).fetchall()
+        got_b = conn.execute(
+            "SELECT (extract(epoch FROM ingestion_ts) * 1000)::bigint, symbol, update_id, best_bid_price::text,"
+            " best_bid_qty::text, best_ask_price::text, best_ask_qty::text FROM book_ticker WHERE symbol = ANY(%s) ORDER BY update_id",
+            (names,),
+        ).fetchall()
+
+    def same(sent: tuple, got: tuple) -> bool:
+        return all(
+            Decimal(a) == Decimal(b) if isinstance(a, str) and a[:1].isdigit() else a == b
+            for a, b in zip(sent, got, strict=True)
+        )
+
+    assert len(got_t) == len(trades) and all(same(s, g) for s, g in zip(trades, got_t, strict=True)), got_t
+    assert len(got_b) == len(books) and all(same(s, g) for s, g in zip(books, got_b, strict=True)), got_b

@@ -1,0 +1,91 @@
+"""The worker benchmark's ceiling: PostgreSQL's own COPY of the same rows into the same tables.
+
+Every message the worker drains is read from Kafka, parsed and rendered as COPY text beforehand (not
+timed), in batches of the worker's flush size per partition, as the worker batches them. Then the same
+number of connections as the worker's writers COPY the batches, one transaction per batch, as fast as
+PostgreSQL takes them: no Kafka, no parsing, no conflict handling, no offsets. Whatever the worker does
+beyond that is what it costs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+
+from cryptomon.consumer.rows import PARSERS
+from cryptomon.kafka.clients import read_to_end
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000).isoformat()
+
+
+def _field(value) -> str:
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
+def render(table: str, rows: list[tuple]) -> bytes:
+    """Rows of cryptomon.consumer.rows as COPY text (times in epoch ms become timestamps)."""
+    times = (0, 7) if table == TRADES else (0,)
+    lines = []
+    for row in rows:
+        fields = [_time(v) if i in times else _field(v) for i, v in enumerate(row)]
+        lines.append("\t".join(fields))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def batches(bootstrap: str, batch_rows: int) -> list[tuple[str, bytes, int]]:
+    """(table, COPY text, rows) of every message on the two topics, batch_rows per partition's batch."""
+    out = []
+    for table in (TRADES, BOOK_TICKER):
+        messages, _ = read_to_end(bootstrap, topic_name(table), "bench-copy-ceiling", timeout=120)
+        per_partition: dict[int, list[tuple]] = {}
+        for m in messages:
+            per_partition.setdefault(m.partition(), []).append(PARSERS[table](m.value()))
+        for rows in per_partition.values():
+            for i in range(0, len(rows), batch_rows):
+                chunk = rows[i : i + batch_rows]
+                out.append((table, render(table, chunk), len(chunk)))
+    # interleave the tables as the worker's partitions do
+    return sorted(out, key=lambda b: hash(b[1]))
+
+
+def copy_all(dsn: str, work: list[tuple[str, bytes, int]], connections: int) -> dict:
+    """COPY every batch with `connections` connections; rows/s from the first COPY to the last commit."""
+    statements = {t: f"COPY {t} ({', '.join(TABLE_COLUMNS[t])}) FROM STDIN" for t in TABLE_COLUMNS}
+    lock, queue = threading.Lock(), list(reversed(work))
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
+
+    def run(conn: psycopg.Connection) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                table, data, _ = queue.pop()
+            with conn.cursor() as cur, cur.copy(statements[table]) as copy:
+                copy.write(data)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in conns]
+    cpu0, t0 = time.process_time(), time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t1, cpu1 = time.monotonic(), time.process_time()
+    for c in conns:
+        c.close()
+    rows = sum(n for *_, n in work)
+    return {
+        "rows": rows,
+        "seconds": round(t1 - t0, 3),
+        "rows_per_second": round(rows / (t1 - t0)),
+        "cpu_s_per_100k_rows": round((cpu1 - cpu0) / rows * 1e5, 3),
+        "connections": connections,
+        "batch_rows": max(n for *_, n in work),
+    }
