@@ -80,7 +80,21 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "pyspark": pyspark.__version__,
+        "python_loop_ns": python_loop_ns(),
     }
+
+
+def python_loop_ns(n: int = 2_000_000) -> float:
+    """Nanoseconds per iteration of a plain Python loop (best of 3): this machine's speed for the pure-Python
+    parts, to compare runs made on different machines of the same kind."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best / n * 1e9, 1)
 
 
 def emit(result: dict, out: Path | None = None) -> None:

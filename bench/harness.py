@@ -13,13 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e")
+BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market")
+# benchmarks that are a mode of another script
+SCRIPTS = {"market": ("e2e", ["--whole-market"])}
 
 
 def run(name: str, quick: bool, out_dir: Path, extra: list[str] = (), out_name: str | None = None) -> dict:
     out = out_dir / f"{out_name or name}.json"
-    cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--out", str(out)] + (["--quick"] if quick else [])
-    cmd += list(extra)
+    script, mode = SCRIPTS.get(name, (name, []))
+    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--out", str(out)] + (["--quick"] if quick else [])
+    cmd += [*mode, *extra]
     print(f"==> {name}: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -189,6 +192,69 @@ def render_worker(w: dict) -> list[str]:
     return [*lines, *WORKER_FINDINGS, ""]
 
 
+def render_breakdown(runs: list[dict]) -> list[str]:
+    """Where the metric latency goes: trigger wait and batch, and Spark's batch durations, per run."""
+    rows = []
+    for x in runs:
+        b = x.get("metric_latency_breakdown") or {}
+        for table in ("trade_metrics", "spread_metrics"):
+            if t := b.get(table):
+                q = b.get("batches", {}).get(table, {})
+                rows.append(
+                    f"| {x.get('load') or x['target_events_per_second']} | `{table}` | {t['windows']} | "
+                    f"{fmt(t['trigger_wait_p50_ms'] / 1000, ' s')} / {fmt(t['trigger_wait_p99_ms'] / 1000, ' s')} | "
+                    f"{fmt(t['batch_p50_ms'] / 1000, ' s')} / {fmt(t['batch_p99_ms'] / 1000, ' s')} | "
+                    f"{q.get('n', '–')} | {fmt(q.get('duration_p50_ms') and q['duration_p50_ms'] / 1000, ' s')} / "
+                    f"{fmt(q.get('duration_max_ms') and q['duration_max_ms'] / 1000, ' s')} | "
+                    f"{fmt(q.get('input_rows_p50'))} |"
+                )
+    if not rows:
+        return []
+    return [
+        "Where a metric row's time after its window closed goes: from the window's end to the trigger of the "
+        "micro-batch that wrote its last value (the trigger interval is 10 s; more when batches run late), then "
+        "that batch, until the row is written. Spark's batches of the run beside it:",
+        "",
+        "| run | query | windows | trigger wait p50 / p99 | batch until written p50 / p99 | batches | "
+        "batch duration p50 / max | input rows per batch (p50) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
+def render_market(m: dict) -> list[str]:
+    x = m["runs"][0]
+    raw, met, acc, rep = x["raw_row_latency"], x["metric_after_window_close"], x["accounting"], x.get("repair") or {}
+    drops = ", ".join(f"{d['connections']} connections at {d['at_s']} s" for d in x.get("disconnects") or [])
+    lines = [
+        "## The whole market end to end: simulator → ingestion → Kafka → worker → TimescaleDB, and → Spark",
+        "",
+        f"{x['load']}: Binance's whole spot market as the simulator plays it (≈2,000 trades/s, 1,250 aggTrades/s, "
+        f"8,000 bookTickers/s), followed as `CRYPTOMON_SYMBOLS=*USDT`, for {x['seconds']:g} s; every connection "
+        f"dropped twice ({drops}); gaps backfilled within Binance's REST limits (the ingestion's budget: 3,000 "
+        "weight a minute), then the market goes on until every event is stored and every window with backfilled "
+        "trades equals its raw rows.",
+        "",
+        "| events/s measured | symbols stored | raw row p50 / p99 | metric after window close p50 / p99 | "
+        "windows with backfilled trades / repaired, repair p99 | every event stored once |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {fmt(x['measured_events_per_second'])} | {x.get('symbols_stored', '–')} | {fmt(raw['p50_ms'], ' ms')} / "
+        f"{fmt(raw['p99_ms'], ' ms')} | {fmt(met['p50_ms'] and round(met['p50_ms'] / 1000, 1), ' s')} / "
+        f"{fmt(met['p99_ms'] and round(met['p99_ms'] / 1000, 1), ' s')} ({met['n']} windows) | "
+        f"{rep.get('backfilled_windows', '–')} / {rep.get('repaired_windows', '–')}, "
+        f"{fmt(rep.get('p99_ms') and round(rep['p99_ms'] / 1000, 1), ' s')} | {fmt(acc['exact'])} ({acc['stored']}) |",
+        "",
+        "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
+        "| --- |" + " --- |" * len(x["cpu_cores"]),
+        "| CPU (cores) | " + " | ".join(f"{v:g}" for v in x["cpu_cores"].values()) + " |",
+        "| peak RSS (MiB) | " + " | ".join(str(v) for v in x["peak_rss_mb"].values()) + " |",
+        "",
+        *render_breakdown(m["runs"]),
+    ]
+    return lines
+
+
 def render(report: dict) -> str:
     r = report["results"]
     m = report["machine"]
@@ -200,7 +266,9 @@ def render(report: dict) -> str:
         f"[`bench/results/{report['file']}`](../bench/results/{report['file']}). Every benchmark measures its "
         "baseline in the same run, on a Kafka + TimescaleDB of its own; they run one after the other.",
         "",
-        f"Machine: {m.get('cpus')} cores, {m.get('platform')}; Python {m.get('python')}; "
+        f"Machine: {m.get('cpus')} cores, {m.get('platform')}; Python {m.get('python')}"
+        + (f" ({m['python_loop_ns']} ns per plain Python loop iteration)" if m.get("python_loop_ns") else "")
+        + "; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
         "",
     ]
@@ -259,8 +327,10 @@ def render(report: dict) -> str:
                 + " |"
             )
         lines.append("")
+        lines += render_breakdown(e["runs"])
         repairs = [
-            f"Late data at {x['target_events_per_second']:,} events/s: a {x['stall_seconds']} s stall halfway; "
+            f"Late data at {x['target_events_per_second']:,} events/s: a {x['stall_seconds']} s stall a quarter of "
+            f"the way through, REST answers slowed {x.get('rest_delay_seconds', 20)} s for the next 50 s; "
             f"{rep['backfilled_windows']} windows got backfilled trades, the repair loop changed "
             f"{rep['repaired_windows']}; last backfilled row landed → window rewritten: p50 "
             f"{fmt(rep['p50_ms'] and round(rep['p50_ms'] / 1000, 1), ' s')} / p99 "
@@ -279,6 +349,8 @@ def render(report: dict) -> str:
                     + f"; consumer lag trend {fmt(x.get('lag_trend'))}."
                 )
         lines.append("")
+    if (mk := r.get("market")) and not mk.get("failed"):
+        lines += render_market(mk)
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]

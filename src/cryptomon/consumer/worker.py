@@ -27,7 +27,6 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -222,11 +221,12 @@ class Worker:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka: %s", err)
                 continue
-            topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
-            batch = self.batches.get((topic, partition))
+            # a consumed message always has its topic, partition and offset (no typing.cast: a call per message)
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            batch = self.batches.get((topic, partition))  # type: ignore[arg-type]
             if batch is None:
-                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic])
-            batch.add(topic, partition, offset, m.key(), m.value(), now)
+                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic])  # type: ignore[index]
+            batch.add(topic, partition, offset, m.key(), m.value(), now)  # type: ignore[arg-type]
         drained = len(msgs) < self.s.flush_max_rows
         self._reap()
         for tp, batch in list(self.batches.items()):
