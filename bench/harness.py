@@ -192,6 +192,10 @@ def render_worker(w: dict) -> list[str]:
     return [*lines, *WORKER_FINDINGS, ""]
 
 
+def secs(ms) -> str:
+    return "–" if ms is None else f"{ms / 1000:.1f} s"
+
+
 def render_breakdown(runs: list[dict]) -> list[str]:
     """Where the metric latency goes: trigger wait and batch, and Spark's batch durations, per run."""
     rows = []
@@ -202,10 +206,9 @@ def render_breakdown(runs: list[dict]) -> list[str]:
                 q = b.get("batches", {}).get(table, {})
                 rows.append(
                     f"| {x.get('load') or x['target_events_per_second']} | `{table}` | {t['windows']} | "
-                    f"{fmt(t['trigger_wait_p50_ms'] / 1000, ' s')} / {fmt(t['trigger_wait_p99_ms'] / 1000, ' s')} | "
-                    f"{fmt(t['batch_p50_ms'] / 1000, ' s')} / {fmt(t['batch_p99_ms'] / 1000, ' s')} | "
-                    f"{q.get('n', '–')} | {fmt(q.get('duration_p50_ms') and q['duration_p50_ms'] / 1000, ' s')} / "
-                    f"{fmt(q.get('duration_max_ms') and q['duration_max_ms'] / 1000, ' s')} | "
+                    f"{secs(t['trigger_wait_p50_ms'])} / {secs(t['trigger_wait_p99_ms'])} | "
+                    f"{secs(t['batch_p50_ms'])} / {secs(t['batch_p99_ms'])} | {q.get('n', '–')} | "
+                    f"{secs(q.get('duration_p50_ms'))} / {secs(q.get('duration_max_ms'))} | "
                     f"{fmt(q.get('input_rows_p50'))} |"
                 )
     if not rows:

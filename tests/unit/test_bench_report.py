@@ -25,10 +25,17 @@ def test_the_committed_report_is_the_rendering_of_the_committed_results():
 def test_every_headline_figure_is_in_the_report():
     text = harness.render(REPORT)
     r = REPORT["results"]
-    assert f"{r['ingest']['cryptomon']['msgs_per_second']:,}" in text
-    assert f"**{r['ingest']['ratio_msgs_per_second']}×**" in text
-    assert f"{r['worker']['cryptomon_flush_500']['rows_per_second']:,}" in text
-    assert f"p99 {r['worker']['latency_2000_events_per_s']['p99_ms']} ms" in text
+    for source in r["ingest"]["sources"].values():
+        for client in ("cryptomon", "cryptofeed"):
+            assert f"| {harness.fmt(source[client]['msgs_per_second'])} |" in text
+        assert f"**{source['ratio']['msgs_per_cpu_second']}×**" in text
+    w = r["worker"]
+    assert f"| {harness.fmt(w['ceiling_copy']['rows_per_second'])} | 100% |" in text
+    assert f"| {harness.fmt(w['cryptomon_flush_500']['rows_per_second'])} | {w['share_of_ceiling']:.0%} |" in text
+    assert f"p99 {w['latency_2000_events_per_s']['p99_ms']} ms" in text
+    assert f"`{w['profile']['own'][0][0]}`" in text
+    market = r["market"]["runs"][0]
+    assert f"| {harness.fmt(market['measured_events_per_second'])} | {market['symbols_stored']} |" in text
     assert f"Highest sustained: **{r['spark']['highest_sustained_events_per_second']:,} events/s**" in text
     live = r["sim"]["live"]
     assert f"| simulator, live market | {live['received_per_second']['trade']:,.0f} |" in text
@@ -40,9 +47,10 @@ def test_every_headline_figure_is_in_the_report():
 def test_unmet_goals_and_failed_benchmarks_are_said():
     report = copy.deepcopy(REPORT)
     report["results"]["spark"] = {"benchmark": "spark", "failed": True, "exit_code": 1}
+    report["results"]["worker"]["goals"][">=85%_of_copy"] = False
     text = harness.render(report)
     assert "Failed to run: spark" in text and "## Spark" not in text
-    assert "| worker | `rows_per_second>=100000` | **no** |" in text
+    assert "| worker | `>=85%_of_copy` | **no** |" in text
 
 
 def test_the_repair_of_late_data_is_reported_when_measured():
