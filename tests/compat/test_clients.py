@@ -242,3 +242,47 @@ def test_cryptofeed_trades_and_ticker_through_its_feed_handler(tls_exchange, tmp
     assert {s for s, *_ in got["trades"]} <= {"BTC-USDT", "PEPE-USDT"} and len(got["trades"]) >= 10
     assert {s for s, *_ in got["tickers"]} == {"BTC-USDT", "PEPE-USDT"}
     assert all(Decimal(bid) < Decimal(ask) for _, bid, ask in got["tickers"])
+
+
+# ---------------------------------------------------------------- a recorded feed over wss://
+
+
+def test_a_recorded_feed_is_replayed_over_wss_with_the_frames_as_recorded(tmp_path):
+    """`feed replay --tls-cert/--tls-key` (the ingestion benchmark replays the real captures to cryptofeed,
+    which refuses ws://): a client that trusts the certificate gets the recorded frames, byte for byte."""
+    import ssl
+
+    import websockets
+
+    from cryptomon.feed.tls import self_signed
+    from tests.conftest import wait_for
+    from tests.helpers import free_port, get_json, running
+
+    cert, key = self_signed(tmp_path / "tls")
+    frames = [
+        {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1723161255208 + i, "s": "BTCUSDT", "t": 3735683259 + i,
+                                             "p": "61583.22000000", "q": "0.00100000", "T": 1723161255207 + i,
+                                             "m": i % 2 == 0, "M": True}}
+        for i in range(5)
+    ]  # fmt: skip
+    capture = tmp_path / "btcusdt_capture"
+    capture.write_text("".join(f"{1723161254000000000 + i} {orjson.dumps(f).decode()}\n" for i, f in enumerate(frames)))
+    port = free_port()
+    args = ["feed", "replay", str(capture), "--port", str(port), "--rate", "0", "--tls-cert", str(cert),
+            "--tls-key", str(key)]  # fmt: skip
+    with running("replay-tls", args, {**os.environ, "PYTHONUNBUFFERED": "1"}):
+        context = ssl.create_default_context(cafile=str(cert))
+        assert get_json(f"http://127.0.0.1:{port}/api/v3/ping")[0] == 0  # plain http is not served
+
+        async def read() -> list[dict]:
+            async with websockets.connect(f"wss://127.0.0.1:{port}/stream?streams=btcusdt@trade", ssl=context) as ws:
+                return [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in frames]
+
+        def listening() -> bool:
+            import socket
+
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, 30, what="the replay server")
+        assert asyncio.run(read()) == frames
