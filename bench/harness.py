@@ -169,6 +169,16 @@ def render_worker(w: dict) -> list[str]:
         f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms.",
         "",
     ]
+    if spec.get("unwritten_when_all_committed"):
+        lines += [
+            f"The spec's design commits the consumer's position after each insert, and that position includes "
+            f"messages still buffered for the other table: when every offset was committed, "
+            f"{spec['unwritten_when_all_committed']:,} of its rows were not written yet (a crash then would lose "
+            f"them; cryptomon commits a partition's offsets only once its rows are written, and had "
+            f"{ours.get('unwritten_when_all_committed', '–')}). It is timed until it exits by itself after its last "
+            "flush.",
+            "",
+        ]
     prof = w.get("profile") or {}
     if prof.get("own"):
         lines += [
@@ -190,6 +200,14 @@ def render_worker(w: dict) -> list[str]:
             "",
         ]
     return [*lines, *WORKER_FINDINGS, ""]
+
+
+def goal_lines(result: dict) -> list[str]:
+    """The benchmark's goals under its tables: met or not."""
+    goals = [(g, met) for g, met in (result.get("goals") or {}).items() if met is not None]
+    if not goals:
+        return []
+    return ["Goals: " + "; ".join(f"`{g}` {'met' if met else '**not met**'}" for g, met in goals) + ".", ""]
 
 
 def secs(ms) -> str:
@@ -280,9 +298,9 @@ def render(report: dict) -> str:
     if (sim_soak := report.get("sim_soak")) and not sim_soak.get("failed"):
         lines += render_sim(sim_soak, f"`bench/run --sim-soak` ({sim_soak.get('finished')})")
     if (ing := r.get("ingest")) and not ing.get("failed") and "sources" in ing:
-        lines += render_ingest(ing)
+        lines += render_ingest(ing) + goal_lines(ing)
     if (w := r.get("worker")) and not w.get("failed") and "ceiling_copy" in w:
-        lines += render_worker(w)
+        lines += render_worker(w) + goal_lines(w)
     if (sp := r.get("spark")) and not sp.get("failed"):
         lines += [
             "## Spark Structured Streaming",
@@ -298,6 +316,7 @@ def render(report: dict) -> str:
             for x in sp["results"]
         ]
         lines += ["", f"Highest sustained: **{sp['highest_sustained_events_per_second']:,} events/s**.", ""]
+        lines += goal_lines(sp)
     if (e := r.get("e2e")) and not e.get("failed"):
         lines += [
             "## End to end: simulator → ingestion → Kafka → worker → TimescaleDB, and → Spark → metrics",
@@ -352,8 +371,9 @@ def render(report: dict) -> str:
                     + f"; consumer lag trend {fmt(x.get('lag_trend'))}."
                 )
         lines.append("")
+        lines += goal_lines(e)
     if (mk := r.get("market")) and not mk.get("failed"):
-        lines += render_market(mk)
+        lines += render_market(mk) + goal_lines(mk)
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]
