@@ -202,6 +202,16 @@ def render_worker(w: dict) -> list[str]:
     return [*lines, *WORKER_FINDINGS, ""]
 
 
+def accounting(a: dict) -> str:
+    if a["exact"] or not a.get("unfillable_trade_ids"):
+        return fmt(a["exact"])
+    rest = "every other event once" if a.get("stored_plus_unfillable_equals_generated") else "**and others missing**"
+    return (
+        f"**no**: {a['unfillable_trade_ids']:,} trade ids unfillable (gone from the exchange's history before the "
+        f"rate-limited backfill reached them, each reported by the ingestion); {rest}"
+    )
+
+
 def goal_lines(result: dict) -> list[str]:
     """The benchmark's goals under its tables: met or not."""
     goals = [(g, met) for g, met in (result.get("goals") or {}).items() if met is not None]
@@ -264,7 +274,7 @@ def render_market(m: dict) -> list[str]:
         f"{fmt(raw['p99_ms'], ' ms')} | {fmt(met['p50_ms'] and round(met['p50_ms'] / 1000, 1), ' s')} / "
         f"{fmt(met['p99_ms'] and round(met['p99_ms'] / 1000, 1), ' s')} ({met['n']} windows) | "
         f"{rep.get('backfilled_windows', '–')} / {rep.get('repaired_windows', '–')}, "
-        f"{fmt(rep.get('p99_ms') and round(rep['p99_ms'] / 1000, 1), ' s')} | {fmt(acc['exact'])} ({acc['stored']}) |",
+        f"{fmt(rep.get('p99_ms') and round(rep['p99_ms'] / 1000, 1), ' s')} | {accounting(acc)} ({acc['stored']}) |",
         "",
         "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
         "| --- |" + " --- |" * len(x["cpu_cores"]),
@@ -332,7 +342,7 @@ def render(report: dict) -> str:
                 f"{fmt(raw['p50_ms'], ' ms')} / {fmt(raw['p99_ms'], ' ms')} | "
                 f"{fmt(met['p50_ms'] and round(met['p50_ms'] / 1000, 1), ' s')} / "
                 f"{fmt(met['p99_ms'] and round(met['p99_ms'] / 1000, 1), ' s')} "
-                f"({met['n']} windows) | {fmt(lag['max'])} / {fmt(lag['mean'])} | {fmt(x['accounting']['exact'])} | "
+                f"({met['n']} windows) | {fmt(lag['max'])} / {fmt(lag['mean'])} | {accounting(x['accounting'])} | "
                 f"{fmt(x['goal_met'])} |"
             )
         lines += [
