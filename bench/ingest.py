@@ -164,6 +164,10 @@ def producer_settings() -> dict:
             "loop); cryptomon keeps up to librdkafka's queue in flight and checks every delivery report",
             "linger: cryptofeed 0 ms, cryptomon 20 ms; since cryptofeed waits for each acknowledgement, a linger "
             "is paid per message (at 20 ms it sent 88 msgs/s), so it gets aiokafka's default",
+            "on a failed delivery cryptofeed's backend logs the exception and goes on to the next message (that "
+            "message is gone); cryptomon's producer checks every delivery report, sends again a message whose delivery "
+            "failed (a timeout, a broker down) and sends one Kafka refuses for good (too large, invalid) to "
+            "binance.deadletter, counted",
             "cryptofeed writes one topic per channel and symbol keyed by the channel name; cryptomon two topics "
             "keyed by symbol",
             "cryptofeed turns each frame into its Trade/Ticker objects (Decimal), then a dict of floats, then "
