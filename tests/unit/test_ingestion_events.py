@@ -98,6 +98,7 @@ def test_encode_adds_the_ingestion_timestamp_and_keeps_the_payload():
         (frame("btcusdt@trade", {**TRADE, "p": "1.123456789"}), "bad_decimal"),
         (frame("btcusdt@trade", {**TRADE, "p": "100000000.00000000"}), "bad_decimal"),  # a price >= 1e8
         (frame("btcusdt@trade", {**TRADE, "q": "1000000000000.00000000"}), "bad_decimal"),  # a quantity >= 1e12
+        (frame("btcusdt@trade", {**TRADE, "p": "1.5\n"}), "bad_decimal"),  # "$" alone would let a final newline in
         (frame("btcusdt@bookTicker", {**BOOK, "a": "123456789.0"}), "bad_decimal"),
         (frame("btcusdt@bookTicker", {k: v for k, v in BOOK.items() if k != "a"}), "missing_field"),
         (frame("btcusdt@trade", [1]), "bad_payload"),

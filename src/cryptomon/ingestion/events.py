@@ -81,32 +81,41 @@ def _is_type(value: object, expected: type) -> bool:
 
 
 def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
-    """Check a Binance payload of `kind`; returns its symbol. Raises BadFrame."""
-    if not isinstance(data, dict):
+    """Check a Binance payload of `kind`; returns its symbol. Raises BadFrame.
+
+    Every message goes through here twice (ingestion and worker), so the common case is one pass of
+    exact-type checks (JSON parsers make exact types; `type(v) is int` also refuses a bool) and the
+    error messages are built only on the way out."""
+    if type(data) is not dict:
         raise BadFrame("bad_payload", f"data is {type(data).__name__}, not an object")
     s = data.get("s")
-    if not isinstance(s, str) or (symbol is not None and s != symbol):
+    if type(s) is not str or (symbol is not None and s != symbol):
         raise BadFrame("bad_symbol", f"symbol {s!r} does not match stream symbol {symbol!r}")
     if kind != BOOK_TICKER_EVENT and data.get("e") != kind:
         raise BadFrame("bad_event_type", f"event type {data.get('e')!r} on a {kind} stream")
     for name, expected in _REQUIRED[kind]:
-        value = data.get(name)
-        if value is None:
-            raise BadFrame("missing_field", f"{kind} without field {name!r}")
-        if not _is_type(value, expected):
-            raise BadFrame(
-                "wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}"
-            )
+        if type(data.get(name)) is not expected:
+            _wrong_field(kind, name, data.get(name), expected)
     for name, pattern in _DECIMALS[kind]:
-        if not pattern.match(data[name]):
-            what = "price" if pattern is _PRICE else "quantity"
-            digits = binance.PRICE_INTEGER_DIGITS if pattern is _PRICE else binance.QUANTITY_INTEGER_DIGITS
-            raise BadFrame(
-                "bad_decimal",
-                f"{kind} field {name!r}={data[name]!r} is not a {what} of at most {digits} integer digits "
-                f"and {binance.DECIMALS} decimals",
-            )
+        if pattern.fullmatch(data[name]) is None:  # not match: "$" also matches before a final newline
+            _bad_decimal(kind, name, data[name], pattern)
     return s
+
+
+def _wrong_field(kind: str, name: str, value: object, expected: type) -> None:
+    if value is None:
+        raise BadFrame("missing_field", f"{kind} without field {name!r}")
+    raise BadFrame("wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}")
+
+
+def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> None:
+    what = "price" if pattern is _PRICE else "quantity"
+    digits = binance.PRICE_INTEGER_DIGITS if pattern is _PRICE else binance.QUANTITY_INTEGER_DIGITS
+    raise BadFrame(
+        "bad_decimal",
+        f"{kind} field {name!r}={value!r} is not a {what} of at most {digits} integer digits "
+        f"and {binance.DECIMALS} decimals",
+    )
 
 
 def parse_frame(raw: bytes | str, symbols: frozenset[str]) -> Event | Control:
