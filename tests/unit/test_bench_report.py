@@ -41,7 +41,8 @@ def test_every_headline_figure_is_in_the_report():
     assert f"| simulator, live market | {live['received_per_second']['trade']:,.0f} |" in text
     assert f"{r['sim']['baseline_firehose']['frames_per_second']:,.0f}" in text
     for run in r["e2e"]["runs"]:
-        assert f"| {run['target_events_per_second']:,} | {run['measured_events_per_second']:,} |" in text
+        offered = harness.fmt(run.get("offered_events_per_second"))
+        assert f"| {run['target_events_per_second']:,} | {offered} | {run['measured_events_per_second']:,} |" in text
 
 
 def test_unmet_goals_and_failed_benchmarks_are_said():
