@@ -102,7 +102,7 @@ class Backfiller:
                 failures += 1
                 self.stats.page_failures += 1
                 delay = min(MAX_RETRY_DELAY, 0.5 * 2 ** min(failures, 8))
-                log.warning("backfill %s %s from %d failed (%s): retry %d in %.1fs", symbol, kind, from_id, exc,
+                log.warning("backfill %s %s from %d failed (%r): retry %d in %.1fs", symbol, kind, from_id, exc,
                             failures, delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 continue
