@@ -244,6 +244,15 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
         for name in ("feed", "ingest", "worker", "spark"):
             procs[name].wait(90)
     measured_rate = round(rows_in_run / (until - since))
+    met = (
+        measured_rate >= 0.95 * offered_rate  # the simulator's own rate: a stall sends no bookTickers
+        and offered_rate >= 0.9 * rate
+        and raw["p99_ms"] is not None
+        and raw["p99_ms"] <= 1000
+        and metric["p99_ms"] is not None
+        and metric["p99_ms"] <= 15000
+        and stored == expected
+    )
     return {
         "load": load.name,
         "symbols_stored": symbols_stored,
@@ -277,18 +286,7 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
         "stall_seconds": STALL_SECONDS if load.faults == "stall" else None,
         "rest_delay_seconds": REST_DELAY_SECONDS if load.faults == "stall" else None,
         "repair": repair,
-        "goal_met": None
-        if not metric["n"]
-        # no window measured: not a verdict
-        else (
-            measured_rate >= 0.95 * offered_rate  # the simulator's own rate: a stall sends no bookTickers
-            and offered_rate >= 0.9 * rate
-            and raw["p99_ms"] is not None
-            and raw["p99_ms"] <= 1000
-            and metric["p99_ms"] is not None
-            and metric["p99_ms"] <= 15000
-            and stored == expected
-        ),
+        "goal_met": met if metric["n"] else None,  # no window measured: not a verdict
     }
 
 

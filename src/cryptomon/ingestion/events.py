@@ -17,6 +17,7 @@ import re
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import orjson
 
@@ -73,13 +74,6 @@ def combined_stream_url(base_url: str, symbols: tuple[str, ...]) -> str:
     return f"{base_url}?streams={'/'.join(stream_names(symbols))}"
 
 
-def _is_type(value: object, expected: type) -> bool:
-    # bool is a subclass of int: never accept one for the other
-    if expected is int:
-        return type(value) is int
-    return isinstance(value, expected)
-
-
 def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
     """Check a Binance payload of `kind`; returns its symbol. Raises BadFrame.
 
@@ -102,13 +96,13 @@ def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
     return s
 
 
-def _wrong_field(kind: str, name: str, value: object, expected: type) -> None:
+def _wrong_field(kind: str, name: str, value: object, expected: type) -> NoReturn:
     if value is None:
         raise BadFrame("missing_field", f"{kind} without field {name!r}")
     raise BadFrame("wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}")
 
 
-def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> None:
+def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> NoReturn:
     what = "price" if pattern is _PRICE else "quantity"
     digits = binance.PRICE_INTEGER_DIGITS if pattern is _PRICE else binance.QUANTITY_INTEGER_DIGITS
     raise BadFrame(

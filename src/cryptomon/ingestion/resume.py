@@ -14,7 +14,6 @@ import logging
 
 import orjson
 
-from cryptomon.ingestion.events import _is_type
 from cryptomon.kafka.clients import read_to_end
 from cryptomon.names import SEQ_FIELD, TRADE_KINDS
 
@@ -33,7 +32,7 @@ def highest_ids(messages, symbols: frozenset[str] | None) -> dict[tuple[str, str
             key, seq = (d["s"], d["e"]), d[SEQ_FIELD[d["e"]]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
-        if (symbols is None or key[0] in symbols) and _is_type(seq, int) and seq > last.get(key, -1):
+        if (symbols is None or key[0] in symbols) and type(seq) is int and seq > last.get(key, -1):  # not a bool
             last[key] = seq
     return last
 
