@@ -131,7 +131,7 @@ def render_ingest(ing: dict) -> list[str]:
 WORKER_FINDINGS = [
     "What the profiles showed, and what changed: psycopg's list dumper, walking every element of the batch's "
     "nine column arrays in Python, was the largest single entry (16% of the samples, 2026-11-25). The arrays now "
-    "travel as PostgreSQL array literals built with `str.join` (cryptomon/consumer/sink.py): on a 600,000-row "
+    "travel as PostgreSQL array literals built with `str.join` (cryptomon/worker/sink.py): on a 600,000-row "
     "drain of that day the worker went from 3.0 to 1.8 CPU-s per 100k rows and from 25,000 to 32,000 rows/s "
     "(on a slower machine: 60 ns per Python loop iteration against 32–35 here). `validate_payload`, the largest entry "
     "since, now checks exact types in one pass and builds its error messages only on failure (parse and "

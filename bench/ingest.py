@@ -37,10 +37,10 @@ from baselines.cryptofeed_ingest import cryptofeed_symbol, producer_options
 from common import ROOT, TopicCounter, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cryptomon.feed.tls import self_signed
 from cryptomon.ingestion.producer import producer_config
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
+from cryptomon.simulator.tls import self_signed
 
 REAL = Path(os.environ.get("CRYPTOMON_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 CAPTURES = ("btcusdt_20240808.gz", "ethusdt_20240808.gz")

@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_seconds, emit, machine, quarter_mean, spawn, tree_usage, wait
 
-from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, TRADE
+from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, TRADE
 
 TARGET = {TRADE: 2_000, BOOK_TICKER_EVENT: 8_000}  # per second over the whole market
 STEPS_PER_SECOND = 1_250  # x 1.6 trades per step = 2,000 trades/s

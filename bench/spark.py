@@ -24,17 +24,13 @@ from confluent_kafka import Producer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_stack, emit, machine
 
-from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import load_settings
-from cryptomon.spark.streaming_job import (
-    SPREAD_QUERY,
-    TRADES_QUERY,
-    MetricsWriter,
-    build_session,
-    start_queries,
-)
+from cryptomon.simulator.scripted import Span, scripted_events
+from cryptomon.spark.queries import SPREAD_QUERY, TRADES_QUERY
+from cryptomon.spark.streaming_job import build_session, start_queries
+from cryptomon.spark.writer import MetricsWriter
 
 TRIGGER_S = 10
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import copy_ceiling
 from common import ROOT, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 
-from cryptomon.feed.market import Market
 from cryptomon.kafka.clients import consumer_config
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
+from cryptomon.simulator.market import Market
 
 
 def preload(bootstrap: str, n: int) -> int:
@@ -183,7 +183,7 @@ def top_functions(collapsed: str, top: int) -> dict:
         for f in set(frames):
             inclusive[f] += int(n)
     share = lambda c: [[f, round(n / total, 3)] for f, n in c.most_common(top)]  # noqa: E731
-    entry = ("cryptomon/__main__.py:", "cryptomon/cli.py:", "cryptomon/consumer/worker.py:main", "Worker.run")
+    entry = ("cryptomon/__main__.py:", "cryptomon/cli.py:", "cryptomon/worker/service.py:main", "Worker.run")
     ours = Counter({f: n for f, n in inclusive.items() if f.startswith("cryptomon/") and not f.startswith(entry)
                     and not f.endswith(entry)})  # fmt: skip
     return {"samples": total, "own": share(own), "inclusive_cryptomon": share(ours)}
@@ -201,8 +201,8 @@ def _function(frame: str) -> str:
 
 def per_row_costs(n: int = 20_000) -> dict:
     """Microseconds per trade row of each step of the worker's path, in this process (same interpreter)."""
-    from cryptomon.consumer.rows import Batch, trade_row
-    from cryptomon.consumer.sink import row_arrays
+    from cryptomon.worker.rows import Batch, trade_row
+    from cryptomon.worker.sink import row_arrays
 
     market = Market(("BTCUSDT",), seed=3)
     values = []

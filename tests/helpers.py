@@ -16,9 +16,9 @@ import httpx
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cryptomon.feed.market import Conditions
-from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.kafka.clients import consumer_config
+from cryptomon.simulator.market import Conditions
+from cryptomon.simulator.scripted import Span, scripted_events
 from tests.conftest import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

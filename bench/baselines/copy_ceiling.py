@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from cryptomon.consumer.rows import PARSERS
 from cryptomon.kafka.clients import read_to_end
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+from cryptomon.worker.rows import PARSERS
 
 
 def _time(ms: int) -> str:
@@ -31,7 +31,7 @@ def _field(value) -> str:
 
 
 def render(table: str, rows: list[tuple]) -> bytes:
-    """Rows of cryptomon.consumer.rows as COPY text (times in epoch ms become timestamps)."""
+    """Rows of cryptomon.worker.rows as COPY text (times in epoch ms become timestamps)."""
     times = (0, 7) if table == TRADES else (0,)
     lines = []
     for row in rows:

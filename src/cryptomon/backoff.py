@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from cryptomon.errors import ConfigError
+
 
 class Backoff:
     """Delays initial, 2x, 4x ... capped at `maximum`, each with "equal jitter" (half fixed, half random),
@@ -14,7 +16,7 @@ class Backoff:
         self, initial: float = 1.0, maximum: float = 60.0, reset_after: float = 30.0, rng: random.Random | None = None
     ):
         if not 0 < initial <= maximum:
-            raise ValueError("need 0 < initial <= maximum")
+            raise ConfigError("need 0 < initial <= maximum")
         self.initial = initial
         self.maximum = maximum
         self.reset_after = reset_after

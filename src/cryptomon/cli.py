@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cryptomon.errors import ConfigError, CryptomonError
 from cryptomon.settings import SettingsError, get_settings
 
 console = Console(stderr=True)
@@ -173,7 +174,7 @@ def up(
                         ),
                         soft_wrap=True,
                     )
-    except RuntimeError as exc:
+    except CryptomonError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         pipeline.stop(report)
         raise typer.Exit(1) from None
@@ -184,7 +185,7 @@ def up(
 @app.command("ingest")
 def ingest() -> None:
     """Binance WebSocket -> Kafka (health and metrics on CRYPTOMON_INGEST_HEALTH_PORT)."""
-    from cryptomon.ingestion.ws_consumer import main as ingest_main
+    from cryptomon.ingestion.service import main as ingest_main
 
     ingest_main(get_settings())
 
@@ -218,7 +219,7 @@ def dashboard(port: int = typer.Option(None, help="Port (default CRYPTOMON_DASHB
 @app.command("worker")
 def worker() -> None:
     """Kafka -> TimescaleDB (health and metrics on CRYPTOMON_WORKER_HEALTH_PORT)."""
-    from cryptomon.consumer.worker import main as worker_main
+    from cryptomon.worker.service import main as worker_main
 
     worker_main(get_settings())
 
@@ -243,7 +244,7 @@ def feed_sim(
         50.0, help="Market steps per second over all symbols (each step: 1-3 trades, 1 aggTrade, 1 bookTicker)."
     ),
     seed: int = typer.Option(1, help="Random seed: the same seed gives the same market."),
-    scenario: str = typer.Option("calm", help="calm, risk or faults (see cryptomon/feed/scenarios.py)."),
+    scenario: str = typer.Option("calm", help="calm, risk or faults (see cryptomon/simulator/scenarios.py)."),
     max_steps: int = typer.Option(0, help="Stop generating after this many steps per symbol (0: never)."),
     market: str = typer.Option(
         "symbols", help="symbols (CRYPTOMON_SYMBOLS) or whole: ~400 TRADING USDT pairs priced 1e-8 to 1e5."
@@ -264,10 +265,10 @@ def feed_sim(
 ) -> None:
     """Serve a Binance-compatible exchange: point CRYPTOMON_BINANCE_WS_URL at ws://HOST:PORT/stream and
     CRYPTOMON_BINANCE_REST_URL at http://HOST:PORT."""
-    from cryptomon.feed.scenarios import SCENARIOS
-    from cryptomon.feed.sim import Simulator, run_forever
-    from cryptomon.feed.universe import whole_market
-    from cryptomon.feed.wsproto import SimLimits
+    from cryptomon.simulator.engine import Simulator, run_forever
+    from cryptomon.simulator.instruments import whole_market
+    from cryptomon.simulator.scenarios import SCENARIOS
+    from cryptomon.simulator.ws_protocol import SimLimits
 
     s = get_settings()
     if scenario not in SCENARIOS:
@@ -313,16 +314,16 @@ def feed_replay(
     """Serve recorded feeds through the simulator's Binance-compatible server."""
     import time
 
-    from cryptomon.feed.replay import capture_symbols, first_event_ms, read_captures
-    from cryptomon.feed.replay import shift_to_now as shift
-    from cryptomon.feed.sim import Simulator, run_forever
+    from cryptomon.simulator.engine import Simulator, run_forever
+    from cryptomon.simulator.replay import capture_symbols, first_event_ms, read_captures
+    from cryptomon.simulator.replay import shift_to_now as shift
 
     sym = symbol or None
     try:
         symbols = capture_symbols(files, sym)
         shift_ms = shift(first_event_ms(files, sym), time.time_ns() // 1_000_000) if shift_to_now else 0
         shift_ms = shift_ms or shift_minutes * 60_000
-    except ValueError as exc:
+    except CryptomonError as exc:
         raise fail(str(exc), 2) from None
     sim = Simulator(symbols, rate=rate, speed=speed, source=read_captures(files, sym, shift_ms))
     names = ", ".join(str(f) for f in files)
@@ -338,7 +339,7 @@ def _tls(cert: Path | None, key: Path | None):
         return None
     if not key:
         raise fail("--tls-cert needs --tls-key", 2)
-    from cryptomon.feed.tls import server_context
+    from cryptomon.simulator.tls import server_context
 
     return server_context(cert, key)
 
@@ -352,12 +353,14 @@ def feed_record(
     """Capture the configured stream (CRYPTOMON_BINANCE_WS_URL, CRYPTOMON_SYMBOLS) to a file for replay."""
     import asyncio
 
-    from cryptomon.feed.replay import record
-    from cryptomon.ingestion.events import combined_stream_url
+    from cryptomon.binance.streams import combined_stream_url, stream_names
+    from cryptomon.simulator.replay import record
 
     s = get_settings()
     n = asyncio.run(
-        record(combined_stream_url(s.binance_ws_url, s.symbols), out, max_messages or None, seconds or None)
+        record(
+            combined_stream_url(s.binance_ws_url, stream_names(s.symbols)), out, max_messages or None, seconds or None
+        )
     )
     console.print(f"[green]✓[/] {n} frames recorded to {out}")
 
@@ -404,6 +407,12 @@ def main() -> None:
     except SettingsError as exc:
         console.print(f"[bold red]invalid configuration:[/]\n{exc}")
         sys.exit(2)
+    except ConfigError as exc:  # an argument, a file or the installation: one line, exit code 2
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    except CryptomonError as exc:  # a dependency that did not come up, input that cannot be used
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptomon.errors import Unavailable
+
 MB = 1 << 20
 
 
-class DiskNearlyFull(Exception):
+class DiskNearlyFull(Unavailable):
     """Writing more could fill the disk under Kafka or PostgreSQL."""
 
 

@@ -19,6 +19,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cryptomon.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 HealthFn = Callable[[], tuple[bool, dict]]
@@ -73,7 +75,7 @@ class HealthServer:
         self._thread.start()
         self._ready.wait(10)
         if self._error:
-            raise RuntimeError(f"cannot serve health on {self.host}:{self.port}: {self._error}")
+            raise ConfigError(f"cannot serve health on {self.host}:{self.port}: {self._error}")
         log.info("health on http://%s:%d/health, metrics on /metrics", self.host, self.port)
         return self
 

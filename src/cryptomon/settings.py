@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cryptomon.errors import ConfigError
 from cryptomon.paths import default_deps_dir
 
 ENV_PREFIX = "CRYPTOMON_"
@@ -317,7 +318,7 @@ def parse_instance(spec: str) -> tuple[int, int]:
     return index, count
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigError):
     """Raised with one line per bad setting, each naming its environment variable."""
 
 

@@ -28,9 +28,10 @@ import psycopg
 from rich.table import Table
 
 from cryptomon.backoff import Backoff
+from cryptomon.errors import Unavailable
 from cryptomon.settings import Settings
 
-log = logging.getLogger("cryptomon.up")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +94,17 @@ class Child:
             return 0, None
 
 
+def sim_args(port: int, *options: str) -> list[str]:
+    """The command line of `cryptomon feed sim` on `port` (options as `feed sim --help` lists them): what
+    `up` starts, and what the tests and benchmarks start too."""
+    return ["feed", "sim", "--port", str(port), *options]
+
+
+def replay_args(captures: list, port: int, *options: str) -> list[str]:
+    """The command line of `cryptomon feed replay` of `captures` on `port`."""
+    return ["feed", "replay", *map(str, captures), "--port", str(port), *options]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -105,7 +117,7 @@ class Pipeline:
         sim_max_steps: int = 0,
         external_services: bool = False,
     ):
-        self.s = settings
+        self.settings = settings
         self.external = external_services
         self.stop_event = threading.Event()
         self.started_services: list = []
@@ -124,20 +136,9 @@ class Pipeline:
             env["CRYPTOMON_BINANCE_WS_URL"] = f"ws://127.0.0.1:{sim_port}/stream"
             env["CRYPTOMON_BINANCE_REST_URL"] = f"http://127.0.0.1:{sim_port}"
             args = (
-                [
-                    "feed",
-                    "sim",
-                    "--port",
-                    str(sim_port),
-                    "--rate",
-                    str(sim_rate),
-                    "--scenario",
-                    scenario,
-                    "--max-steps",
-                    str(sim_max_steps),
-                ]
+                sim_args(sim_port, "--rate", str(sim_rate), "--scenario", scenario, "--max-steps", str(sim_max_steps))
                 if feed == "sim"
-                else ["feed", "replay", str(replay), "--port", str(sim_port)]
+                else replay_args([replay], sim_port)
             )
             self.children.append(Child("feed", args, env, logs / "feed.log", f"http://127.0.0.1:{sim_port}/sim/stats"))
         health = settings.health_host if settings.health_host != "0.0.0.0" else "127.0.0.1"
@@ -187,16 +188,16 @@ class Pipeline:
         from cryptomon.services.local import services, stack_up
 
         if not self.external:
-            self.started_services = [svc for svc in services(self.s) if not svc.running()]
-            stack_up(self.s, report)
+            self.started_services = [svc for svc in services(self.settings) if not svc.running()]
+            stack_up(self.settings, report)
         else:
             from cryptomon.db.migrate import migrate
             from cryptomon.kafka.topics import ensure_topics
 
-            ensure_topics(self.s.kafka_bootstrap)
-            migrate(self.s.pg_dsn)
+            ensure_topics(self.settings.kafka_bootstrap)
+            migrate(self.settings.pg_dsn)
             report(
-                f"using external services: Kafka {self.s.kafka_bootstrap}, TimescaleDB {self.s.pg_dsn.split('@')[-1]}"
+                f"using external services: Kafka {self.settings.kafka_bootstrap}, TimescaleDB {self.settings.pg_dsn.split('@')[-1]}"
             )
         for child in self.children:
             child.start()
@@ -208,13 +209,13 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not child.alive():
-                raise RuntimeError(
+                raise Unavailable(
                     f"{child.name} exited at start (code {child.popen and child.popen.returncode}): see {child.log_path}"
                 )
             if child.health_url is None or child.health()[0] in (200, 503):  # answering: up (503 = not yet connected)
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{child.name} did not answer on {child.health_url} within {timeout:.0f}s")
+        raise Unavailable(f"{child.name} did not answer on {child.health_url} within {timeout:.0f}s")
 
     def supervise_once(self) -> list[str]:
         """Restart children that died; returns what happened (for the live view and the log)."""
@@ -288,7 +289,7 @@ class Pipeline:
 
     def _market(self) -> dict:
         try:
-            with psycopg.connect(self.s.pg_dsn, connect_timeout=2) as conn:
+            with psycopg.connect(self.settings.pg_dsn, connect_timeout=2) as conn:
                 rows = conn.execute(
                     "SELECT s.symbol, t.vwap, sp.avg_spread,"
                     " (SELECT count(*) FROM trade_metrics x WHERE x.symbol = s.symbol AND x.window_start > now() - interval '1 hour'"
@@ -298,7 +299,7 @@ class Pipeline:
                     " FROM unnest(%s::text[]) AS s(symbol)"
                     " LEFT JOIN LATERAL (SELECT vwap FROM trade_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) t ON true"
                     " LEFT JOIN LATERAL (SELECT avg_spread FROM spread_metrics WHERE symbol = s.symbol ORDER BY window_start DESC LIMIT 1) sp ON true",
-                    (list(self.s.symbols),),
+                    (list(self.settings.symbols),),
                 ).fetchall()
                 totals = conn.execute(
                     "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM book_ticker),"

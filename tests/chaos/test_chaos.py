@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.services.local import KafkaBroker, TimescaleDB
+from cryptomon.simulator.scripted import Span, scripted_events
+from cryptomon.supervisor import sim_args
 from tests.conftest import wait_for
 from tests.helpers import Proc, exchange_env, free_port, get_json, post, running, wait_json
 from tests.integration.test_spark import MINUTE, new_symbols, spark_env, wait_metrics_match_oracle
@@ -46,7 +47,7 @@ def test_kafka_broker_killed_and_restarted_while_ingestion_produces(chaos_stack)
     env = sim_env(chaos_stack, port, symbols)
     broker = KafkaBroker(chaos_stack)
     with (
-        running("chaos-kb-sim", ["feed", "sim", "--port", str(port), "--rate", "120", "--max-steps", "2500"], env),
+        running("chaos-kb-sim", sim_args(port, "--rate", "120", "--max-steps", "2500"), env),
         running("chaos-kb-ingest", ["ingest"], env) as ingest,
         running("chaos-kb-worker", ["worker"], env) as worker,
     ):
@@ -157,7 +158,7 @@ def test_exchange_dropped_stalled_and_malformed_under_load(chaos_stack):
     )
     base = f"http://127.0.0.1:{port}"
     with (
-        running("chaos-ex-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "1500"], env),
+        running("chaos-ex-sim", sim_args(port, "--rate", "80", "--max-steps", "1500"), env),
         running("chaos-ex-ingest", ["ingest"], env) as ingest,
         running("chaos-ex-worker", ["worker"], env),
     ):
@@ -207,7 +208,7 @@ def test_state_folder_disk_nearly_full(small_disk_stack):
     pids = (broker.pid(), db.pid())
     filler = stack.state_dir / "filler"
     with (
-        running("chaos-disk-sim", ["feed", "sim", "--port", str(port), "--rate", "80", "--max-steps", "2000"], env),
+        running("chaos-disk-sim", sim_args(port, "--rate", "80", "--max-steps", "2000"), env),
         running("chaos-disk-ingest", ["ingest"], env) as ingest,
         running("chaos-disk-worker", ["worker"], env) as worker,
     ):

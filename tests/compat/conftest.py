@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from cryptomon.feed.tls import self_signed
+from cryptomon.simulator.tls import self_signed
+from cryptomon.supervisor import sim_args
 from tests.conftest import wait_for
 from tests.helpers import free_port, get_json, running
 
@@ -24,7 +25,7 @@ def _env() -> dict:
 def exchange():
     """host:port of a running simulator (plain ws:// and http://)."""
     port = free_port()
-    with running("compat-sim", ["feed", "sim", "--port", str(port), *SIM_ARGS], _env()):
+    with running("compat-sim", sim_args(port, *SIM_ARGS), _env()):
         base = f"127.0.0.1:{port}"
         wait_for(lambda: get_json(f"http://{base}/sim/stats")[0] == 200, 30, what="the simulator")
         wait_for(lambda: get_json(f"http://{base}/sim/stats")[1]["symbols"]["BTCUSDT"]["steps"] > 5, 30,
@@ -37,7 +38,7 @@ def tls_exchange(tmp_path_factory):
     """(host:port, certificate) of a simulator serving wss:// and https://."""
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     port = free_port()
-    args = ["feed", "sim", "--port", str(port), *SIM_ARGS, "--tls-cert", str(cert), "--tls-key", str(key)]
+    args = sim_args(port, *SIM_ARGS, "--tls-cert", str(cert), "--tls-key", str(key))
     with running("compat-sim-tls", args, _env()):
         import ssl
         import urllib.request

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from cryptomon.supervisor import replay_args
 from tests.helpers import ARTIFACTS, shaped
 
 pytestmark = pytest.mark.compat
@@ -254,7 +255,7 @@ def test_a_recorded_feed_is_replayed_over_wss_with_the_frames_as_recorded(tmp_pa
 
     import websockets
 
-    from cryptomon.feed.tls import self_signed
+    from cryptomon.simulator.tls import self_signed
     from tests.conftest import wait_for
     from tests.helpers import free_port, get_json, running
 
@@ -268,8 +269,8 @@ def test_a_recorded_feed_is_replayed_over_wss_with_the_frames_as_recorded(tmp_pa
     capture = tmp_path / "btcusdt_capture"
     capture.write_text("".join(f"{1723161254000000000 + i} {orjson.dumps(f).decode()}\n" for i, f in enumerate(frames)))
     port = free_port()
-    args = ["feed", "replay", str(capture), "--port", str(port), "--rate", "0", "--tls-cert", str(cert),
-            "--tls-key", str(key)]  # fmt: skip
+    args = replay_args([capture], port, "--rate", "0", "--tls-cert", str(cert),
+            "--tls-key", str(key))  # fmt: skip
     with running("replay-tls", args, {**os.environ, "PYTHONUNBUFFERED": "1"}):
         context = ssl.create_default_context(cafile=str(cert))
         assert get_json(f"http://127.0.0.1:{port}/api/v3/ping")[0] == 0  # plain http is not served

@@ -11,6 +11,7 @@ import pytest
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import port_open
+from cryptomon.supervisor import replay_args, sim_args
 from tests.conftest import wait_for
 from tests.helpers import TopicTap, decode, env_for, exchange_env, free_port, post, running, wait_json
 
@@ -22,7 +23,7 @@ def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
     sim_port = free_port()
     env = env_for(stack, CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{sim_port}/stream")
     capture = tmp_path / "capture.jsonl"
-    with running("sim", ["feed", "sim", "--port", str(sim_port), "--rate", "300", "--max-steps", "100"], env):
+    with running("sim", sim_args(sim_port, "--rate", "300", "--max-steps", "100"), env):
         wait_for(lambda: port_open("127.0.0.1", sim_port), 20, what="the simulator to listen")
         rec = subprocess.run(
             [sys.executable, "-m", "cryptomon", "feed", "record", str(capture), "--max-messages", "500"],
@@ -39,7 +40,7 @@ def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
     port = free_port()
     env = exchange_env(stack, port)
     with (
-        running("replay", ["feed", "replay", str(capture), "--port", str(port), "--rate", "0"], env),
+        running("replay", replay_args([capture], port, "--rate", "0"), env),
         running("ingest", ["ingest"], env),
     ):
         wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 30, "replay to finish")
@@ -77,7 +78,7 @@ def test_binance_csv_dump_replay_with_a_drop_is_backfilled(stack, tmp_path):
         port = free_port()
         env = exchange_env(stack, port, CRYPTOMON_SYMBOLS="BTCUSDT", CRYPTOMON_BACKOFF_INITIAL="0.2")
         with (
-            running("replay", ["feed", "replay", str(path), "--port", str(port), "--rate", "1500"], env),
+            running("replay", replay_args([path], port, "--rate", "1500"), env),
             running("ingest", ["ingest"], env),
         ):
             wait_json(

@@ -10,8 +10,9 @@ from collections import Counter, defaultdict
 import httpx
 import pytest
 
+from cryptomon.binance.schema import KINDS, SEQ_FIELD
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_TICKER, DEADLETTER, KINDS, SEQ_FIELD, TRADES
+from cryptomon.names import BOOK_TICKER, DEADLETTER, TRADES
 from cryptomon.services.local import KafkaBroker
 from tests.conftest import wait_for
 from tests.helpers import TopicTap, decode, exchange_env, free_port, get_json, post, running, wait_json

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from cryptomon.ingestion import state as durable
-from cryptomon.ingestion import universe
+from cryptomon.ingestion import selection, state
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import INGEST_STATE
+from cryptomon.supervisor import sim_args
 from tests.conftest import wait_for
 from tests.helpers import TopicTap, exchange_env, free_port, get_json, post, running, wait_json
 from tests.integration.test_ingestion import TOPICS, assert_exactly_once, finish_and_drain
@@ -27,7 +27,7 @@ def unique_symbols(prefix: str, n: int) -> tuple[str, ...]:
 
 
 def sim_proc(port: int, env: dict, *args: str):
-    return running("sim", ["feed", "sim", "--port", str(port), *args], env)
+    return running("sim", sim_args(port, *args), env)
 
 
 def ingest_env(stack, port: int, **extra) -> dict:
@@ -85,7 +85,7 @@ def test_a_burst_of_429s_sends_nothing_inside_retry_after_and_backfills_everythi
 
 
 def saved_gaps(bootstrap: str, symbols: tuple[str, ...]) -> dict:
-    saved = durable.load(bootstrap, topic_name(INGEST_STATE))
+    saved = state.load(bootstrap, topic_name(INGEST_STATE))
     return {key: gaps for key, (_, gaps) in saved.items() if key[0] in symbols and gaps}
 
 
@@ -116,7 +116,7 @@ def test_a_kill_with_open_gaps_fills_them_after_the_restart(stack):
 
 def test_two_instances_share_the_symbols_and_together_store_every_event_once(stack):
     symbols = unique_symbols("TI", 6)
-    while not all(universe.mine(list(symbols), i, 2) for i in range(2)):  # random names: 1 in 32 all land on one
+    while not all(selection.mine(list(symbols), i, 2) for i in range(2)):  # random names: 1 in 32 all land on one
         symbols = unique_symbols("TI", 6)
     port = free_port()
     envs = [

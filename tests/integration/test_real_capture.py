@@ -13,7 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cryptomon.feed.replay import first_event_ms, read_captures, shift_to_now
+from cryptomon.simulator.replay import first_event_ms, read_captures, shift_to_now
+from cryptomon.supervisor import replay_args
 from tests.conftest import wait_for
 from tests.helpers import exchange_env, free_port, running, wait_json
 from tests.integration.test_spark import assert_windows, fetch, streaming_job, windows_from_inputs
@@ -41,8 +42,8 @@ def test_real_btc_and_eth_frames_through_the_whole_pipeline(stack, tmp_path, cap
     try:
         with (
             running("worker-real", ["worker"], wenv),
-            running("replay-real", ["feed", "replay", *map(str, captures), "--port", str(port), "--rate", "0",
-                                    "--shift-minutes", str(shift // 60_000)], env),
+            running("replay-real", replay_args(captures, port, "--rate", "0",
+                                    "--shift-minutes", str(shift // 60_000)), env),
             running("ingest-real", ["ingest"], env),
         ):  # fmt: skip
             trades, books = [], defaultdict(list)

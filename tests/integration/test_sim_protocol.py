@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
-from cryptomon.feed.sim import Simulator, serve
-from cryptomon.feed.universe import whole_market
-from cryptomon.feed.wsproto import SimLimits
+from cryptomon.simulator.engine import Simulator, serve
+from cryptomon.simulator.instruments import whole_market
+from cryptomon.simulator.ws_protocol import SimLimits
 from tests.helpers import free_port, shaped
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ import orjson
 import psycopg
 import pytest
 
-from cryptomon.feed.scripted import Span, scripted_events
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
-from cryptomon.spark import metrics as M
+from cryptomon.simulator.scripted import Span, scripted_events
+from cryptomon.spark import metrics
 from tests.conftest import wait_for
 from tests.helpers import Proc, env_for, producer, risk_scenario, running
 from tests.integration.test_worker import counts, worker_env
@@ -90,7 +90,7 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
         " volume_spike FROM trade_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2",
         (list(symbols),),
     )
-    oracle = fetch(stack.pg_dsn, M.TRADE_ORACLE, {"symbols": list(symbols), "k": 3.0, "n": 10, "m": 3})
+    oracle = fetch(stack.pg_dsn, metrics.TRADE_ORACLE, {"symbols": list(symbols), "k": 3.0, "n": 10, "m": 3})
     assert len(trade) == len(oracle) > 0
     for got, want in zip(trade, oracle, strict=True):
         sym, ws, vwap, sd, n, vol, alert, spike = got
@@ -106,7 +106,7 @@ def assert_metrics_match_oracle(stack, symbols, threshold: float = 2.0) -> tuple
         " spread_warning FROM spread_metrics WHERE symbol = ANY(%s) ORDER BY 1, 2",
         (list(symbols),),
     )
-    spread_oracle = fetch(stack.pg_dsn, M.SPREAD_ORACLE, {"symbols": list(symbols), "f": 3.0})
+    spread_oracle = fetch(stack.pg_dsn, metrics.SPREAD_ORACLE, {"symbols": list(symbols), "f": 3.0})
     assert spread == spread_oracle and len(spread) > 0
     return trade, spread
 
@@ -229,7 +229,7 @@ def test_volume_spike_needs_the_minimum_history_and_k_times_the_mean(stack):
                 " '1 min', '2026-01-01'::timestamptz + (%s + 1) * interval '1 min', 100, 0, 1, %s, false, true)",
                 (sym, i, i, v),
             )
-        conn.execute(M.VOLUME_SPIKE_UPDATE, {"k": 3.0, "n": 10, "m": 3, "symbols": [sym], "since": "2026-01-01"})
+        conn.execute(metrics.VOLUME_SPIKE_UPDATE, {"k": 3.0, "n": 10, "m": 3, "symbols": [sym], "since": "2026-01-01"})
         got = [
             r[0]
             for r in conn.execute(

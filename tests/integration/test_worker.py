@@ -13,10 +13,10 @@ import orjson
 import psycopg
 import pytest
 
-from cryptomon.feed.market import Conditions, Market
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import TimescaleDB
+from cryptomon.simulator.market import Conditions, Market
 from tests.conftest import wait_for
 from tests.helpers import Proc, env_for, free_port, get_json, producer, running, wait_json
 
@@ -243,7 +243,7 @@ def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_insert
 def test_the_sink_writes_any_symbol_text_and_every_decimal_extreme_as_sent(stack):
     """The batch travels as array literals built by the sink: symbols that array syntax would misread
     (quotes, backslashes, commas, braces, spaces, the word NULL) and the decimal extremes come back as sent."""
-    from cryptomon.consumer.sink import TimescaleSink
+    from cryptomon.worker.sink import TimescaleSink
 
     tag = uuid.uuid4().hex[:6].upper()
     names = [f'{tag}"Q', f"{tag}\\B", f"{tag},C", f"{{{tag}}}", f" {tag} S ", "NULL" + tag, f"{tag}'A"]

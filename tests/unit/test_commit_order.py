@@ -6,10 +6,10 @@ from concurrent.futures import Future
 
 import orjson
 
-from cryptomon.consumer.ordering import CommitOrder
-from cryptomon.consumer.rows import Batch
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import TRADES
+from cryptomon.worker.ordering import CommitOrder
+from cryptomon.worker.rows import Batch
 
 TOPIC = topic_name(TRADES)
 P0, P1 = (TOPIC, 0), (TOPIC, 1)

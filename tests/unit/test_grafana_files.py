@@ -10,6 +10,7 @@ import yaml
 from cryptomon.dashboards.definitions import ALERT_RULES, DASHBOARDS
 from cryptomon.dashboards.grafana import DATASOURCE_TYPE, DATASOURCE_UID, SCHEMA_VERSION, render, stale
 from cryptomon.dashboards.macros import expand
+from cryptomon.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -103,6 +104,6 @@ def test_macro_expansion_matches_grafana():
         "'2026-11-24T05:06:17.5Z' AND s IN ('BTCUSDT','O''NE') AND '2026-11-24T05:01:17Z' < "
         "'2026-11-24T05:06:17.5Z'"
     )
-    with pytest.raises(ValueError, match="unexpanded"):
+    with pytest.raises(ConfigError, match="unexpanded"):
         expand("SELECT $other", t0, t1, {})
     assert all(r.sql.count("$__timeFilter") == 1 for r in ALERT_RULES)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cryptomon.ingestion import state, universe
-from cryptomon.ingestion.events import SequenceTracker
-from cryptomon.ingestion.rest import RestBudget
+from cryptomon.binance.streams import streams_of
+from cryptomon.ingestion import selection, state
+from cryptomon.ingestion.rest_client import RestBudget
+from cryptomon.ingestion.sequences import SequenceTracker
 from cryptomon.settings import SettingsError, load_settings, parse_instance
 
 # ---------------------------------------------------------------- universe
@@ -15,28 +16,28 @@ from cryptomon.settings import SettingsError, load_settings, parse_instance
 
 def test_patterns_resolve_against_trading_symbols_only():
     listed = {"BTCUSDT": "TRADING", "ETHUSDT": "TRADING", "ETHBTC": "TRADING", "OLDUSDT": "BREAK"}
-    assert universe.resolve(["*USDT"], listed) == ["BTCUSDT", "ETHUSDT"]
-    assert universe.resolve(["ALL"], listed) == ["BTCUSDT", "ETHBTC", "ETHUSDT"]
-    assert universe.resolve(["ETH*", "BTCUSDT"], listed) == ["BTCUSDT", "ETHBTC", "ETHUSDT"]
-    assert universe.resolve(["XYZUSDT"], {}) == ["XYZUSDT"]  # a plain name needs no exchangeInfo
+    assert selection.resolve(["*USDT"], listed) == ["BTCUSDT", "ETHUSDT"]
+    assert selection.resolve(["ALL"], listed) == ["BTCUSDT", "ETHBTC", "ETHUSDT"]
+    assert selection.resolve(["ETH*", "BTCUSDT"], listed) == ["BTCUSDT", "ETHBTC", "ETHUSDT"]
+    assert selection.resolve(["XYZUSDT"], {}) == ["XYZUSDT"]  # a plain name needs no exchangeInfo
 
 
 def test_rendezvous_gives_every_symbol_exactly_one_owner_and_moves_few_when_n_grows():
     symbols = [f"S{i}USDT" for i in range(400)]
-    shares = [universe.mine(symbols, i, 2) for i in range(2)]
+    shares = [selection.mine(symbols, i, 2) for i in range(2)]
     assert sorted(shares[0] + shares[1]) == sorted(symbols) and not set(shares[0]) & set(shares[1])
     assert 150 < len(shares[0]) < 250  # roughly even
-    moved = sum(universe.owner(s, 2) != universe.owner(s, 3) for s in symbols)
-    assert moved == sum(universe.owner(s, 3) == 2 for s in symbols)  # only what the new instance takes
+    moved = sum(selection.owner(s, 2) != selection.owner(s, 3) for s in symbols)
+    assert moved == sum(selection.owner(s, 3) == 2 for s in symbols)  # only what the new instance takes
 
 
 def test_streams_are_split_within_1024_per_connection_and_a_symbol_stays_whole():
     symbols = [f"S{i:03d}USDT" for i in range(400)]
-    groups = universe.shard(symbols, 1024)
+    groups = selection.shard(symbols, 1024)
     assert [len(g) for g in groups] == [341, 59]  # 1,023 and 177 streams
     assert sorted(s for g in groups for s in g) == sorted(symbols)
-    assert [len(g) for g in universe.shard(symbols, 30)] == [10] * 40
-    assert universe.streams_of("BTCUSDT") == ["btcusdt@trade", "btcusdt@aggTrade", "btcusdt@bookTicker"]
+    assert [len(g) for g in selection.shard(symbols, 30)] == [10] * 40
+    assert streams_of("BTCUSDT") == ["btcusdt@trade", "btcusdt@aggTrade", "btcusdt@bookTicker"]
 
 
 def test_instance_setting():
@@ -63,10 +64,10 @@ def test_budget_takes_the_exchanges_count_and_holds_everything_after_429_or_418(
     b = RestBudget(budget=100, window=60.0)
     b.observe(90, 10.0)  # other clients on the IP used most of it
     assert b.reserve(25, 11.0) > 0
-    b.stop(429, 30.0, 70.0)
+    b.block(429, 30.0, 70.0)
     assert b.reserve(1, 70.0) == pytest.approx(30.0) and b.reserve(1, 99.9) > 0  # nothing inside Retry-After
     assert b.reserve(1, 100.0) == 0.0
-    b.stop(418, 120.0, 200.0)
+    b.block(418, 120.0, 200.0)
     assert b.reserve(1, 319.0) > 0 and b.reserve(1, 320.0) == 0.0
     assert b.limited == {429: 1, 418: 1}
 

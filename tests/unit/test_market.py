@@ -1,8 +1,8 @@
 import itertools
 import statistics
 
-from cryptomon.feed.market import Conditions, Market, fmt
-from cryptomon.ingestion.events import validate_payload
+from cryptomon.binance.schema import validate_payload
+from cryptomon.simulator.market import Conditions, Market, fmt
 
 
 def run(market, symbol, steps, cond=Conditions()):

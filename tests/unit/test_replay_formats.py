@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cryptomon.feed.replay import capture_symbols, first_event_ms, read_captures, shift_to_now
+from cryptomon.simulator.replay import capture_symbols, first_event_ms, read_captures, shift_to_now
 
 REAL = Path(os.environ.get("CRYPTOMON_REAL_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data" / "real")
 TRADE = {"e": "trade", "E": 1723161255208, "s": "BTCUSDT", "t": 7, "p": "61837.64", "q": "0.1", "T": 1723161255207}

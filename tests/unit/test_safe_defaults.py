@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cryptomon.ingestion import rest
+from cryptomon.ingestion import rest_client
 from cryptomon.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +26,9 @@ def test_every_endpoint_and_local_service_defaults_to_loopback():
 
 def test_size_limits_on_what_comes_from_the_network():
     assert load_settings().ws_max_frame_bytes == 1 << 20
-    assert rest.MAX_REST_BYTES == 16 << 20
+    assert rest_client.MAX_REST_BYTES == 16 << 20
     source = (SRC / "ingestion" / "connection.py").read_text()
-    assert "max_size=self.o.max_frame_bytes" in source  # passed to websockets.connect
+    assert "max_size=self.options.max_frame_bytes" in source  # passed to websockets.connect
     # a larger REST body is refused, not read whole: tests/integration/test_ingestion_exchange.py
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cryptomon import binance
-from cryptomon.feed.limits import RequestWeights, Window
+from cryptomon.binance import limits
+from cryptomon.simulator.enforcement import RequestWeights, Window
 
 
 def test_weights_accumulate_per_window_and_reset_at_its_end():
@@ -41,12 +41,12 @@ def test_a_client_that_waits_out_retry_after_is_not_banned_and_repeat_bans_doubl
 def test_default_limits_are_binances():
     w = RequestWeights()
     assert (w.limit, w.window, w.ban_seconds) == (6000, 60.0, 120)
-    assert binance.depth_weight(100) == 5 and binance.depth_weight(5000) == 250
-    assert binance.ticker_24hr_weight(None) == 80 and binance.ticker_weight(1) == 2
+    assert limits.depth_weight(100) == 5 and limits.depth_weight(5000) == 250
+    assert limits.ticker_24hr_weight(None) == 80 and limits.ticker_weight(1) == 2
 
 
 def test_window_refuses_the_sixth_message_within_a_second():
-    win = Window(binance.MAX_INCOMING_MESSAGES_PER_SECOND, 1.0)
+    win = Window(limits.MAX_INCOMING_MESSAGES_PER_SECOND, 1.0)
     assert all(win.hit(0.1 * i) for i in range(5))
     assert not win.hit(0.55)
     slow = Window(5, 1.0)

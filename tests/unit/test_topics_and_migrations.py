@@ -1,6 +1,7 @@
 import pytest
 
 from cryptomon.db.migrate import discover
+from cryptomon.errors import ConfigError
 from cryptomon.kafka.topics import parse_topics, topics
 
 
@@ -15,11 +16,11 @@ def test_declared_topics_follow_the_spec_sized_for_the_whole_market():
 
 def test_parse_topics_rejects_bad_lines():
     assert parse_topics("# only a comment\n\n") == {}
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ConfigError, match="line 2"):
         parse_topics("a t 1\nb t2 zero\n")
-    with pytest.raises(ValueError, match="bad config"):
+    with pytest.raises(ConfigError, match="bad config"):
         parse_topics("a t 1 retention.ms\n")
-    with pytest.raises(ValueError, match="defined twice"):
+    with pytest.raises(ConfigError, match="defined twice"):
         parse_topics("a t 1\na u 1\n")
 
 

@@ -25,13 +25,13 @@ from cryptomon.dashboards.definitions import ALERT_RULES, AlertRule
 from cryptomon.dashboards.macros import expand
 from cryptomon.settings import Settings
 
-log = logging.getLogger("cryptomon.notify")
+log = logging.getLogger(__name__)
 _LOCK_KEY = 0x616C65727473  # "alerts": one round at a time, whatever the number of notifiers
 
 
 class Notifier:
     def __init__(self, settings: Settings, rules: tuple[AlertRule, ...] = ALERT_RULES):
-        self.s = settings
+        self.settings = settings
         self.rules = rules
         self.recipients = [a.strip() for a in settings.alert_email.split(",") if a.strip()]
         self.registry = CollectorRegistry()
@@ -66,14 +66,14 @@ class Notifier:
         at = at or datetime.now(UTC)
         done: list[Transition] = []
         with (
-            psycopg.connect(self.s.pg_dsn, connect_timeout=5, application_name="cryptomon-notify") as conn,
+            psycopg.connect(self.settings.pg_dsn, connect_timeout=5, application_name="cryptomon-notify") as conn,
             conn.transaction(),
         ):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             previous = {(r, s): f for r, s, f in conn.execute("SELECT rule, symbol, firing FROM alert_state")}
             current = self.evaluate(conn, at)
             for t in transitions(self.rules, previous, current):
-                if (t.firing or self.s.alert_send_resolved) and not self._mail(t, at):
+                if (t.firing or self.settings.alert_send_resolved) and not self._mail(t, at):
                     continue  # not recorded: retried next round
                 conn.execute(
                     "INSERT INTO alert_state (rule, symbol, firing, value, changed_at, notified_at)"
@@ -94,16 +94,16 @@ class Notifier:
         msg = email_for(
             t,
             at,
-            self.s.alert_from,
+            self.settings.alert_from,
             self.recipients,
-            f"http://127.0.0.1:{self.s.dashboard_port}/" if self.s.dashboard_port else "",
+            f"http://127.0.0.1:{self.settings.dashboard_port}/" if self.settings.dashboard_port else "",
         )
         try:
-            with smtplib.SMTP(self.s.smtp_host, self.s.smtp_port, timeout=10) as smtp:
-                if self.s.smtp_starttls:
+            with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
+                if self.settings.smtp_starttls:
                     smtp.starttls(context=ssl.create_default_context())
-                if self.s.smtp_user:
-                    smtp.login(self.s.smtp_user, self.s.smtp_password.get_secret_value())
+                if self.settings.smtp_user:
+                    smtp.login(self.settings.smtp_user, self.settings.smtp_password.get_secret_value())
                 smtp.send_message(msg)
         except (OSError, smtplib.SMTPException) as exc:
             self.failures.inc()
@@ -111,8 +111,8 @@ class Notifier:
                 "could not send %r to %s via %s:%d: %s (retried next round)",
                 msg["Subject"],
                 msg["To"],
-                self.s.smtp_host,
-                self.s.smtp_port,
+                self.settings.smtp_host,
+                self.settings.smtp_port,
                 exc,
             )
             return False
@@ -126,10 +126,10 @@ class Notifier:
         log.info(
             "evaluating %d alert rules every %gs, mailing %s via %s:%d",
             len(self.rules),
-            self.s.alert_interval_seconds,
+            self.settings.alert_interval_seconds,
             ", ".join(self.recipients),
-            self.s.smtp_host,
-            self.s.smtp_port,
+            self.settings.smtp_host,
+            self.settings.smtp_port,
         )
         while not stop.is_set():
             started = time.monotonic()
@@ -138,7 +138,7 @@ class Notifier:
             except psycopg.Error as exc:
                 self.eval_errors.inc()
                 log.error("alert round failed, database unreachable or query error: %s (retrying)", exc)
-            stop.wait(max(0.0, self.s.alert_interval_seconds - (time.monotonic() - started)))
+            stop.wait(max(0.0, self.settings.alert_interval_seconds - (time.monotonic() - started)))
 
     def health(self) -> tuple[bool, dict]:
         return True, {"last_round": self.last_round, "recipients": self.recipients}

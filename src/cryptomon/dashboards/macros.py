@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from cryptomon.errors import ConfigError
+
 _MACRO = re.compile(r"\$([_a-zA-Z0-9]+)\(([^)]*)\)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -16,7 +18,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def _interval_seconds(text: str) -> float:
     m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text.strip().strip("'"))
     if not m:
-        raise ValueError(f"cannot parse interval {text!r}")
+        raise ConfigError(f"cannot parse interval {text!r}")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -45,12 +47,12 @@ def expand(sql: str, time_from: datetime, time_to: datetime, variables: dict[str
         if name in ("__timeGroup", "__timeGroupAlias"):
             group = f"time_bucket('{_interval_seconds(args[1]):.3f}s',{args[0]})"
             return group + (' AS "time"' if name == "__timeGroupAlias" else "")
-        raise ValueError(f"unknown macro ${name}")
+        raise ConfigError(f"unknown macro ${name}")
 
     out = _MACRO.sub(macro, sql)
     for name, values in (variables or {}).items():
         rendered = ",".join(_quote(v) for v in values)
         out = re.sub(r"\$\{" + name + r"\}|\$" + name + r"\b", rendered, out)
     if re.search(r"\$[a-zA-Z_{]", out):
-        raise ValueError(f"unexpanded variable or macro left in: {out}")
+        raise ConfigError(f"unexpanded variable or macro left in: {out}")
     return out

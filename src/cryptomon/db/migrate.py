@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 
+from cryptomon.errors import ConfigError
 from cryptomon.paths import MIGRATIONS_DIR
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,11 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     for path in sorted(directory.glob("*.sql")):
         m = _FILE.match(path.name)
         if not m:
-            raise ValueError(f"migration file name must be NNN_name.sql: {path.name}")
+            raise ConfigError(f"migration file name must be NNN_name.sql: {path.name}")
         found.append(Migration(int(m.group(1)), m.group(2), path))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
-        raise ValueError(f"two migrations share a version in {directory}")
+        raise ConfigError(f"two migrations share a version in {directory}")
     return found
 
 
@@ -57,7 +58,7 @@ def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
                 with conn.transaction():
                     conn.execute(m.path.read_text())  # no parameters: multi-statement allowed
                     if m.version not in applied_versions(conn):
-                        raise RuntimeError(f"migration {m.path.name} does not record itself in schema_migrations")
+                        raise ConfigError(f"migration {m.path.name} does not record itself in schema_migrations")
                 done.append(m.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

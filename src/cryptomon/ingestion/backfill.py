@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from cryptomon import binance
-from cryptomon.ingestion.events import BadFrame, Event, SequenceTracker, agg_trade_from_rest, trade_from_rest
-from cryptomon.ingestion.rest import RateLimited, RestClient, RestError
-from cryptomon.names import AGG_TRADE
+from cryptomon.binance import limits
+from cryptomon.binance.schema import AGG_TRADE, Event, agg_trade_from_rest, trade_from_rest
+from cryptomon.errors import BadData
+from cryptomon.ingestion.rest_client import RateLimited, RestClient, RestError
+from cryptomon.ingestion.sequences import SequenceTracker
 
-log = logging.getLogger("cryptomon.ingestion.backfill")
+log = logging.getLogger(__name__)
 
-PAGE = binance.MAX_PAGE
+PAGE = limits.MAX_PAGE
 MAX_RETRY_DELAY = 60.0
 
 
@@ -120,7 +121,7 @@ class Backfiller:
             for row in rows:
                 try:
                     ev = convert(symbol, row)
-                except (BadFrame, KeyError, TypeError) as exc:
+                except (BadData, KeyError, TypeError) as exc:
                     self.stats.bad_rows += 1
                     self.dead_letter(orjson.dumps(row), "bad_rest_row", repr(exc), ingestion_ms)
                     continue

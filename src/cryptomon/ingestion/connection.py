@@ -23,15 +23,21 @@ from dataclasses import dataclass
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from cryptomon import binance
 from cryptomon.backoff import Backoff
+from cryptomon.binance import limits
+from cryptomon.binance.streams import combined_stream_url
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
+from cryptomon.errors import Unavailable
 from cryptomon.ratelimit import Window
 
-log = logging.getLogger("cryptomon.ingestion")
+log = logging.getLogger(__name__)
 
 # pace new connections below Binance's 300 per 5 minutes (leaves room for a restart of the process)
-CONNECTIONS_PER_WINDOW = binance.MAX_CONNECTIONS_PER_5_MINUTES * 4 // 5
+CONNECTIONS_PER_WINDOW = limits.MAX_CONNECTIONS_PER_5_MINUTES * 4 // 5
+
+
+class StaleConnection(Unavailable):
+    """The exchange sent nothing for longer than `stale_after`: the connection is treated as dead."""
 
 
 class Rotate(Exception):
@@ -46,7 +52,7 @@ class Rotate(Exception):
 class ConnectionGate:
     """The process's new connections, at most `limit` per `window` seconds."""
 
-    def __init__(self, limit: int = CONNECTIONS_PER_WINDOW, window: float = binance.CONNECTION_WINDOW_SECONDS):
+    def __init__(self, limit: int = CONNECTIONS_PER_WINDOW, window: float = limits.CONNECTION_WINDOW_SECONDS):
         self._window = Window(limit, window)
         self._lock = asyncio.Lock()
         self.waited = 0
@@ -98,7 +104,7 @@ class StreamConnection:
         self.handle = handle  # may raise Rotate (serverShutdown)
         self.gate = gate
         self.disk = disk
-        self.o = options
+        self.options = options
         self.on_reconnect = on_reconnect
         self.stats = ConnStats()
         self.stopping = asyncio.Event()
@@ -108,7 +114,7 @@ class StreamConnection:
 
     @property
     def url(self) -> str:
-        return f"{self.base_url}?streams={'/'.join(self.streams)}"
+        return combined_stream_url(self.base_url, self.streams)
 
     def set_streams(self, streams: list[str]) -> None:
         if sorted(streams) != sorted(self.streams):
@@ -129,12 +135,12 @@ class StreamConnection:
 
     def healthy(self) -> bool:
         st = self.stats
-        return st.connected and bool(st.last_message) and time.monotonic() - st.last_message < self.o.stale_after
+        return st.connected and bool(st.last_message) and time.monotonic() - st.last_message < self.options.stale_after
 
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        backoff = Backoff(self.o.backoff_initial, self.o.backoff_max, reset_after=30.0)
+        backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, reset_after=30.0)
         handover = None
         while not self.stopping.is_set():
             if self.disk.check():
@@ -154,7 +160,7 @@ class StreamConnection:
                 self.stats.reconnects += 1
                 self.on_reconnect(self)
                 continue  # waits for room at the top of the loop
-            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            except (OSError, TimeoutError, StaleConnection, websockets.exceptions.WebSocketException) as exc:
                 log.warning("%s: connection lost: %s", self.name, exc or type(exc).__name__)
             if self.stopping.is_set():
                 break
@@ -175,7 +181,7 @@ class StreamConnection:
 
     async def _connect(self) -> ClientConnection:
         await self.gate.admit()
-        return await connect(self.url, max_size=self.o.max_frame_bytes, ping_interval=binance.SERVER_PING_INTERVAL_SECONDS,
+        return await connect(self.url, max_size=self.options.max_frame_bytes, ping_interval=limits.SERVER_PING_INTERVAL_SECONDS,
                              ping_timeout=20, open_timeout=10, close_timeout=2, max_queue=4096)  # fmt: skip
 
     async def _session(self, handover: tuple | None = None) -> None:
@@ -234,11 +240,11 @@ class StreamConnection:
                 self._disk_low = low
                 await ws.close()
                 await asyncio.Event().wait()  # the reader drains what was received and ends the session
-            if now - st.last_message > self.o.stale_after:
+            if now - st.last_message > self.options.stale_after:
                 log.warning("%s: no data for %.0fs: treating the connection as dead", self.name, now - st.last_message)
                 await ws.close()
-                raise ConnectionError("stale connection")
-            if now - st.connected_since > self.o.max_age or self._restream.is_set():
+                raise StaleConnection("stale connection")
+            if now - st.connected_since > self.options.max_age or self._restream.is_set():
                 await self._rotate(ws, "a new stream list" if self._restream.is_set() else "max age")
 
     async def _rotate(self, old: ClientConnection, why: str) -> None:

@@ -14,8 +14,8 @@ import logging
 
 import orjson
 
+from cryptomon.binance.schema import SEQ_FIELD, TRADE_KINDS
 from cryptomon.kafka.clients import read_to_end
-from cryptomon.names import SEQ_FIELD, TRADE_KINDS
 
 log = logging.getLogger(__name__)
 

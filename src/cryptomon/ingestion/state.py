@@ -18,13 +18,13 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import KafkaException
 
-from cryptomon.ingestion.events import SequenceTracker
+from cryptomon.errors import Unavailable
 from cryptomon.ingestion.producer import KafkaSink
+from cryptomon.ingestion.sequences import SequenceTracker
 from cryptomon.kafka.clients import read_to_end
 
-log = logging.getLogger("cryptomon.ingestion.state")
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 Entry = tuple[int, list[list[int]]]
@@ -89,7 +89,7 @@ def load(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[Key, Entry]:
     """The newest state of every (symbol, kind) in the topic (read to its end)."""
     messages, unread = read_to_end(bootstrap, topic, "cryptomon-state", timeout=timeout)
     if unread:
-        raise KafkaException(f"read {topic} only partly within {timeout:.0f}s")
+        raise Unavailable(f"read {topic} only partly within {timeout:.0f}s")
     out: dict[Key, Entry] = {}
     for m in messages:
         item = decode(m.key(), m.value())

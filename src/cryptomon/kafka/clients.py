@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from cryptomon.errors import Unavailable
 
 
 def consumer_config(bootstrap: str, group: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -29,12 +31,12 @@ def read_to_end(
 ) -> tuple[list[Message], set[int]]:
     """Every message of `topic` (or only the last `tail` of each partition) up to the partitions' ends,
     without a consumer group. Returns the messages and the partitions not read to their end within
-    `timeout`; an unreachable broker or a missing topic raises KafkaException."""
+    `timeout`; an unreachable broker raises KafkaException, a missing topic Unavailable."""
     consumer = Consumer(consumer_config(bootstrap, extra={"enable.partition.eof": True, "client.id": client_id}))
     try:
         parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if parts.error is not None:
-            raise KafkaException(parts.error)
+            raise Unavailable(f"topic {topic}: {parts.error}")
         start, pending = [], set()
         for p in parts.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)

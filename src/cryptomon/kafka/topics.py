@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from cryptomon.errors import ConfigError
 from cryptomon.paths import TOPICS_FILE
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,16 @@ def parse_topics(text: str) -> dict[str, TopicSpec]:
             continue
         fields = line.split()
         if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < 1:
-            raise ValueError(f"topics.conf line {lineno}: expected 'role name partitions [k=v ...]': {raw!r}")
+            raise ConfigError(f"topics.conf line {lineno}: expected 'role name partitions [k=v ...]': {raw!r}")
         config = {}
         for item in fields[3:]:
             key, sep, value = item.partition("=")
             if not sep or not key or not value:
-                raise ValueError(f"topics.conf line {lineno}: bad config {item!r}")
+                raise ConfigError(f"topics.conf line {lineno}: bad config {item!r}")
             config[key] = value
         role, name = fields[0], fields[1]
         if role in topics:
-            raise ValueError(f"topics.conf line {lineno}: role {role!r} defined twice")
+            raise ConfigError(f"topics.conf line {lineno}: role {role!r} defined twice")
         topics[role] = TopicSpec(role, name, int(fields[2]), config)
     return topics
 

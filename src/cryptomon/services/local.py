@@ -25,13 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from cryptomon.errors import ConfigError, Unavailable
 from cryptomon.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 
-class ServiceError(RuntimeError):
+class ServiceError(Unavailable):
     """A local service could not be started or reached; the message says what to do."""
+
+
+class ServiceSetupError(ServiceError, ConfigError):
+    """A local service cannot start because something is not installed or configured (run scripts/setup.sh)."""
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -187,9 +192,9 @@ class KafkaBroker:
     def _java(self, *args: str, heap: str = "256m") -> list[str]:
         java = shutil.which("java")
         if not java:
-            raise ServiceError("java not found: run scripts/setup.sh (OpenJDK 17)")
+            raise ServiceSetupError("java not found: run scripts/setup.sh (OpenJDK 17)")
         if not any(self.jars.glob("kafka_2.13-*.jar")):
-            raise ServiceError(f"no Kafka jars in {self.jars}: run scripts/setup.sh")
+            raise ServiceSetupError(f"no Kafka jars in {self.jars}: run scripts/setup.sh")
         return [
             java,
             f"-Xmx{heap}",
@@ -285,7 +290,7 @@ class TimescaleDB:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            raise ServiceError("running as root but there is no 'postgres' user: install postgresql-15") from None
+            raise ServiceSetupError("running as root but there is no 'postgres' user: install postgresql-15") from None
         return ["runuser", "-u", "postgres", "--", *cmd]
 
     def _chown(self, *paths: Path) -> None:
@@ -297,7 +302,9 @@ class TimescaleDB:
     def _pg(self, tool: str) -> str:
         path = self.bin / tool
         if not path.exists():
-            raise ServiceError(f"{path} not found: run scripts/setup.sh (PostgreSQL 15) or set CRYPTOMON_PG_BIN_DIR")
+            raise ServiceSetupError(
+                f"{path} not found: run scripts/setup.sh (PostgreSQL 15) or set CRYPTOMON_PG_BIN_DIR"
+            )
         return str(path)
 
     def pid(self) -> int | None:

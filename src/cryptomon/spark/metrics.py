@@ -1,7 +1,7 @@
 """Metric definitions of the streaming job, as SQL run in TimescaleDB on exact sums computed by Spark.
 
 Spark aggregates per window only exact decimal sums (prices DECIMAL(16,8), quantities DECIMAL(20,8): the
-arithmetic is next to the casts in streaming_job.py); PostgreSQL derives from them, in NUMERIC:
+arithmetic is next to the casts in queries.py); PostgreSQL derives from them, in NUMERIC:
 
     vwap         = sum(p*q) / sum(q)
     price_stddev = sqrt((sum(p*p) - sum(p)^2 / n) / (n - 1))         (sample stddev; NULL when n = 1)

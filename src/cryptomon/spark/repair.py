@@ -29,9 +29,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from cryptomon.settings import Settings
-from cryptomon.spark import metrics as M
+from cryptomon.spark import metrics
 
-log = logging.getLogger("cryptomon.spark.repair")
+log = logging.getLogger(__name__)
 
 REPAIR_QUERY = "trade_repair"
 WINDOW = timedelta(minutes=1)
@@ -57,7 +57,7 @@ class Repairer:
     streaming job's MetricsWriter.in_transaction, which also serialises it with the micro-batch writes)."""
 
     def __init__(self, settings: Settings, in_transaction, trades_query: str, interval: float = 10.0):
-        self.s = settings
+        self.settings = settings
         self.in_transaction = in_transaction
         self.trades_query = trades_query
         self.interval = interval
@@ -95,11 +95,11 @@ class Repairer:
             now = conn.execute("SELECT now()").fetchone()[0]
             row = conn.execute("SELECT scanned_until FROM metric_repair_cursor WHERE name = %s", (REPAIR_QUERY,))
             cursor = (row.fetchone() or (now - timedelta(hours=1),))[0]
-            watermark, seen = conn.execute(M.TRADE_WATERMARK, (self.trades_query,)).fetchone() or (None, None)
+            watermark, seen = conn.execute(metrics.TRADE_WATERMARK, (self.trades_query,)).fetchone() or (None, None)
             self.first_look = self.first_look or now
             seen = seen or self.first_look  # a job just started: Spark is not silent before SPARK_SILENT has passed
             params = {"since": cursor - OVERLAP, "until": now, "late": self.late, "watermark": watermark}
-            found = conn.execute(M.LATE_WINDOWS, params).fetchall()
+            found = conn.execute(metrics.LATE_WINDOWS, params).fetchall()
             with self._lock:
                 requested, self._requested = self._requested, set()
             for key in [*found, *requested]:
@@ -109,13 +109,13 @@ class Repairer:
             if windows:
                 symbols = [w[0] for w in windows]
                 changed = conn.execute(
-                    M.TRADE_REPAIR,
-                    (symbols, [w[1] for w in windows], [self.s.volatility_threshold_for(x) for x in symbols]),
+                    metrics.TRADE_REPAIR,
+                    (symbols, [w[1] for w in windows], [self.settings.volatility_threshold_for(x) for x in symbols]),
                 ).fetchall()
                 if changed:
-                    conn.execute(M.VOLUME_SPIKE_UPDATE, {
-                        "k": self.s.volume_spike_factor, "n": self.s.volume_spike_windows,
-                        "m": min(self.s.volume_spike_min_windows, self.s.volume_spike_windows),
+                    conn.execute(metrics.VOLUME_SPIKE_UPDATE, {
+                        "k": self.settings.volume_spike_factor, "n": self.settings.volume_spike_windows,
+                        "m": min(self.settings.volume_spike_min_windows, self.settings.volume_spike_windows),
                         "symbols": sorted({c[0] for c in changed}), "since": min(c[1] for c in changed),
                     })  # fmt: skip
             # a restart looks again from the oldest window still waiting
@@ -125,7 +125,7 @@ class Repairer:
                 "ON CONFLICT (name) DO UPDATE SET scanned_until = EXCLUDED.scanned_until",
                 (REPAIR_QUERY, until),
             )
-            conn.execute(M.PROGRESS_COUNTS, {
+            conn.execute(metrics.PROGRESS_COUNTS, {
                 "query": REPAIR_QUERY, "batch_id": self.rounds, "run_id": self.run_id, "input_rows": len(found),
                 "duration_ms": int((time.monotonic() - started) * 1000), "dead_letters": 0,
                 "repaired_windows": len(changed),

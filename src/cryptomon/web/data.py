@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from cryptomon.dashboards.definitions import DASHBOARDS, Dashboard, Panel
 from cryptomon.dashboards.macros import expand
+from cryptomon.errors import BadData
 
 RANGES = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440, "7d": 10080}  # the range picker, in minutes
 
@@ -19,7 +20,7 @@ def dashboard_by_uid(uid: str) -> Dashboard | None:
 
 def time_range(range_key: str, now: datetime | None = None) -> tuple[datetime, datetime]:
     if range_key not in RANGES:
-        raise ValueError(f"unknown range {range_key!r}: one of {', '.join(RANGES)}")
+        raise BadData("bad_range", f"unknown range {range_key!r}: one of {', '.join(RANGES)}")
     to = now or datetime.now(UTC)
     return to - timedelta(minutes=RANGES[range_key]), to
 

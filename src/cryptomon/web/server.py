@@ -19,10 +19,11 @@ import psycopg
 from aiohttp import web
 
 from cryptomon.dashboards.definitions import DASHBOARDS
+from cryptomon.errors import BadData
 from cryptomon.settings import Settings
 from cryptomon.web.data import RANGES, dashboard_by_uid, payload, time_range
 
-log = logging.getLogger("cryptomon.dashboard")
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
@@ -70,8 +71,8 @@ def make_app(settings: Settings) -> web.Application:
             return _json({"error": f"unknown symbols {unknown}: configured are {symbols}"}, 400)
         try:
             t_from, t_to = time_range(request.query.get("range", "1h"))
-        except ValueError as exc:
-            return _json({"error": str(exc)}, 400)
+        except BadData as exc:
+            return _json({"error": exc.detail}, 400)
         try:
             body = await query(lambda conn: payload(conn, d, t_from, t_to, wanted))
         except psycopg.Error as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cryptomon.feed.market import Conditions
+from cryptomon.simulator.market import Conditions
 
 CALM = Conditions()
 

@@ -28,7 +28,9 @@ from typing import IO, cast
 
 import orjson
 
-from cryptomon.names import SEQ_FIELD
+from cryptomon.binance.schema import SEQ_FIELD
+from cryptomon.binance.streams import split_stream
+from cryptomon.errors import BadData, ConfigError
 
 log = logging.getLogger(__name__)
 _CSV_NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-", re.IGNORECASE)
@@ -57,8 +59,8 @@ def _frame(msg: object) -> tuple[str, str, dict] | None:
     if not isinstance(msg, dict) or "stream" not in msg:
         return None
     stream, data = msg["stream"], msg["data"]
-    symbol, _, kind = stream.partition("@")
-    return symbol.upper(), kind, data
+    symbol, kind = split_stream(stream)
+    return symbol, kind, data
 
 
 def read_timed(path: Path) -> Iterator[Timed]:
@@ -83,7 +85,7 @@ def read_timed(path: Path) -> Iterator[Timed]:
                         received = int(head) // 1_000_000
                     item = _frame(orjson.loads(rest))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a combined-stream frame ({exc})") from None
+                raise BadData("bad_capture", f"{path}:{lineno}: not a combined-stream frame ({exc})") from None
             if item is None:
                 skipped += 1
                 continue
@@ -95,7 +97,7 @@ def read_timed(path: Path) -> Iterator[Timed]:
 def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
     m = _CSV_NAME.match(path.name)
     if not m and not symbol:
-        raise ValueError(f"{path.name}: cannot tell the symbol; name it SYMBOL-trades-*.csv / SYMBOL-aggTrades-*.csv")
+        raise ConfigError(f"{path.name}: cannot tell the symbol; name it SYMBOL-trades-*.csv / SYMBOL-aggTrades-*.csv")
     symbol = (symbol or (m.group(1) if m else "")).upper()
     kind = "aggTrade" if (m and m.group(2).lower() == "aggtrades") else "trade"
     with open(path, newline="") as f:

@@ -1,7 +1,7 @@
 """The ingestion's REST client for Binance: whole bodies, one request-weight budget, and no request while
 the exchange has said to wait.
 
-Binance counts request weight per IP per minute (`binance.REQUEST_WEIGHT_PER_MINUTE`), reports the count
+Binance counts request weight per IP per minute (`limits.REQUEST_WEIGHT_PER_MINUTE`), reports the count
 in `X-MBX-USED-WEIGHT-1M` on every answer, answers 429 with `Retry-After` above the limit and bans an IP
 that keeps calling (418, 2 minutes up to 3 days). So every REST call of the process goes through one
 `RestBudget`: it spends at most `budget` weight per minute (the exchange's count, read from each answer,
@@ -19,14 +19,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cryptomon import binance
+from cryptomon.binance import limits
+from cryptomon.errors import Unavailable
 
-log = logging.getLogger("cryptomon.ingestion.rest")
+log = logging.getLogger(__name__)
 
 MAX_REST_BYTES = 16 << 20  # a page of 1,000 trades is ~170 KB; the whole market's exchangeInfo a few MB
 
 
-class RestError(Exception):
+class RestError(Unavailable):
     """An answer that is not data: an HTTP error, Binance's {"code", "msg"}, a body cut or too large."""
 
     def __init__(self, status: int, message: str, code: int | None = None):
@@ -43,7 +44,7 @@ class RateLimited(RestError):
 
 
 class RestBudget:
-    def __init__(self, budget: int = binance.REQUEST_WEIGHT_PER_MINUTE // 2, window: float = 60.0):
+    def __init__(self, budget: int = limits.REQUEST_WEIGHT_PER_MINUTE // 2, window: float = 60.0):
         self.budget = budget
         self.window = window
         self.window_start = -1.0
@@ -72,7 +73,8 @@ class RestBudget:
             self._roll(now)
             self.used = max(self.used, used)
 
-    def stop(self, status: int, retry_after: float, now: float) -> None:
+    def block(self, status: int, retry_after: float, now: float) -> None:
+        """After a 429 or 418: nothing is sent for `retry_after` seconds (Retry-After), counted per status."""
         self.limited[status] = self.limited.get(status, 0) + 1
         self.blocked_until = max(self.blocked_until, now + retry_after)
 
@@ -103,18 +105,18 @@ class RestClient:
     async def get(self, path: str, params: dict[str, Any]) -> Any:
         """The JSON of GET path?params, once the budget allows it. Raises RateLimited, RestError,
         aiohttp.ClientError or asyncio.TimeoutError; never sends inside a Retry-After."""
-        weight = binance.WEIGHTS.get(path, 1)
+        weight = limits.WEIGHTS.get(path, 1)
         while (wait := self.budget.reserve(weight, self.clock())) > 0:  # noqa: ASYNC110 - waits on the clock
             await asyncio.sleep(min(wait, 5.0))
         self.requests += 1
         async with self._session.get(path, params=params) as resp:
-            used = resp.headers.get(binance.USED_WEIGHT_HEADER)
+            used = resp.headers.get(limits.USED_WEIGHT_HEADER)
             if used is not None and used.isdigit():
                 self.last_used_weight = int(used)
                 self.budget.observe(int(used), self.clock())
             if resp.status in (429, 418):
                 retry_after = _seconds(resp.headers.get("Retry-After"), default=60.0)
-                self.budget.stop(resp.status, retry_after, self.clock())
+                self.budget.block(resp.status, retry_after, self.clock())
                 log.error(
                     "exchange answered %d (%s) to %s: no REST request for %.0fs",
                     resp.status,

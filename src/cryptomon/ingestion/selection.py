@@ -15,7 +15,7 @@ import fnmatch
 import hashlib
 from collections.abc import Iterable
 
-from cryptomon.names import KINDS
+from cryptomon.binance.schema import KINDS
 
 
 def is_pattern(spec: str) -> bool:
@@ -48,10 +48,6 @@ def owner(symbol: str, instances: int) -> int:
 
 def mine(symbols: Iterable[str], instance: int, instances: int) -> list[str]:
     return [s for s in symbols if owner(s, instances) == instance]
-
-
-def streams_of(symbol: str) -> list[str]:
-    return [f"{symbol.lower()}@{kind}" for kind in KINDS]
 
 
 def shard(symbols: Iterable[str], per_connection: int) -> list[tuple[str, ...]]:

@@ -1,5 +1,6 @@
 """Binance's spot limits and request weights, as its API documentation states them: the one place both the
-ingestion (which must respect them) and the simulator (which enforces them) read them from.
+ingestion (which must respect them) and the simulator (which enforces them) read them from; the value
+ranges every stage checks (`schema.py` applies them).
 
 Sources (Binance spot API docs, developers.binance.com/docs/binance-spot-api-docs):
   web-socket-streams  "A single connection can listen to a maximum of 1024 streams." "WebSocket connections

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptomon.feed.market import Conditions, Market
+from cryptomon.simulator.market import Conditions, Market
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cryptomon import binance
+from cryptomon.binance import limits
 from cryptomon.ratelimit import Window
 
 __all__ = ["RequestWeights", "Verdict", "Window"]
@@ -39,10 +39,10 @@ class _Ip:
 class RequestWeights:
     def __init__(
         self,
-        limit: int = binance.REQUEST_WEIGHT_PER_MINUTE,
+        limit: int = limits.REQUEST_WEIGHT_PER_MINUTE,
         window: float = 60.0,
-        ban_seconds: float = binance.BAN_MIN_SECONDS,
-        max_ban_seconds: float = binance.BAN_MAX_SECONDS,
+        ban_seconds: float = limits.BAN_MIN_SECONDS,
+        max_ban_seconds: float = limits.BAN_MAX_SECONDS,
         grace: float = 0.25,
     ):
         self.limit = limit

@@ -18,10 +18,11 @@ from typing import Protocol
 import orjson
 from aiohttp import web
 
-from cryptomon import binance
-from cryptomon.feed.limits import RequestWeights
-from cryptomon.feed.market import Market
-from cryptomon.feed.universe import Instrument, exchange_info
+from cryptomon.binance import limits
+from cryptomon.errors import BadData
+from cryptomon.simulator.enforcement import RequestWeights
+from cryptomon.simulator.instruments import Instrument, exchange_info
+from cryptomon.simulator.market import Market
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEPTH_LIMITS = range(1, 5001)
@@ -50,9 +51,11 @@ class Exchange(Protocol):
     def history(self) -> History: ...
 
 
-class ApiError(Exception):
+class ApiError(BadData):
+    """A REST request the simulator refuses: HTTP `status` with Binance's `{"code": …, "msg": …}` body."""
+
     def __init__(self, code: int, msg: str, status: int = 400):
-        super().__init__(msg)
+        super().__init__("bad_request", msg)
         self.code, self.msg, self.status = code, msg, status
 
 
@@ -96,7 +99,7 @@ class RestApi:
         except ApiError:
             weight = 1
         verdict = self.weights.charge(ip, weight, time.time())  # windows on the wall clock, as Binance's minutes
-        headers = {binance.USED_WEIGHT_HEADER: str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
+        headers = {limits.USED_WEIGHT_HEADER: str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
             headers["Retry-After"] = str(verdict.retry_after)
             banned = verdict.status == 418
@@ -108,13 +111,13 @@ class RestApi:
                 f"{self.weights.window:g} seconds. Please use WebSocket Streams for live updates to avoid polling "
                 "the API."
             )
-            return _error(ApiError(binance.ERR_TOO_MANY_REQUESTS, msg, verdict.status), headers)
+            return _error(ApiError(limits.ERR_TOO_MANY_REQUESTS, msg, verdict.status), headers)
         try:
             response = await handler(request)
         except ApiError as exc:
             return _error(exc, headers)
         except web.HTTPException as exc:  # an unknown path or method: still Binance's JSON
-            return _error(ApiError(binance.ERR_UNKNOWN, exc.reason, exc.status), headers)
+            return _error(ApiError(limits.ERR_UNKNOWN, exc.reason, exc.status), headers)
         response.headers.update(headers)
         return await self._deliver(request, response)
 
@@ -138,12 +141,12 @@ class RestApi:
     def _weight(self, request: web.Request) -> int:
         path, q = request.path, request.query
         if path == "/api/v3/depth":
-            return binance.depth_weight(self._int(q, "limit", 100))
+            return limits.depth_weight(self._int(q, "limit", 100))
         if path == "/api/v3/ticker/24hr":
-            return binance.ticker_24hr_weight(self._count(q))
+            return limits.ticker_24hr_weight(self._count(q))
         if path in ("/api/v3/ticker/price", "/api/v3/ticker/bookTicker"):
-            return binance.ticker_weight(self._count(q))
-        return binance.WEIGHTS.get(path, 1)
+            return limits.ticker_weight(self._count(q))
+        return limits.WEIGHTS.get(path, 1)
 
     async def set_faults(self, request: web.Request) -> web.Response:
         q = request.query
@@ -158,13 +161,13 @@ class RestApi:
             raise _missing("symbol")
         symbol = symbol.upper()
         if symbol not in self.sim.instruments:
-            raise ApiError(binance.ERR_BAD_SYMBOL, "Invalid symbol.")
+            raise ApiError(limits.ERR_BAD_SYMBOL, "Invalid symbol.")
         return symbol
 
     def _symbols(self, q) -> list[str] | None:
         """`symbol=X`, `symbols=["X","Y"]` or neither (None: every symbol)."""
         if "symbol" in q and "symbols" in q:
-            raise ApiError(binance.ERR_BAD_PARAMS_COMBO, "Combination of optional parameters invalid.")
+            raise ApiError(limits.ERR_BAD_PARAMS_COMBO, "Combination of optional parameters invalid.")
         if "symbol" in q:
             return [self._symbol(q)]
         if "symbols" not in q:
@@ -174,10 +177,10 @@ class RestApi:
         except orjson.JSONDecodeError:
             names = None
         if not isinstance(names, list) or not names or not all(isinstance(s, str) for s in names):
-            raise ApiError(binance.ERR_ILLEGAL_CHARS, "Illegal characters found in parameter 'symbols'.")
+            raise ApiError(limits.ERR_ILLEGAL_CHARS, "Illegal characters found in parameter 'symbols'.")
         bad = [s for s in names if s.upper() not in self.sim.instruments]
         if bad:
-            raise ApiError(binance.ERR_BAD_SYMBOL, "Invalid symbol.")
+            raise ApiError(limits.ERR_BAD_SYMBOL, "Invalid symbol.")
         return [s.upper() for s in names]
 
     def _count(self, q) -> int | None:
@@ -199,13 +202,13 @@ class RestApi:
         try:
             return int(value)
         except ValueError:
-            raise ApiError(binance.ERR_ILLEGAL_CHARS, f"Illegal characters found in parameter '{name}'.") from None
+            raise ApiError(limits.ERR_ILLEGAL_CHARS, f"Illegal characters found in parameter '{name}'.") from None
 
     def _opt_int(self, q, name: str) -> int | None:
         return self._int(q, name) if name in q else None
 
     def _limit(self, q) -> int:
-        return max(1, min(binance.MAX_PAGE, self._int(q, "limit", 500)))
+        return max(1, min(limits.MAX_PAGE, self._int(q, "limit", 500)))
 
     # ---------------------------------------------------------------- endpoints
 
@@ -227,7 +230,7 @@ class RestApi:
         symbol = self._symbol(q)
         limit = min(5000, self._int(q, "limit", 100))
         if limit < 1:
-            raise ApiError(binance.ERR_ILLEGAL_CHARS, "Illegal characters found in parameter 'limit'.")
+            raise ApiError(limits.ERR_ILLEGAL_CHARS, "Illegal characters found in parameter 'limit'.")
         st = self.sim.market.state[symbol]
         bids, asks = self.sim.market.depth_levels(symbol, limit)
         return _json({"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})
@@ -245,7 +248,7 @@ class RestApi:
         symbol, limit = self._symbol(q), self._limit(q)
         from_id, start, end = self._opt_int(q, "fromId"), self._opt_int(q, "startTime"), self._opt_int(q, "endTime")
         if from_id is not None and (start is not None or end is not None):
-            raise ApiError(binance.ERR_BAD_PARAMS_COMBO, "Combination of optional parameters invalid.")
+            raise ApiError(limits.ERR_BAD_PARAMS_COMBO, "Combination of optional parameters invalid.")
         if start is None and end is None:
             return _json(self.sim.history.aggs_from(symbol, from_id, limit))
         return _json(self.sim.market.aggs_from(symbol, None, limit, start, end))
@@ -257,7 +260,7 @@ class RestApi:
         if not interval:
             raise _missing("interval")
         if interval not in KLINE_INTERVALS:
-            raise ApiError(binance.ERR_BAD_INTERVAL, "Invalid interval.")
+            raise ApiError(limits.ERR_BAD_INTERVAL, "Invalid interval.")
         rows = self.sim.market.klines(
             symbol, self._opt_int(q, "startTime"), self._opt_int(q, "endTime"), self._limit(q)
         )
@@ -299,4 +302,4 @@ def _error(exc: ApiError, headers: dict[str, str]) -> web.Response:
 
 
 def _missing(name: str) -> ApiError:
-    return ApiError(binance.ERR_BAD_PARAM, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    return ApiError(limits.ERR_BAD_PARAM, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")

@@ -1,11 +1,12 @@
+"""The worker's pure part: Kafka values -> rows or dead letters, batches, when they flush, what they commit."""
+
 import orjson
 import pytest
 
-from cryptomon.consumer.rows import Batch, Poison, book_row, trade_row
-from cryptomon.feed.market import Conditions
-from cryptomon.feed.scripted import Span, scripted_events
+from cryptomon.errors import BadData
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import TRADES
+from cryptomon.worker.rows import Batch, DeadLetter, book_row, trade_row
 
 TOPIC = topic_name(TRADES)
 TRADE = {
@@ -53,7 +54,7 @@ def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
     ],
 )
 def test_poison_values(value):
-    with pytest.raises(Poison):
+    with pytest.raises(BadData):
         trade_row(value)
 
 
@@ -69,7 +70,8 @@ def test_batch_flush_triggers_and_offsets():
     assert b.due(102.0, 5, 2.0, drained=False)  # age of the oldest message
     assert b.due(101.0, 5, 2.0, drained=True)  # topic drained
     assert b.commit_offsets() == {(TOPIC, 0): 12, (TOPIC, 1): 5}
-    assert b.dead_letter_for(1, "boom") == (TOPIC, 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
+    assert b.dead_letter_for(1, "boom") == DeadLetter(TOPIC, 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), "boom")
+    assert b.poison[0].offset == 4 and b.poison[0].error.startswith("not_json: ")
 
 
 def test_a_failed_batch_takes_the_newer_messages_back_behind_its_own():
@@ -79,48 +81,8 @@ def test_a_failed_batch_takes_the_newer_messages_back_behind_its_own():
     newer.add(TOPIC, 0, 12, b"k", orjson.dumps(dict(TRADE, t=7)), now=101.5)
     older.absorb(newer)
     assert [p[2] for p in older.positions] == [10, 12] and older.poison_positions == [(TOPIC, 0, 11)]
-    assert [r[3] for r in older.rows] == [TRADE["t"], 7] and older.started == 100.0
+    assert [r.trade_id for r in older.rows] == [TRADE["t"], 7] and older.started == 100.0
     assert older.commit_offsets() == {(TOPIC, 0): 13}
     empty = Batch("trades")
     empty.absorb(newer)
     assert empty.started == 101.0 and len(empty) == 2
-
-
-def test_scripted_events_follow_the_spans():
-    ev = scripted_events(("AUSDT",), 60_000, [Span(10), Span(10, Conditions(volume=10.0))], steps_per_second=2.0)
-    trades = [p for k, p in ev if k == "trade"]
-    assert trades[0]["T"] == 60_000 and all(60_000 <= p["T"] < 80_000 for p in trades)
-    assert all(p["ingestion_timestamp"] == p["T"] + 5 for p in trades)
-    calm = sum(float(p["q"]) for p in trades if p["T"] < 70_000)
-    spiky = sum(float(p["q"]) for p in trades if p["T"] >= 70_000)
-    assert spiky > 5 * calm
-    assert [k for k, _ in ev].count("bookTicker") == 40  # one per step, 20 s at 2 steps/s
-
-
-def test_repair_waits_for_sparks_watermark_or_its_silence():
-    from datetime import UTC, datetime, timedelta
-
-    from cryptomon.spark.repair import due
-
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    pending = {("A", t0): t0, ("B", t0 + timedelta(minutes=5)): t0}
-    grace = timedelta(seconds=40)
-    now = t0 + timedelta(minutes=10)
-    # the watermark has passed A's window end (t0 + 1 min) but not B's (t0 + 6 min)
-    assert due(pending, t0 + timedelta(minutes=2), now, now, grace) == [("A", t0)]
-    assert due(pending, t0 + timedelta(minutes=6), now, now, grace) == sorted(pending)
-    # no watermark and Spark silent for more than 5 minutes: by age, once the grace after the end is over
-    silent = t0  # last report at t0, 6.5 minutes before
-    assert due(pending, None, silent, t0 + timedelta(minutes=6, seconds=30), grace) == [("A", t0)]
-    assert due(pending, None, None, now, grace) == sorted(pending)
-    # Spark reported a minute ago with an old watermark: wait for it
-    assert due(pending, t0, now - timedelta(minutes=1), now, grace) == []
-
-
-def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
-    from cryptomon.spark.streaming_job import starting_offsets
-
-    both = '{"a": {"0": 5, "1": -1}, "b": {"0": 7}}'
-    assert starting_offsets("earliest", ["a"]) == "earliest"
-    assert orjson.loads(starting_offsets(both, ["b"])) == {"b": {"0": 7}}
-    assert orjson.loads(starting_offsets(both, ["a", "b"])) == orjson.loads(both)

@@ -1,4 +1,4 @@
-"""Pure logic of the worker: Kafka message values -> table rows, and the flush-or-not decision.
+"""Pure logic of the worker: Kafka message values -> table rows or dead letters, and when to flush.
 
 A row keeps Binance's decimal strings as they are (PostgreSQL parses them into NUMERIC exactly) and
 epoch-millisecond times (converted in SQL), so nothing is rounded on the way.
@@ -7,26 +7,60 @@ epoch-millisecond times (converted in SQL), so nothing is rounded on the way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
-from cryptomon.ingestion.events import BadFrame, validate_payload
-from cryptomon.names import BOOK_TICKER, BOOK_TICKER_EVENT, SEQ_FIELD, TRADE_KINDS, TRADES
+from cryptomon.binance.schema import BOOK_TICKER_EVENT, SEQ_FIELD, TRADE_KINDS, validate_payload
+from cryptomon.errors import BadData
+from cryptomon.names import BOOK_TICKER, TRADES
 
 
-class Poison(ValueError):
-    """A message that can never become a row; it goes to the dead_letters table."""
+class TradeRow(NamedTuple):
+    """A `trades` row as the sink sends it: decimals as Binance's strings, times in epoch ms."""
+
+    event_time_ms: int
+    symbol: str
+    event_type: str
+    trade_id: int
+    price: str
+    quantity: str
+    is_buyer_maker: bool
+    ingestion_ms: int
+    backfilled: bool
 
 
-# trades row:      (event_time_ms, symbol, event_type, trade_id, price, quantity, is_buyer_maker, ingestion_ms, backfilled)
-# book_ticker row: (ingestion_ms, symbol, update_id, bid, bid_qty, ask, ask_qty)
-def trade_row(value: bytes | None) -> tuple:
+class BookRow(NamedTuple):
+    """A `book_ticker` row as the sink sends it."""
+
+    ingestion_ms: int
+    symbol: str
+    update_id: int
+    bid: str
+    bid_qty: str
+    ask: str
+    ask_qty: str
+
+
+class DeadLetter(NamedTuple):
+    """A `dead_letters` row: where the message was in Kafka, its bytes, and why it was set aside."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error: str
+
+
+def trade_row(value: bytes | None) -> TradeRow:
+    """A trades-topic message -> its row. Raises BadData."""
     d = _load(value)
     kind = d.get("e")
     if kind not in TRADE_KINDS:
-        raise Poison(f"event type {kind!r} on the trades topic")
+        raise BadData("bad_event_type", f"event type {kind!r} on the trades topic")
     _check(kind, d)
-    return (
+    return TradeRow(
         d["T"],
         d["s"],
         kind,
@@ -39,32 +73,30 @@ def trade_row(value: bytes | None) -> tuple:
     )
 
 
-def book_row(value: bytes | None) -> tuple:
+def book_row(value: bytes | None) -> BookRow:
+    """A book_ticker-topic message -> its row. Raises BadData."""
     d = _load(value)
     _check(BOOK_TICKER_EVENT, d)
-    return (d["ingestion_timestamp"], d["s"], d["u"], d["b"], d["B"], d["a"], d["A"])
+    return BookRow(d["ingestion_timestamp"], d["s"], d["u"], d["b"], d["B"], d["a"], d["A"])
 
 
 def _load(value: bytes | None) -> dict:
     if value is None:
-        raise Poison("empty message")
+        raise BadData("empty", "empty message")
     try:
         d = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise Poison(f"not JSON: {exc}") from None
+        raise BadData("not_json", f"not JSON: {exc}") from None
     if not isinstance(d, dict):
-        raise Poison(f"a JSON {type(d).__name__}, not an object")
+        raise BadData("bad_envelope", f"a JSON {type(d).__name__}, not an object")
     return d
 
 
 def _check(kind: str, d: dict) -> None:
-    try:
-        validate_payload(kind, d)
-    except BadFrame as exc:
-        raise Poison(str(exc)) from None
+    validate_payload(kind, d)
     ts = d.get("ingestion_timestamp")
     if type(ts) is not int or ts <= 0:
-        raise Poison(f"ingestion_timestamp {ts!r} is not epoch milliseconds")
+        raise BadData("bad_ingestion_timestamp", f"ingestion_timestamp {ts!r} is not epoch milliseconds")
 
 
 PARSERS = {TRADES: trade_row, BOOK_TICKER: book_row}
@@ -75,10 +107,10 @@ class Batch:
     """Rows waiting for one bulk insert, with the Kafka positions they came from."""
 
     table: str
-    rows: list[tuple] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)  # TradeRow or BookRow
     positions: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset) per row
     raw: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)  # (key, value) per row
-    poison: list[tuple[str, int, int, bytes | None, bytes | None, str]] = field(default_factory=list)
+    poison: list[DeadLetter] = field(default_factory=list)
     poison_positions: list[tuple[str, int, int]] = field(default_factory=list)
     started: float | None = None  # monotonic time of the oldest buffered message
 
@@ -90,19 +122,19 @@ class Batch:
             self.started = now
         try:
             row = PARSERS[self.table](value)
-        except Poison as exc:
-            self.poison.append((topic, partition, offset, key, value, str(exc)))
+        except BadData as exc:
+            self.poison.append(DeadLetter(topic, partition, offset, key, value, str(exc)))
             self.poison_positions.append((topic, partition, offset))
             return
         self.rows.append(row)
         self.positions.append((topic, partition, offset))
         self.raw.append((key, value))
 
-    def dead_letter_for(self, index: int, error: str) -> tuple:
+    def dead_letter_for(self, index: int, error: str) -> DeadLetter:
         """A dead_letters row for buffered row `index` (rejected by the database)."""
         topic, partition, offset = self.positions[index]
         key, value = self.raw[index]
-        return (topic, partition, offset, key, value, error)
+        return DeadLetter(topic, partition, offset, key, value, error)
 
     def due(self, now: float, max_rows: int, max_age: float, drained: bool) -> bool:
         if not len(self) or self.started is None:

@@ -34,14 +34,16 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from cryptomon.feed.limits import RequestWeights
-from cryptomon.feed.market import Conditions, Market
-from cryptomon.feed.replay import ReplayHistory, Timed
-from cryptomon.feed.rest import RestApi
-from cryptomon.feed.scenarios import SCENARIOS, Phase
-from cryptomon.feed.universe import Instrument, instrument
-from cryptomon.feed.wsproto import Connection, SimLimits, StreamProtocol
-from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, TRADE
+from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, TRADE
+from cryptomon.binance.streams import split_stream, stream_name
+from cryptomon.errors import ConfigError
+from cryptomon.simulator.enforcement import RequestWeights
+from cryptomon.simulator.instruments import Instrument, instrument
+from cryptomon.simulator.market import Conditions, Market
+from cryptomon.simulator.replay import ReplayHistory, Timed
+from cryptomon.simulator.rest_api import RestApi
+from cryptomon.simulator.scenarios import SCENARIOS, Phase
+from cryptomon.simulator.ws_protocol import Connection, SimLimits, StreamProtocol
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +198,7 @@ class Simulator:
         """rate <= 0: pre-generate every frame, then send them as fast as the client takes them
         (for benchmarks: the simulator's own generation cost stays out of the measurement)."""
         if self.max_steps is None:
-            raise ValueError("the firehose mode (rate 0) needs max_steps")
+            raise ConfigError("the firehose mode (rate 0) needs max_steps")
         frames: list[tuple[str, str, str, str]] = []
         now_ms = time.time_ns() // 1_000_000
         for _ in range(self.max_steps):
@@ -204,7 +206,7 @@ class Simulator:
                 self.stats.steps[symbol] += 1
                 for kind, payload in self.market.step(symbol, now_ms, self.conditions):
                     self.stats.generated[(symbol, kind)] += 1
-                    stream = f"{symbol.lower()}@{kind}"
+                    stream = stream_name(symbol, kind)
                     frames.append((symbol, kind, stream, orjson.dumps({"stream": stream, "data": payload}).decode()))
         self.ready_frames = len(frames)
         await self.first_client.wait()
@@ -259,7 +261,7 @@ class Simulator:
     # ---------------------------------------------------------------- fan-out
 
     async def _emit(self, symbol: str, kind: str, payload: dict) -> None:
-        stream = f"{symbol.lower()}@{kind}"
+        stream = stream_name(symbol, kind)
         if self.pending_faults["reorder"] and kind == TRADE and self._held is None:
             self.pending_faults["reorder"] -= 1
             self._held = (symbol, stream, payload)  # sent after the next frame
@@ -327,8 +329,7 @@ class Simulator:
             tick += 1
             now_ms = time.time_ns() // 1_000_000
             for stream in [s for s in self.subscribers if "@depth" in s or "@kline_" in s]:
-                symbol, _, kind = stream.partition("@")
-                symbol = symbol.upper()
+                symbol, kind = split_stream(stream)
                 if symbol not in self.market.state:
                     continue
                 if kind == "depth@100ms" or (kind == "depth" and tick % 10 == 0):

@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from cryptomon import binance
+from cryptomon.binance import limits
 
 SCALE = 10**8
 
@@ -200,7 +200,7 @@ def exchange_info(instruments: dict[str, Instrument], server_time: int, weight_l
                 "rateLimitType": "RAW_REQUESTS",
                 "interval": "MINUTE",
                 "intervalNum": 5,
-                "limit": binance.RAW_REQUESTS_PER_5_MINUTES,
+                "limit": limits.RAW_REQUESTS_PER_5_MINUTES,
             },
         ],
         "exchangeFilters": [],

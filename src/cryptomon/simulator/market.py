@@ -21,8 +21,8 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from cryptomon.feed.universe import SCALE, Instrument, fmt, instrument
-from cryptomon.names import AGG_TRADE, BOOK_TICKER_EVENT, TRADE
+from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, TRADE
+from cryptomon.simulator.instruments import SCALE, Instrument, fmt, instrument
 
 __all__ = ["SCALE", "Conditions", "Market", "fmt"]
 

@@ -33,17 +33,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cryptomon.backoff import Backoff
-from cryptomon.consumer.ordering import CommitOrder, Partition
-from cryptomon.consumer.rows import Batch
-from cryptomon.consumer.sink import DatabaseUnavailable, TimescaleSink
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
 from cryptomon.kafka.clients import consumer_config
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.observability import HealthServer
 from cryptomon.settings import Settings
+from cryptomon.worker.ordering import CommitOrder, Partition
+from cryptomon.worker.rows import Batch, DeadLetter
+from cryptomon.worker.sink import DatabaseUnavailable, TimescaleSink
 
-log = logging.getLogger("cryptomon.worker")
+log = logging.getLogger(__name__)
 
 # Offsets of written batches are committed together, at most this often (a synchronous commit is a
 # broker round trip of a few ms; per batch it would take more time than parsing the batch). Rebalances,
@@ -65,7 +65,7 @@ class Writer:
 
 class Worker:
     def __init__(self, settings: Settings, health_port: int | None = None):
-        self.s = settings
+        self.settings = settings
         self.table_of = {topic_name(TRADES): TRADES, topic_name(BOOK_TICKER): BOOK_TICKER}
         self.batches: dict[Partition, Batch] = {}
         self.writers = [
@@ -177,9 +177,12 @@ class Worker:
             self.health_server.start()
         topics = list(self.table_of)
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        backoff = Backoff(0.5, self.s.db_retry_max, reset_after=0)
+        backoff = Backoff(0.5, self.settings.db_retry_max, reset_after=0)
         log.info(
-            "worker consuming %s as group %s with %d database writers", topics, self.s.worker_group, len(self.writers)
+            "worker consuming %s as group %s with %d database writers",
+            topics,
+            self.settings.worker_group,
+            len(self.writers),
         )
         try:
             while not self.stop_event.is_set():
@@ -214,7 +217,11 @@ class Worker:
             backoff.success(0)
         elif low := self.disk.check():  # hold off before consuming what could not be written
             raise DiskNearlyFull(low)
-        msgs = [] if self.paused else self.consumer.consume(self.s.flush_max_rows, self.s.worker_poll_timeout)
+        msgs = (
+            []
+            if self.paused
+            else self.consumer.consume(self.settings.flush_max_rows, self.settings.worker_poll_timeout)
+        )
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -227,10 +234,12 @@ class Worker:
             if batch is None:
                 batch = self.batches[(topic, partition)] = Batch(self.table_of[topic])  # type: ignore[index]
             batch.add(topic, partition, offset, m.key(), m.value(), now)  # type: ignore[arg-type]
-        drained = len(msgs) < self.s.flush_max_rows
+        drained = len(msgs) < self.settings.flush_max_rows
         self._reap()
         for tp, batch in list(self.batches.items()):
-            if batch.due(time.monotonic(), self.s.flush_max_rows, self.s.flush_max_seconds, drained or self.paused):
+            if batch.due(
+                time.monotonic(), self.settings.flush_max_rows, self.settings.flush_max_seconds, drained or self.paused
+            ):
                 while not self.idle:  # a writer is freed when its batch heads its partition's queue
                     wait(self.order.busy(), return_when=FIRST_COMPLETED)
                     self._reap()
@@ -252,7 +261,7 @@ class Worker:
         self.order.push(tp, batch, writer.thread.submit(self._write, writer.sink, batch), writer)
 
     @staticmethod
-    def _write(sink: TimescaleSink, batch: Batch) -> tuple[int, list[tuple], float]:  # on a writer thread
+    def _write(sink: TimescaleSink, batch: Batch) -> tuple[int, list[DeadLetter], float]:  # on a writer thread
         started = time.monotonic()
         inserted, rejected = sink.write(batch.table, batch.rows, batch.poison, batch.dead_letter_for)
         return inserted, rejected, time.monotonic() - started
@@ -260,7 +269,7 @@ class Worker:
     def _reap(self) -> None:
         """Take in the written batches that head their partition's queue (their offsets are staged for the
         next commit) and free their writers. A failed batch goes back in front of its partition's buffer,
-        with the partition's later batches (see cryptomon.consumer.ordering), and its error is raised."""
+        with the partition's later batches (see cryptomon.worker.ordering), and its error is raised."""
         landed, failed = self.order.reap()
         for done in landed:
             self.idle.append(done.writer)
@@ -273,12 +282,12 @@ class Worker:
         if failed:
             raise failed[0].error
 
-    def _account(self, batch: Batch, inserted: int, rejected: list[tuple], seconds: float) -> None:
+    def _account(self, batch: Batch, inserted: int, rejected: list[DeadLetter], seconds: float) -> None:
         dead = len(batch.poison) + len(rejected)
         if dead:
             log.warning("%d %s messages sent to dead_letters", dead, batch.table)
-            for _, _, _, _, _, error in batch.poison + rejected:
-                log.debug("dead letter: %s", error)
+            for letter in batch.poison + rejected:
+                log.debug("dead letter: %s", letter.error)
         self.rows_inserted[batch.table] += inserted
         self.dead_letters += dead
         self.m_rows.labels(batch.table).inc(inserted)
@@ -390,7 +399,7 @@ class Worker:
             "db_failures": self.db_failures,
             "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
         }
-        stuck = total_lag > 0 and age > max(30.0, 10 * self.s.flush_max_seconds)
+        stuck = total_lag > 0 and age > max(30.0, 10 * self.settings.flush_max_seconds)
         return (not self.paused) and not stuck, body
 
 

@@ -22,7 +22,9 @@ from functools import lru_cache
 import psycopg
 from psycopg import errors
 
+from cryptomon.errors import Unavailable
 from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+from cryptomon.worker.rows import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,13 @@ WRITE_SQL = {table: f"WITH dead AS ({DEAD_LETTER_SQL}) {sql}" for table, sql in 
 ROW_ERRORS = (errors.DataError, errors.IntegrityError)
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or is shutting down; retry later, commit nothing."""
 
 
 class TimescaleSink:
+    """One database connection writing batches: rows and dead letters in one statement each."""
+
     def __init__(self, dsn: str):
         self.dsn = dsn
         self.conn: psycopg.Connection | None = None
@@ -99,8 +103,8 @@ class TimescaleSink:
                 self.conn = None
 
     def write(
-        self, table: str, rows: list[tuple], dead: list[tuple], describe: Callable[[int, str], tuple]
-    ) -> tuple[int, list[tuple]]:
+        self, table: str, rows: list[tuple], dead: list[DeadLetter], describe: Callable[[int, str], DeadLetter]
+    ) -> tuple[int, list[DeadLetter]]:
         """Insert rows and dead letters atomically; returns (rows inserted, rejected rows as dead letters).
 
         When PostgreSQL rejects the batch because of the data in some row, those rows are isolated by
@@ -121,7 +125,7 @@ class TimescaleSink:
             self._reset()
             raise DatabaseUnavailable(str(exc).strip()) from None
 
-    def _insert(self, table: str, rows: list[tuple], dead: list[tuple]) -> int:
+    def _insert(self, table: str, rows: list[tuple], dead: list[DeadLetter]) -> int:
         conn = self.connect()
         if not dead:
             return conn.execute(INSERT_SQL[table], row_arrays(table, rows)).rowcount
@@ -169,7 +173,7 @@ def _texts(values: Sequence[str]) -> str:
     return "{" + ",".join(map(_quoted, values)) + "}"
 
 
-# one encoder per column of each table's row (see cryptomon.consumer.rows and INSERT_SQL's casts)
+# one encoder per column of each table's row (see cryptomon.worker.rows and INSERT_SQL's casts)
 ENCODERS = {
     TRADES: (_ints, _texts, _texts, _ints, _plain, _plain, _bools, _ints, _bools),
     BOOK_TICKER: (_ints, _texts, _ints, _plain, _plain, _plain, _plain),
@@ -184,6 +188,6 @@ def row_arrays(table: str, rows: list[tuple]) -> list[str]:
     return [encode(col) for encode, col in zip(encoders, zip(*rows, strict=True), strict=True)]
 
 
-def _columns(rows: list[tuple], n: int) -> list[list]:
+def _columns(rows: Sequence[tuple], n: int) -> list[list]:
     """Rows as n column arrays (n empty arrays for no rows)."""
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]

@@ -28,7 +28,8 @@ from typing import Protocol
 import orjson
 from aiohttp import WSMsgType, web
 
-from cryptomon import binance
+from cryptomon.binance import limits
+from cryptomon.errors import BadData
 from cryptomon.ratelimit import Window
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,16 @@ MAX_ID_CHARS = 36
 class SimLimits:
     """Binance's limits as the simulator enforces them; tests make them smaller or faster."""
 
-    max_streams: int = binance.MAX_STREAMS_PER_CONNECTION
-    max_messages: int = binance.MAX_INCOMING_MESSAGES_PER_SECOND
-    max_connections: int = binance.MAX_CONNECTIONS_PER_5_MINUTES
-    connection_window: float = binance.CONNECTION_WINDOW_SECONDS
-    max_age: float = binance.CONNECTION_MAX_AGE_SECONDS
-    ping_interval: float = binance.SERVER_PING_INTERVAL_SECONDS
-    pong_timeout: float = binance.PONG_TIMEOUT_SECONDS
-    weight_limit: int = binance.REQUEST_WEIGHT_PER_MINUTE
+    max_streams: int = limits.MAX_STREAMS_PER_CONNECTION
+    max_messages: int = limits.MAX_INCOMING_MESSAGES_PER_SECOND
+    max_connections: int = limits.MAX_CONNECTIONS_PER_5_MINUTES
+    connection_window: float = limits.CONNECTION_WINDOW_SECONDS
+    max_age: float = limits.CONNECTION_MAX_AGE_SECONDS
+    ping_interval: float = limits.SERVER_PING_INTERVAL_SECONDS
+    pong_timeout: float = limits.PONG_TIMEOUT_SECONDS
+    weight_limit: int = limits.REQUEST_WEIGHT_PER_MINUTE
     weight_window: float = 60.0
-    ban_seconds: float = binance.BAN_MIN_SECONDS
+    ban_seconds: float = limits.BAN_MIN_SECONDS
 
 
 @dataclass(eq=False)
@@ -74,9 +75,11 @@ class Fanout(Protocol):
     def unsubscribe(self, conn: Connection, streams: list[str]) -> None: ...
 
 
-class RequestError(Exception):
+class RequestError(BadData):
+    """A client's live request the simulator refuses, answered with Binance's error `code` and `msg`."""
+
     def __init__(self, code: int, msg: str):
-        super().__init__(msg)
+        super().__init__("bad_request", msg)
         self.code, self.msg = code, msg
 
 

@@ -8,6 +8,8 @@ import ipaddress
 import ssl
 from pathlib import Path
 
+from cryptomon.errors import ConfigError
+
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -24,7 +26,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError as exc:  # pragma: no cover - the compat extra brings it
-        raise RuntimeError("making a certificate needs the `cryptography` package (the compat extra)") from exc
+        raise ConfigError("making a certificate needs the `cryptography` package (the compat extra)") from exc
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cryptomon-sim")])

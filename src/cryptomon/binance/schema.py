@@ -1,0 +1,124 @@
+"""Binance's spot market-data payloads: event kinds, their id fields, the fields and types each must have,
+and the value bounds cryptomon stores exactly (from `limits`), checked in one place for every stage.
+
+  trade      {"e":"trade","E":ms,"s":"BTCUSDT","t":id,"p":"price","q":"qty","T":ms,"m":bool,"M":bool}
+  aggTrade   {"e":"aggTrade","E":ms,"s":..,"a":id,"p":..,"q":..,"f":firstId,"l":lastId,"T":ms,"m":bool,"M":bool}
+  bookTicker {"u":updateId,"s":..,"b":bid,"B":bidQty,"a":ask,"A":askQty}           (no event time)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NoReturn
+
+from cryptomon.binance import limits
+from cryptomon.errors import BadData
+
+# ---- event kinds ("e" of a payload; bookTicker payloads carry none)
+TRADE, AGG_TRADE, BOOK_TICKER_EVENT = "trade", "aggTrade", "bookTicker"
+KINDS = (TRADE, AGG_TRADE, BOOK_TICKER_EVENT)
+TRADE_KINDS = (TRADE, AGG_TRADE)  # consecutive ids per symbol: a skipped id is a gap to backfill
+# the id of each kind in the stream payload (and in Kafka); consecutive per symbol for trades and aggTrades
+SEQ_FIELD = {TRADE: "t", AGG_TRADE: "a", BOOK_TICKER_EVENT: "u"}
+
+# prices fit DECIMAL(16,8), quantities DECIMAL(20,8) (the raw tables' NUMERIC(20,8)): see binance/limits.py
+_PRICE = re.compile(rf"^\d{{1,{limits.PRICE_INTEGER_DIGITS}}}(\.\d{{1,{limits.DECIMALS}}})?$")
+_QUANTITY = re.compile(rf"^\d{{1,{limits.QUANTITY_INTEGER_DIGITS}}}(\.\d{{1,{limits.DECIMALS}}})?$")
+_REQUIRED = {
+    TRADE: (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
+    AGG_TRADE: (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
+    BOOK_TICKER_EVENT: (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
+}
+_DECIMALS = {
+    TRADE: (("p", _PRICE), ("q", _QUANTITY)),
+    AGG_TRADE: (("p", _PRICE), ("q", _QUANTITY)),
+    BOOK_TICKER_EVENT: (("b", _PRICE), ("B", _QUANTITY), ("a", _PRICE), ("A", _QUANTITY)),
+}
+
+
+@dataclass(slots=True)
+class Event:
+    """One validated Binance event: its kind, symbol, id (`t`, `a` or `u`) and the payload as sent."""
+
+    kind: str  # trade | aggTrade | bookTicker
+    symbol: str
+    seq: int  # t, a or u
+    data: dict
+
+
+def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
+    """Check a Binance payload of `kind`; returns its symbol. Raises BadData.
+
+    Every message goes through here twice (ingestion and worker), so the common case is one pass of
+    exact-type checks (JSON parsers make exact types; `type(v) is int` also refuses a bool) and the
+    error messages are built only on the way out."""
+    if type(data) is not dict:
+        raise BadData("bad_payload", f"data is {type(data).__name__}, not an object")
+    s = data.get("s")
+    if type(s) is not str or (symbol is not None and s != symbol):
+        raise BadData("bad_symbol", f"symbol {s!r} does not match stream symbol {symbol!r}")
+    if kind != BOOK_TICKER_EVENT and data.get("e") != kind:
+        raise BadData("bad_event_type", f"event type {data.get('e')!r} on a {kind} stream")
+    for name, expected in _REQUIRED[kind]:
+        if type(data.get(name)) is not expected:
+            _wrong_field(kind, name, data.get(name), expected)
+    for name, pattern in _DECIMALS[kind]:
+        if pattern.fullmatch(data[name]) is None:  # not match: "$" also matches before a final newline
+            _bad_decimal(kind, name, data[name], pattern)
+    return s
+
+
+def _wrong_field(kind: str, name: str, value: object, expected: type) -> NoReturn:
+    if value is None:
+        raise BadData("missing_field", f"{kind} without field {name!r}")
+    raise BadData("wrong_type", f"{kind} field {name!r} is {type(value).__name__}, expected {expected.__name__}")
+
+
+def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> NoReturn:
+    what = "price" if pattern is _PRICE else "quantity"
+    digits = limits.PRICE_INTEGER_DIGITS if pattern is _PRICE else limits.QUANTITY_INTEGER_DIGITS
+    raise BadData(
+        "bad_decimal",
+        f"{kind} field {name!r}={value!r} is not a {what} of at most {digits} integer digits "
+        f"and {limits.DECIMALS} decimals",
+    )
+
+
+# ------------------------------------------------------------------ REST (backfill) payloads
+
+
+def trade_from_rest(symbol: str, row: dict) -> Event:
+    """/api/v3/historicalTrades row -> a trade stream payload."""
+    data = {
+        "e": TRADE,
+        "E": row["time"],
+        "s": symbol,
+        "t": row["id"],
+        "p": row["price"],
+        "q": row["qty"],
+        "T": row["time"],
+        "m": row["isBuyerMaker"],
+        "M": row.get("isBestMatch", True),
+    }
+    validate_payload(TRADE, data, symbol)
+    return Event(TRADE, symbol, data["t"], data)
+
+
+def agg_trade_from_rest(symbol: str, row: dict) -> Event:
+    """/api/v3/aggTrades row (same letters as the stream) -> an aggTrade stream payload."""
+    data = {
+        "e": AGG_TRADE,
+        "E": row["T"],
+        "s": symbol,
+        "a": row["a"],
+        "p": row["p"],
+        "q": row["q"],
+        "f": row["f"],
+        "l": row["l"],
+        "T": row["T"],
+        "m": row["m"],
+        "M": row.get("M", True),
+    }
+    validate_payload(AGG_TRADE, data, symbol)
+    return Event(AGG_TRADE, symbol, data["a"], data)

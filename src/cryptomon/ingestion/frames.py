@@ -1,0 +1,69 @@
+"""Combined-stream frames in, Kafka values out: the ingestion's hot path, pure.
+
+The Kafka message is the Binance payload itself plus `ingestion_timestamp` (epoch ms, UTC, stamped at
+receipt) and, for events fetched over REST after a gap, `"backfilled": true`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from cryptomon.binance.schema import SEQ_FIELD, Event, validate_payload
+from cryptomon.binance.streams import split_stream
+from cryptomon.errors import BadData
+from cryptomon.names import ROUTE
+
+
+@dataclass(slots=True)
+class Control:
+    """A frame that is not market data but that the client must act on (e.g. serverShutdown)."""
+
+    event: str
+
+
+def parse_frame(raw: bytes | str, symbols: frozenset[str]) -> Event | Control:
+    """Parse one combined-stream frame. Raises BadData for anything that cannot be routed."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadData("not_json", str(exc)) from None
+    if not isinstance(msg, dict):
+        raise BadData("bad_envelope", f"frame is a JSON {type(msg).__name__}")
+    stream = msg.get("stream")
+    data = msg.get("data")
+    if stream is None:
+        # Binance's control events (e.g. {"e":"serverShutdown",...}) may come unwrapped
+        event = msg.get("e") if isinstance(msg.get("e"), str) else None
+        if event == "serverShutdown":
+            return Control(event)
+        raise BadData("bad_envelope", "frame has no 'stream'")
+    if isinstance(data, dict) and data.get("e") == "serverShutdown":
+        return Control("serverShutdown")
+    if not isinstance(stream, str) or "@" not in stream:
+        raise BadData("unknown_stream", f"stream {stream!r}")
+    symbol, kind = split_stream(stream)
+    if kind not in ROUTE or symbol not in symbols:
+        raise BadData("unknown_stream", f"stream {stream!r} is not subscribed")
+    validate_payload(kind, data, symbol)
+    assert isinstance(data, dict)  # validate_payload raised otherwise
+    return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
+
+
+def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
+    """The Kafka message value: Binance's payload + ingestion_timestamp (+ backfilled)."""
+    data = event.data
+    data["ingestion_timestamp"] = ingestion_ms
+    if backfilled:
+        data["backfilled"] = True
+    return orjson.dumps(data)
+
+
+def is_reply(raw: str | bytes) -> bool:
+    """{"result": .., "id": ..} or {"error": .., "id": ..}: the exchange's answer to a live request."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(d, dict) and "id" in d and ("result" in d or "error" in d)

@@ -1,0 +1,204 @@
+"""The job's three Structured Streaming queries, as DataFrames: Kafka records decoded into typed columns,
+the trade and spread windows with their exact sums, and the records the metrics cannot use (poison)."""
+
+from __future__ import annotations
+
+import json
+
+from cryptomon.binance.schema import AGG_TRADE, TRADE
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
+from cryptomon.settings import Settings
+
+TRADES_QUERY, SPREAD_QUERY, POISON_QUERY = "trade_metrics", "spread_metrics", "poison_records"
+
+
+def starting_offsets(setting: str, topics: list[str]) -> str:
+    """earliest / latest as they are; Spark's JSON of offsets cut down to the topics a query reads (Spark
+    wants exactly the partitions of those)."""
+    if not setting.startswith("{"):
+        return setting
+    offsets = json.loads(setting)
+    return json.dumps({t: offsets[t] for t in topics})
+
+
+def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None = None):
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", starting_offsets(settings.spark_starting_offsets, topic.split(",")))
+        .option("maxOffsetsPerTrigger", str(max_offsets or settings.spark_max_offsets_per_trigger))
+        # retention (7 days) may delete offsets a long-stopped job still wanted: go on, with a warning
+        .option("failOnDataLoss", "false")
+        .load()
+    )
+
+
+# Spark's types for Binance's values (bounds in cryptomon/binance/limits.py), chosen so that every sum is exact:
+#   price      DECIMAL(16,8): < 1e8, 8 decimals            quantity  DECIMAL(20,8): < 1e12, 8 decimals
+#   p*q        DECIMAL(37,16) (Spark: p1+p2+1, s1+s2): < 1e20, exact
+#   p*p        DECIMAL(33,16): < 1e16, exact
+#   sums       DECIMAL(38,16) for sum(p*q) and sum(p*p), DECIMAL(30,8) for sum(q), DECIMAL(26,8) for sum(p)
+#              (Spark: p+10, capped at 38): sum(p*q) < 1e22 holds 10,000 trades of the issue's extreme
+#              notional (1e7 x 1e11 = 1e18) in one window and ~1e13 of a real one (<= 1e9 USDT); sum(p*p)
+#              < 1e22 holds 1e6 trades at price 1e8.
+# Casts are try_cast (NULL instead of an error under ANSI mode: the row goes to the dead letters, see
+# poison_records) and sums try_sum (NULL on overflow: the window is then computed from the raw rows in
+# PostgreSQL, whose NUMERIC has no such bound; see repair.py).
+PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
+KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
+
+
+def _trades(df):
+    """Kafka records of binance.trades -> typed columns, the Kafka coordinates, and `ok`: the record is a
+    trade the metrics can use (an aggTrade is fine and not used; anything else is poison)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
+
+    schema = StructType(
+        [
+            StructField("e", StringType()),
+            StructField("s", StringType()),
+            StructField("t", LongType()),
+            StructField("p", StringType()),
+            StructField("q", StringType()),
+            StructField("T", LongType()),
+            StructField("m", BooleanType()),
+        ]
+    )
+    d = F.from_json(F.col("value").cast("string"), schema)
+    p, q = d["p"].try_cast(PRICE_TYPE), d["q"].try_cast(QUANTITY_TYPE)
+    ok = d["s"].isNotNull() & d["t"].isNotNull() & d["T"].isNotNull() & (p > 0) & (q > 0)
+    return df.select(
+        *KAFKA_COLUMNS,
+        d["e"].alias("e"),
+        d["s"].alias("symbol"),
+        d["t"].alias("trade_id"),
+        F.timestamp_millis(d["T"]).alias("event_time"),
+        p.alias("p"),
+        q.alias("q"),
+        F.coalesce(ok, F.lit(False)).alias("ok"),
+    )
+
+
+def _books(df):
+    """Kafka records of binance.book_ticker -> symbol, ingestion time, spread, the Kafka coordinates, `ok`."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    schema = StructType(
+        [
+            StructField("u", LongType()),
+            StructField("s", StringType()),
+            StructField("b", StringType()),
+            StructField("a", StringType()),
+            StructField("ingestion_timestamp", LongType()),
+        ]
+    )
+    d = F.from_json(F.col("value").cast("string"), schema)
+    bid, ask = d["b"].try_cast(PRICE_TYPE), d["a"].try_cast(PRICE_TYPE)
+    ok = d["s"].isNotNull() & d["ingestion_timestamp"].isNotNull() & (bid > 0) & (ask > 0)
+    return df.select(
+        *KAFKA_COLUMNS,
+        d["s"].alias("symbol"),
+        F.timestamp_millis(d["ingestion_timestamp"]).alias("ingestion_ts"),
+        (ask - bid).alias("spread"),
+        F.coalesce(ok, F.lit(False)).alias("ok"),
+    )
+
+
+def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
+    from pyspark.sql import functions as F
+
+    trades = (
+        _trades(_kafka_source(spark, settings, topic_name(TRADES), max_offsets))
+        .where((F.col("e") == TRADE) & F.col("ok"))
+        .select("symbol", "trade_id", "event_time", "p", "q")
+        .withWatermark("event_time", f"{settings.spark_watermark_seconds} seconds")
+        # a trade id counted once even if Kafka holds it twice
+        .dropDuplicatesWithinWatermark(["symbol", "trade_id"])
+    )
+    return (
+        trades.groupBy(F.col("symbol"), F.window("event_time", "1 minute"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.try_sum(F.col("p") * F.col("q")).alias("sum_pq"),
+            F.try_sum("q").alias("sum_q"),
+            F.try_sum("p").alias("sum_p"),
+            F.try_sum(F.col("p") * F.col("p")).alias("sum_pp"),
+        )
+        .select(
+            "symbol",
+            F.col("window.start").alias("window_start"),
+            F.col("window.end").alias("window_end"),
+            "n",
+            "sum_pq",
+            "sum_q",
+            "sum_p",
+            "sum_pp",
+        )
+    )
+
+
+def spread_windows(spark, settings: Settings, max_offsets: int | None = None):
+    from pyspark.sql import functions as F
+
+    books = (
+        _books(_kafka_source(spark, settings, topic_name(BOOK_TICKER), max_offsets))
+        .where(F.col("ok"))
+        .select("symbol", "ingestion_ts", "spread")
+        .withWatermark("ingestion_ts", f"{settings.spark_watermark_seconds} seconds")
+    )
+    return (
+        books.groupBy(F.col("symbol"), F.window("ingestion_ts", "30 seconds"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("spread").alias("sum_spread"),
+            F.max("spread").alias("max_spread"),
+            F.min("spread").alias("min_spread"),
+        )
+        .select(
+            "symbol",
+            F.col("window.start").alias("window_start"),
+            F.col("window.end").alias("window_end"),
+            "n",
+            "sum_spread",
+            "max_spread",
+            "min_spread",
+        )
+    )
+
+
+def poison_records(spark, settings: Settings, max_offsets: int | None = None):
+    """The records of both topics the metric queries cannot use, with the reason: they go to dead_letters
+    (a third query: a streaming aggregation cannot send its rejects anywhere), and the queries go on."""
+    from pyspark.sql import functions as F
+
+    trades_topic, books_topic = topic_name(TRADES), topic_name(BOOK_TICKER)
+    src = _kafka_source(spark, settings, f"{trades_topic},{books_topic}", max_offsets)
+    bad_trades = (
+        _trades(src.where(F.col("topic") == trades_topic))
+        .where(F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok")))
+        .select(
+            *KAFKA_COLUMNS,
+            F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
+            .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
+            .otherwise(
+                f"a trade without symbol, id or time, or a price/quantity that is not a positive decimal of "
+                f"{PRICE_TYPE}/{QUANTITY_TYPE}"
+            )
+            .alias("reason"),
+        )
+    )
+    bad_books = (
+        _books(src.where(F.col("topic") == books_topic))
+        .where(~F.col("ok"))
+        .select(
+            *KAFKA_COLUMNS,
+            F.lit(
+                f"a bookTicker without symbol or ingestion time, or a bid/ask that is not a positive {PRICE_TYPE}"
+            ).alias("reason"),
+        )
+    )
+    return bad_trades.unionByName(bad_books)
