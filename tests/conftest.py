@@ -4,7 +4,6 @@ started once per test session on ports of its own, with its state in a fresh tem
 from __future__ import annotations
 
 import os
-import time
 
 import psycopg
 import pytest
@@ -13,18 +12,6 @@ from cryptomon.settings import Settings
 
 TEST_KAFKA_PORT = int(os.environ.get("CRYPTOMON_TEST_KAFKA_PORT", "19092"))
 TEST_PG_PORT = int(os.environ.get("CRYPTOMON_TEST_PG_PORT", "15433"))
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll until predicate() is truthy; return its value. Fails the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,26 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cryptomon.kafka.clients import consumer_config
 from cryptomon.simulator.market import Conditions
 from cryptomon.simulator.scripted import Span, scripted_events
-from tests.conftest import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value. Fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

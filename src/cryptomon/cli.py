@@ -124,7 +124,7 @@ def up(
     live: bool = typer.Option(True, help="Live status table (off: a status line every 10 s)."),
 ) -> None:
     """Run the whole pipeline, supervised, until Ctrl-C: services, feed, ingestion, worker, Spark."""
-    import signal as _signal
+    import signal
 
     from rich.live import Live
 
@@ -145,8 +145,8 @@ def up(
         sim_max_steps=sim_max_steps,
         external_services=external,
     )
-    for sig in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: pipeline.stop_event.set())
     report = lambda msg: console.print(f"[green]✓[/] {msg}")  # noqa: E731
     try:
         with console.status("starting the pipeline"):

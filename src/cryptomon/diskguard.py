@@ -29,6 +29,8 @@ class DiskNearlyFull(Unavailable):
 
 @dataclass(frozen=True)
 class DiskStatus:
+    """Free space against the minimum on the state folder's disk, at one moment."""
+
     path: Path
     free_bytes: int
     min_free_bytes: int

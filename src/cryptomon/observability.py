@@ -27,6 +27,8 @@ HealthFn = Callable[[], tuple[bool, dict]]
 
 
 class HealthServer:
+    """`/health` and `/metrics` of a process, served from a thread of their own."""
+
     def __init__(self, host: str, port: int, health: HealthFn, registry: CollectorRegistry):
         self.host, self.port = host, port
         self._health = health

@@ -24,6 +24,8 @@ _SYMBOL = re.compile(r"^([A-Z0-9]{2,20}|[A-Z0-9*?]{1,20}|ALL)$")  # a symbol, a 
 
 
 class Settings(BaseSettings):
+    """Every `CRYPTOMON_*` setting, validated at start; a bad value is a SettingsError naming the variable."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Child:
+    """One process `up` runs: its command line, environment, log and health URL, restarts."""
+
     name: str
     args: list[str]
     env: dict[str, str]
@@ -106,6 +108,8 @@ def replay_args(captures: list, port: int, *options: str) -> list[str]:
 
 
 class Pipeline:
+    """`cryptomon up`: the services and every process started in order, restarted when they die, stopped in order."""
+
     def __init__(
         self,
         settings: Settings,

@@ -14,8 +14,7 @@ import pytest
 from cryptomon.services.local import KafkaBroker, TimescaleDB
 from cryptomon.simulator.scripted import Span, scripted_events
 from cryptomon.supervisor import sim_args
-from tests.conftest import wait_for
-from tests.helpers import Proc, exchange_env, free_port, get_json, post, running, wait_json
+from tests.helpers import Proc, exchange_env, free_port, get_json, post, running, wait_for, wait_json
 from tests.integration.test_spark import MINUTE, new_symbols, spark_env, wait_metrics_match_oracle
 from tests.integration.test_spark import produce as produce_events
 from tests.integration.test_worker import counts, make_events, produce, symbols_for_test, worker_env

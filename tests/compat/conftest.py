@@ -11,8 +11,7 @@ import pytest
 
 from cryptomon.simulator.tls import self_signed
 from cryptomon.supervisor import sim_args
-from tests.conftest import wait_for
-from tests.helpers import free_port, get_json, running
+from tests.helpers import free_port, get_json, running, wait_for
 
 SIM_ARGS = ["--market", "whole", "--whole-size", "20", "--rate", "200", "--no-wait-for-client", "--book-updates", "2"]
 

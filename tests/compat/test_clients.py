@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from cryptomon.supervisor import replay_args
-from tests.helpers import ARTIFACTS, shaped
+from tests.helpers import ARTIFACTS, shaped, wait_for
 
 pytestmark = pytest.mark.compat
 
@@ -256,7 +256,6 @@ def test_a_recorded_feed_is_replayed_over_wss_with_the_frames_as_recorded(tmp_pa
     import websockets
 
     from cryptomon.simulator.tls import self_signed
-    from tests.conftest import wait_for
     from tests.helpers import free_port, get_json, running
 
     cert, key = self_signed(tmp_path / "tls")

@@ -12,8 +12,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import port_open
 from cryptomon.supervisor import replay_args, sim_args
-from tests.conftest import wait_for
-from tests.helpers import TopicTap, decode, env_for, exchange_env, free_port, post, running, wait_json
+from tests.helpers import TopicTap, decode, env_for, exchange_env, free_port, post, running, wait_for, wait_json
 
 pytestmark = pytest.mark.integration
 TOPICS = [topic_name(TRADES), topic_name(BOOK_TICKER)]

@@ -14,8 +14,7 @@ from cryptomon.binance.schema import KINDS, SEQ_FIELD
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, DEADLETTER, TRADES
 from cryptomon.services.local import KafkaBroker
-from tests.conftest import wait_for
-from tests.helpers import TopicTap, decode, exchange_env, free_port, get_json, post, running, wait_json
+from tests.helpers import TopicTap, decode, exchange_env, free_port, get_json, post, running, wait_for, wait_json
 
 pytestmark = pytest.mark.integration
 

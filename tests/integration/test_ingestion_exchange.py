@@ -14,8 +14,7 @@ from cryptomon.ingestion import selection, state
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import INGEST_STATE
 from cryptomon.supervisor import sim_args
-from tests.conftest import wait_for
-from tests.helpers import TopicTap, exchange_env, free_port, get_json, post, running, wait_json
+from tests.helpers import TopicTap, exchange_env, free_port, get_json, post, running, wait_for, wait_json
 from tests.integration.test_ingestion import TOPICS, assert_exactly_once, finish_and_drain
 from tests.integration.test_worker import worker_env
 

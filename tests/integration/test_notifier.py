@@ -12,8 +12,7 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json
+from tests.helpers import Proc, env_for, free_port, get_json, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,7 @@ import pytest
 
 from cryptomon.simulator.replay import first_event_ms, read_captures, shift_to_now
 from cryptomon.supervisor import replay_args
-from tests.conftest import wait_for
-from tests.helpers import exchange_env, free_port, running, wait_json
+from tests.helpers import exchange_env, free_port, running, wait_for, wait_json
 from tests.integration.test_spark import assert_windows, fetch, streaming_job, windows_from_inputs
 from tests.integration.test_worker import worker_env
 

@@ -8,8 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json
+from tests.helpers import Proc, env_for, free_port, get_json, wait_for
 
 pytestmark = pytest.mark.integration
 

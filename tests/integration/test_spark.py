@@ -19,8 +19,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.simulator.scripted import Span, scripted_events
 from cryptomon.spark import metrics
-from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, producer, risk_scenario, running
+from tests.helpers import Proc, env_for, producer, risk_scenario, running, wait_for
 from tests.integration.test_worker import counts, worker_env
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,7 @@ import psycopg
 import pytest
 
 from cryptomon.services.local import pid_alive
-from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json, wait_json
+from tests.helpers import Proc, env_for, free_port, get_json, wait_for, wait_json
 
 pytestmark = pytest.mark.integration
 

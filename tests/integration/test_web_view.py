@@ -12,8 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import wait_for
-from tests.helpers import ARTIFACTS, Proc, env_for, free_port, get_json
+from tests.helpers import ARTIFACTS, Proc, env_for, free_port, get_json, wait_for
 
 pytestmark = pytest.mark.integration
 

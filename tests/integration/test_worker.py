@@ -17,8 +17,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.services.local import TimescaleDB
 from cryptomon.simulator.market import Conditions, Market
-from tests.conftest import wait_for
-from tests.helpers import Proc, env_for, free_port, get_json, producer, running, wait_json
+from tests.helpers import Proc, env_for, free_port, get_json, producer, running, wait_for, wait_json
 
 pytestmark = pytest.mark.integration
 

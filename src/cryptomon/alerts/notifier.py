@@ -30,6 +30,8 @@ _LOCK_KEY = 0x616C65727473  # "alerts": one round at a time, whatever the number
 
 
 class Notifier:
+    """`cryptomon notify`: the alert rules evaluated every interval, each change of an instance mailed once."""
+
     def __init__(self, settings: Settings, rules: tuple[AlertRule, ...] = ALERT_RULES):
         self.settings = settings
         self.rules = rules

@@ -19,6 +19,8 @@ Key = tuple[str, str]  # (rule title, symbol)
 
 @dataclass(frozen=True)
 class Transition:
+    """An alert instance (rule × symbol) that started or stopped firing, with the value that decided it."""
+
     rule: AlertRule
     symbol: str
     firing: bool

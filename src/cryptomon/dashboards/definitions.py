@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Panel:
+    """One panel: its title, chart type, SQL (with Grafana's macros) and place on the grid."""
+
     key: str
     title: str
     type: str  # Grafana panel plugin id: timeseries, bargauge, stat, table
@@ -27,6 +29,8 @@ class Panel:
 
 @dataclass(frozen=True)
 class Dashboard:
+    """A dashboard: its uid, title and panels, rendered for Grafana and for the web view alike."""
+
     uid: str
     title: str
     file: str
@@ -37,6 +41,8 @@ class Dashboard:
 
 @dataclass(frozen=True)
 class AlertRule:
+    """An alert rule: the SQL that gives each symbol's value, its threshold and the mail it sends."""
+
     uid: str
     title: str
     sql: str  # one row per symbol (a label) with a numeric `value`; fires when value > 0

@@ -19,6 +19,8 @@ _LOCK_KEY = 0x63727970746F  # "crypto": serialises concurrent migrators
 
 @dataclass(frozen=True)
 class Migration:
+    """One versioned SQL file of `migrations/`."""
+
     version: int
     name: str
     path: Path

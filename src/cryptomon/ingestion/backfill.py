@@ -35,6 +35,8 @@ MAX_RETRY_DELAY = 60.0
 
 @dataclass
 class BackfillStats:
+    """What the backfill did: gaps filled, events fetched, ids given up (and why), failed pages."""
+
     gaps_filled: int = 0
     backfilled: int = 0
     lost: int = 0  # ids the exchange no longer had
@@ -44,6 +46,8 @@ class BackfillStats:
 
 
 class Backfiller:
+    """Fills the tracker's open gaps over REST, several at a time, until each is filled or gone from the exchange."""
+
     def __init__(
         self,
         rest: RestClient,

@@ -68,6 +68,8 @@ class ConnectionGate:
 
 @dataclass
 class ConnStats:
+    """One connection's counters and times (monotonic)."""
+
     connected: bool = False
     connected_since: float = 0.0
     last_message: float = 0.0
@@ -79,6 +81,8 @@ class ConnStats:
 
 @dataclass(frozen=True)
 class ConnOptions:
+    """How a connection behaves: stale timeout, age before rotation, frame size, reconnect backoff."""
+
     stale_after: float = 30.0
     max_age: float = 23 * 3600.0
     max_frame_bytes: int = 1 << 20
@@ -87,6 +91,8 @@ class ConnOptions:
 
 
 class StreamConnection:
+    """One WebSocket to the combined stream for a group of streams, kept alive and rotated without a gap."""
+
     def __init__(
         self,
         name: str,

@@ -34,6 +34,8 @@ def producer_config(bootstrap: str, linger_ms: int = 20) -> dict:
 
 
 class KafkaSink:
+    """The idempotent, acks=all producer: every delivery checked, a failed one sent again, none dropped."""
+
     def __init__(self, bootstrap: str, linger_ms: int = 20, deadletter_topic: str | None = None):
         self.producer = Producer({**producer_config(bootstrap, linger_ms), "error_cb": self._on_error})
         self.deadletter_topic = deadletter_topic

@@ -44,6 +44,8 @@ class RateLimited(RestError):
 
 
 class RestBudget:
+    """The process's REST request weight per minute: what may be sent now, and the wait after a 429/418."""
+
     def __init__(self, budget: int = limits.REQUEST_WEIGHT_PER_MINUTE // 2, window: float = 60.0):
         self.budget = budget
         self.window = window
@@ -80,6 +82,8 @@ class RestBudget:
 
 
 class RestClient:
+    """Binance's REST API within the budget: whole bodies (bounded), Binance's errors as RestError."""
+
     def __init__(
         self,
         base_url: str,

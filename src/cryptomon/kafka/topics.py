@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """One topic of topics.conf: role, name, partitions and configs."""
+
     role: str
     name: str
     partitions: int

@@ -81,6 +81,8 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Status:
+    """What `services status` shows of one local service."""
+
     name: str
     running: bool
     address: str

@@ -21,6 +21,8 @@ __all__ = ["RequestWeights", "Verdict", "Window"]
 
 @dataclass(frozen=True)
 class Verdict:
+    """The answer to one REST request under the weight limits: its status, the weight used, Retry-After."""
+
     status: int  # 200, 429 or 418
     used: int  # weight used in the current window, for X-MBX-USED-WEIGHT-1M
     retry_after: int = 0  # seconds, for Retry-After (429 and 418)
@@ -37,6 +39,8 @@ class _Ip:
 
 
 class RequestWeights:
+    """Binance's request-weight limit per IP, with 429 + Retry-After above it and 418 bans for repeat callers."""
+
     def __init__(
         self,
         limit: int = limits.REQUEST_WEIGHT_PER_MINUTE,

@@ -1,23 +1,6 @@
-"""`cryptomon feed sim`: an exchange simulator that real Binance clients accept, with Binance's limits.
-
-One port serves Binance's WebSocket market streams (see `wsproto.py`: /stream, /ws, live SUBSCRIBE and
-the rest of the protocol, trade / aggTrade / bookTicker / depth / depth@100ms / kline_1m streams) and its
-public REST API (see `rest.py`: exchangeInfo, depth, trades, historicalTrades, aggTrades, klines,
-avgPrice, the tickers, ping, time; weights, 429 and 418). This module is the engine between the market
-model (`market.py`, `universe.py`) and the clients: the generation loop, the fan-out to subscribers and
-the fault switches. For tests and demos (not part of Binance's API):
-  GET  /sim/stats                           what was generated and sent, per symbol and kind; limits hit
-  POST /sim/drop                            close every WebSocket connection (server side)
-  POST /sim/stall?seconds=S                 keep connections open but send nothing for S seconds
-  POST /sim/inject?kind=malformed|duplicate|reorder&count=N
-  POST /sim/conditions?volatility=&volume=&spread=
-  POST /sim/pause  /sim/resume
-  POST /sim/rest?chunk_bytes=&chunk_pause=&delay=    REST bodies in pieces, slow answers
-
-The market keeps running while no client is connected (as a real exchange does), so a reconnecting
-client misses events and has to backfill them over REST. With `max_steps`, generation stops after that
-many market steps per symbol, which gives tests an exact expected total. Memory is bounded: the REST
-history is a ring of `history` trades per symbol, klines a day of minutes.
+"""`cryptomon feed sim`: an exchange simulator that real Binance clients accept, with Binance's limits. This
+module is the engine between the market model and the clients: generation, fan-out, faults, and the
+`/sim/*` control endpoints for tests (listed in docs/design.md).
 """
 
 from __future__ import annotations
@@ -61,6 +44,8 @@ HISTORY_BUDGET = 2_000_000  # trades (and aggTrades) kept over all symbols, unle
 
 @dataclass
 class Stats:
+    """What the simulator generated and sent, per symbol and kind, and the faults and limits it applied."""
+
     steps: Counter = field(default_factory=Counter)  # per symbol
     generated: Counter = field(default_factory=Counter)  # (symbol, kind)
     sent: Counter = field(default_factory=Counter)  # (symbol, kind), frames delivered to >= 1 client
@@ -72,6 +57,8 @@ class Stats:
 
 
 class Simulator:
+    """The exchange simulator: market generation, fan-out to subscribers, faults; REST and WebSocket on one port."""
+
     def __init__(
         self,
         symbols: tuple[str, ...],

@@ -26,6 +26,8 @@ def fmt(units: int) -> str:
 
 @dataclass(frozen=True)
 class Instrument:
+    """One listed symbol as exchangeInfo describes it: assets, anchor price, tick size and lot step (integer units)."""
+
     symbol: str
     base: str
     quote: str

@@ -1,16 +1,5 @@
-"""A seeded market model for the exchange simulator (pure: no I/O, no clock).
-
-Prices and quantities are integers in units of 1e-8 (Binance's 8 decimals), so formatting is exact;
-each symbol trades at its own tick and lot step (see `universe.py`). The price follows a mean-reverting
-random walk around an anchor, so a calm market has a bounded 1-minute price stddev and a burst
-(volatility multiplier) raises it predictably. Each step is one taker order: 1-3 trades at one price
-(ids consecutive), the aggTrade that aggregates them, and a bookTicker update; `book()` alone is a
-quote update without a trade.
-
-What the REST API serves is kept in bounded memory: the last `history` trades and aggTrades of each
-symbol in rings of fixed-size arrays (looked up by id), the last 1,440 one-minute klines, and an order
-book derived from the best bid and ask (level quantities are a function of the price, so the depth
-snapshot and the depth stream agree).
+"""A seeded market model for the exchange simulator (pure: no I/O, no clock), in integer units of 1e-8 so
+formatting is exact, with bounded history (docs/design.md).
 """
 
 from __future__ import annotations
@@ -72,6 +61,8 @@ class Ring:
 
 @dataclass
 class Kline:
+    """One 1-minute candle, in integer units."""
+
     open_time: int
     open: int
     high: int
@@ -107,6 +98,8 @@ class Kline:
 
 @dataclass
 class SymbolState:
+    """One symbol's market: price offset, next ids, bounded trade and aggTrade history, its book."""
+
     inst: Instrument
     trades: Ring
     aggs: Ring
@@ -134,6 +127,8 @@ class SymbolState:
 
 
 class Market:
+    """The seeded market model: each step of a symbol yields its trades, aggTrades and bookTicker updates."""
+
     def __init__(
         self,
         symbols: tuple[str, ...],

@@ -1,16 +1,5 @@
-"""Recorded feeds: `cryptomon feed record` captures a live stream, `cryptomon feed replay` serves one.
-
-Accepted inputs for replay (plain or gzip, told by their first bytes):
-  * JSON lines as written by `feed record`: {"stream": "btcusdt@trade", "data": {...}, "received_at": ms}
-    (the "received_at" field is optional, so any capture of raw combined-stream frames works);
-  * hftbacktest's collector: `<receive time, ns since epoch> <raw combined-stream frame>` per line;
-  * cryptofeed's raw recordings (`*.ws.*`): a first line with the URL, then `<receive time, s>: <frame>`;
-  * Binance's public dumps (data.binance.vision), CSV with or without a header row:
-      <SYMBOL>-trades-*.csv     id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch
-      <SYMBOL>-aggTrades-*.csv  aggTradeId,price,qty,firstTradeId,lastTradeId,time,isBuyerMaker,isBestMatch
-    Times in microseconds (Binance's spot dumps since 2025) are converted to milliseconds.
-Lines that are not combined-stream frames in the timestamped formats (a REST depth snapshot the
-collector stored beside the stream) are skipped and counted. Several captures are merged by receive time.
+"""Recorded feeds: `cryptomon feed record` captures a live stream, `cryptomon feed replay` reads captures
+(its own JSON lines, hftbacktest's, cryptofeed's, Binance's CSV dumps: docs/design.md) and serves them.
 """
 
 from __future__ import annotations

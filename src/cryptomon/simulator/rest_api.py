@@ -31,12 +31,16 @@ KLINE_INTERVALS = ("1m",)  # the simulator keeps one-minute klines
 
 @dataclass
 class RestFaults:
+    """Slow or piecewise REST answers on demand (for tests of the client's body handling)."""
+
     chunk_bytes: int = 0  # 0: whole bodies
     chunk_pause: float = 0.0
     delay: float = 0.0
 
 
 class History(Protocol):
+    """The trade history the REST API serves from."""
+
     def trades_from(self, symbol: str, from_id: int | None, limit: int) -> list[dict]: ...
     def aggs_from(self, symbol: str, from_id: int | None, limit: int) -> list[dict]: ...
 
@@ -60,6 +64,8 @@ class ApiError(BadData):
 
 
 class RestApi:
+    """The simulator's REST API: Binance's market-data endpoints with their weights and JSON errors."""
+
     def __init__(self, sim: Exchange, weights: RequestWeights):
         self.sim = sim
         self.weights = weights

@@ -17,6 +17,8 @@ CALM = Conditions()
 
 @dataclass(frozen=True)
 class Phase:
+    """A named stretch of a scenario: how long, the market conditions, the faults injected."""
+
     name: str
     seconds: float
     conditions: Conditions = CALM

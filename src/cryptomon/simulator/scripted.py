@@ -11,6 +11,8 @@ from cryptomon.simulator.market import Conditions, Market
 
 @dataclass(frozen=True)
 class Span:
+    """A stretch of a scripted run: how many seconds, under which conditions."""
+
     seconds: float
     conditions: Conditions = Conditions()
 

@@ -1,19 +1,5 @@
-"""The simulator's WebSocket protocol, as Binance's market-data streams speak it.
-
-  /stream?streams=a/b     combined frames {"stream": .., "data": ..}
-  /ws/<stream>[/<...>]    raw payloads;  /ws and /stream without streams: subscribe live
-  {"method": "SUBSCRIBE" | "UNSUBSCRIBE", "params": [streams], "id": ..}   -> {"result": null, "id": ..}
-  {"method": "LIST_SUBSCRIPTIONS", "id": ..}                            -> {"result": [streams], "id": ..}
-  {"method": "SET_PROPERTY", "params": ["combined", bool], "id": ..}    -> {"result": null, "id": ..}
-  {"method": "GET_PROPERTY", "params": ["combined"], "id": ..}          -> {"result": bool, "id": ..}
-  bad requests   -> {"error": {"code": 0-3, "msg": ..}, "id": ..} (Binance's codes; the connection stays)
-
-Limits (values in `SimLimits`, Binance's by default): at most `max_streams` streams per connection (a URL
-with more is refused at the handshake, a SUBSCRIBE that would pass it is answered with an error); more
-than `max_messages` incoming messages (requests, pings, pongs) within a second closes the connection
-(1008); at most `max_connections` new connections per IP per `connection_window`; the server pings every
-`ping_interval` and closes a connection that has not answered for `pong_timeout`; a connection is cut
-after `max_age` seconds.
+"""The simulator's WebSocket protocol, as Binance's market-data streams speak it: /stream and /ws, live
+requests with their answers and error codes, pings and limits (the message table: docs/design.md).
 """
 
 from __future__ import annotations
@@ -56,6 +42,8 @@ class SimLimits:
 
 @dataclass(eq=False)
 class Connection:
+    """One client's WebSocket: its streams, mode (combined or raw) and incoming-message window."""
+
     ws: web.WebSocketResponse
     ip: str
     combined: bool
@@ -84,6 +72,8 @@ class RequestError(BadData):
 
 
 class StreamProtocol:
+    """Binance's WebSocket protocol as the simulator serves it: URLs, live requests, pings, limits."""
+
     def __init__(self, sim: Fanout, limits: SimLimits):
         self.sim = sim
         self.limits = limits

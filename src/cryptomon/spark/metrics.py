@@ -1,20 +1,5 @@
-"""Metric definitions of the streaming job, as SQL run in TimescaleDB on exact sums computed by Spark.
-
-Spark aggregates per window only exact decimal sums (prices DECIMAL(16,8), quantities DECIMAL(20,8): the
-arithmetic is next to the casts in queries.py); PostgreSQL derives from them, in NUMERIC:
-
-    vwap         = sum(p*q) / sum(q)
-    price_stddev = sqrt((sum(p*p) - sum(p)^2 / n) / (n - 1))         (sample stddev; NULL when n = 1)
-    avg_spread   = sum(ask - bid) / n
-
-so the stored metrics equal the same SQL recomputed from the raw rows (the tests' oracle), not a
-floating-point approximation of it. Flags:
-
-    volatility_alert = price_stddev > threshold(symbol)
-    volume_spike     = volume > K * mean(volume of the previous N windows of the symbol that had trades)
-                       (false while the symbol has fewer than M previous windows: the partial
-                       first window after a start would make the next one a "spike")
-    spread_warning   = max_spread > F * min_spread
+"""The streaming job's metrics as SQL run in TimescaleDB on the exact sums Spark computes, and the oracle
+the tests compare with (formulas and flags: docs/design.md).
 """
 
 from __future__ import annotations

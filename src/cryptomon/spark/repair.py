@@ -1,23 +1,5 @@
-"""Repair of trade windows that received rows after Spark closed them.
-
-Spark drops a trade whose event time is behind its watermark (10 s): a backfilled gap, a replay of old
-frames, a trade slowed down by exchange limits. The worker still stores it in `trades`. This loop, run
-beside the queries by `cryptomon spark`, finds such rows by when they were written (`inserted_at`,
-indexed): ingested late (`ingestion_ts` more than half the watermark after `event_time`), or written
-after Spark's watermark had passed their event time (a worker behind Spark: a window repaired before all
-its rows were in is repaired again when the rest lands). Once
-Spark's own watermark has passed the end of their window (Spark will not write it again), recomputes the
-window from the raw rows and upserts it with the same SQL as Spark's sums (metrics.TRADE_REPAIR), then the
-volume-spike flags from that window on. Windows whose Spark sums overflowed (try_sum gave NULL) come here
-too. A round runs every `interval` seconds, so a late row is in its window within about
-interval + trigger seconds of landing.
-
-Why here and not a Spark batch job: the rows are already in TimescaleDB, a window is one indexed range
-query there, and PostgreSQL's NUMERIC has no precision bound; a batch job would read them back out of the
-database to compute the same sums. Recomputing is idempotent, so overlapping scans and restarts are
-harmless: `metric_repair_cursor` keeps how far the loop has looked (less the windows still waiting), and
-a repaired window is counted only when a value changed (`stream_progress.repaired_windows`, query
-`trade_repair`).
+"""Repair of trade windows that received rows after Spark closed them: found by when they were written,
+recomputed from the raw rows once Spark's watermark has passed them (why and how: docs/design.md).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ W = TypeVar("W")  # whatever wrote the batch (the worker's writer: a thread and 
 
 @dataclass
 class Flight(Generic[W]):
+    """A batch being written, on which writer."""
+
     batch: Batch
     future: Future
     writer: W
@@ -48,6 +50,8 @@ class Failed(Generic[W]):
 
 
 class CommitOrder(Generic[W]):
+    """Batches written side by side; offsets released per partition only in Kafka's order."""
+
     def __init__(self) -> None:
         self._queues: dict[Partition, deque[Flight[W]]] = {}  # per partition, in Kafka's order
         self._staged: dict[Partition, int] = {}

@@ -1,22 +1,5 @@
-"""`cryptomon worker`: Kafka -> TimescaleDB, crash-safe, exactly one row per event.
-
-    consume -> buffer per partition -> flush (N messages | T seconds | topic drained) -> one INSERT per
-    batch (ON CONFLICT DO NOTHING) -> commit the Kafka offsets, synchronously, only after the database
-    commit.
-
-Batches are written by a pool of writers (CRYPTOMON_WORKER_WRITERS threads, a database connection
-each) while the main thread consumes and parses the next ones: PostgreSQL works on several batches
-at once instead of taking turns with Python. Batches of one partition may be written at the same
-time, but their offsets are committed strictly in the partition's order: a batch's offsets only once
-it and every earlier batch of its partition are in the database. A failed write takes the partition's
-later batches (written or not) and its newer buffered messages back behind its own, and is retried
-first; rows already written are no-ops the second time. (Two such writes could deadlock only on
-replayed duplicates in opposite orders; PostgreSQL then aborts one, which is retried like an outage.)
-
-A crash anywhere replays from the last committed offsets and the replayed rows are no-ops. A dead
-database pauses consumption (memory stays bounded), is retried with backoff, and the worker resumes by
-itself. A message that cannot become a row goes to `dead_letters` and never blocks its partition.
-A nearly full disk under the local stack pauses it the same way (see `cryptomon.diskguard`).
+"""`cryptomon worker`: Kafka -> TimescaleDB, crash-safe, exactly one row per event: consume, buffer per
+partition, write on several connections, commit offsets only after the database (docs/design.md).
 """
 
 from __future__ import annotations
@@ -64,6 +47,8 @@ class Writer:
 
 
 class Worker:
+    """`cryptomon worker`: consume, buffer per partition, write on several connections, commit after the database."""
+
     def __init__(self, settings: Settings, health_port: int | None = None):
         self.settings = settings
         self.table_of = {topic_name(TRADES): TRADES, topic_name(BOOK_TICKER): BOOK_TICKER}

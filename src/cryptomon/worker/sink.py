@@ -1,16 +1,5 @@
-"""Bulk writes to TimescaleDB: one statement (one round trip) per batch, idempotent.
-
-Each column travels as one array parameter and `unnest` turns the arrays back into rows inside
-PostgreSQL: a single INSERT ... SELECT ... ON CONFLICT DO NOTHING, with the batch's dead letters
-inserted by a data-modifying CTE of the same statement. One statement in autocommit mode is one
-round trip and one transaction: no BEGIN and COMMIT of their own. Prices and
-quantities stay decimal strings until PostgreSQL casts them to NUMERIC; times stay epoch milliseconds
-until PostgreSQL adds them to the epoch: nothing is rounded on the way.
-
-The row arrays travel as PostgreSQL array literals built with str.join (`{1,2,3}`), not as Python lists
-that psycopg's list dumper walks element by element: the worker's profile had that walk as its largest
-single cost. Each column's values are known to be safe unquoted (integers, booleans, decimals that
-matched Binance's pattern: digits and one dot); text is quoted and escaped, each distinct value once.
+"""Bulk writes to TimescaleDB: one idempotent statement (one round trip) per batch, rows and dead letters
+together; bad rows isolated by bisection (why array literals: docs/design.md).
 """
 
 from __future__ import annotations
