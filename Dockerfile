@@ -14,9 +14,12 @@ RUN apt-get update -q \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 cryptomon
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# every dependency at the version and hashes of requirements.lock (pip-compile --generate-hashes), then
+# cryptomon itself without resolving anything again
+COPY requirements.lock pyproject.toml README.md ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY src ./src
-RUN pip install --no-cache-dir . && mkdir -p /var/lib/cryptomon && chown cryptomon /var/lib/cryptomon
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /var/lib/cryptomon && chown cryptomon /var/lib/cryptomon
 COPY --from=jars /deps /opt/cryptomon/deps
 ENV CRYPTOMON_DEPS_DIR=/opt/cryptomon/deps \
     CRYPTOMON_STATE_DIR=/var/lib/cryptomon \

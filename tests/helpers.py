@@ -42,6 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# tests that write event times minutes ahead of the clock on purpose (to be later than anything else in the
+# shared topics), and replays shifted to now at full speed, allow that much clock skew (see the contract)
+FUTURE_SKEW = {"CRYPTOMON_MAX_CLOCK_SKEW_SECONDS": 3600}
+
+
 def env_for(settings, **extra) -> dict:
     env = {
         **os.environ,

@@ -91,20 +91,30 @@ def services_status() -> None:
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
-    """Apply pending schema migrations (idempotent)."""
+def db_migrate(
+    roles: bool = typer.Option(False, "--roles", help="Then create the application and read-only roles."),
+) -> None:
+    """Apply pending schema migrations (idempotent); with --roles, also the least-privilege roles."""
     from cryptomon.db.migrate import migrate
+    from cryptomon.db.roles import ensure_roles
 
-    applied = migrate(get_settings().pg_dsn)
+    s = get_settings()
+    applied = migrate(s.pg_dsn)
     console.print(f"[green]✓[/] {'applied ' + str(applied) if applied else 'schema up to date'}")
+    if roles:
+        for line in ensure_roles(s.pg_dsn, s.db_app_user, s.db_app_password.get_secret_value(), s.db_reader_user,
+                                 s.db_reader_password.get_secret_value()):  # fmt: skip
+            console.print(f"[green]✓[/] {line}")
 
 
 @topics_app.command("ensure")
 def topics_ensure() -> None:
     """Create missing topics and apply their configuration (idempotent)."""
+    from cryptomon.kafka.security import librdkafka_security
     from cryptomon.kafka.topics import ensure_topics
 
-    for topic, result in ensure_topics(get_settings().kafka_bootstrap).items():
+    settings = get_settings()
+    for topic, result in ensure_topics(settings.kafka_bootstrap, security=librdkafka_security(settings)).items():
         console.print(f"[green]✓[/] {topic}: {result}")
 
 

@@ -24,13 +24,49 @@ from cryptomon.errors import ConfigError
 log = logging.getLogger(__name__)
 
 HealthFn = Callable[[], tuple[bool, dict]]
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def allowed_hosts(health_host: str, extra: str = "") -> frozenset[str] | None:
+    """The Host header values (without port) the HTTP endpoints answer: loopback names, the address they
+    listen on, and CRYPTOMON_HTTP_ALLOWED_HOSTS; None (any host) when that setting is `*`. A page on another
+    site that resolves its name to this machine (DNS rebinding) is refused."""
+    names = {n.strip().lower() for n in extra.split(",") if n.strip()}
+    if "*" in names:
+        return None
+    if health_host not in ("0.0.0.0", "::"):
+        names.add(health_host.lower())
+    return frozenset(names | LOOPBACK_NAMES)
+
+
+def host_guard(allowed: frozenset[str] | None):
+    """aiohttp middleware: 421 Misdirected Request for a Host header that is not allowed."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if allowed is not None:
+            host = (request.host or "").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in allowed:
+                return web.Response(status=421, text="unknown host (set CRYPTOMON_HTTP_ALLOWED_HOSTS)\n")
+        return await handler(request)
+
+    return guard
 
 
 class HealthServer:
     """`/health` and `/metrics` of a process, served from a thread of their own."""
 
-    def __init__(self, host: str, port: int, health: HealthFn, registry: CollectorRegistry):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        health: HealthFn,
+        registry: CollectorRegistry,
+        allowed: frozenset[str] | None = LOOPBACK_NAMES,
+    ):
         self.host, self.port = host, port
+        self.allowed = allowed
         self._health = health
         self._registry = registry
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -57,7 +93,7 @@ class HealthServer:
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            app = web.Application()
+            app = web.Application(middlewares=[host_guard(self.allowed)])
             app.router.add_get("/health", self._health_handler)
             app.router.add_get("/metrics", self._metrics_handler)
             runner = web.AppRunner(app, access_log=None)

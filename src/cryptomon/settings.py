@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers; the local broker listens on the first one."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client (producer, consumers, admin, Spark) talks to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (never logged or printed).")
+    kafka_ssl_ca_file: str = Field(
+        "", description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)."
+    )
     kafka_controller_port: int = Field(
         9093, ge=1, le=65535, description="KRaft controller port of the local single-node broker."
     )
@@ -54,6 +65,12 @@ class Settings(BaseSettings):
         description="TimescaleDB connection string. The password shown is the local-only default; "
         "set your own outside a development machine.",
     )
+    db_app_user: str = Field("cryptomon_app", description="`db migrate --roles`: the role the processes write as.")
+    db_app_password: SecretStr = Field(SecretStr(""), description="Password of the application role (never printed).")
+    db_reader_user: str = Field(
+        "cryptomon_reader", description="`db migrate --roles`: the read-only role of dashboards."
+    )
+    db_reader_password: SecretStr = Field(SecretStr(""), description="Password of the read-only role (never printed).")
     pg_bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"),
         description="Where `initdb`, `pg_ctl` and `postgres` live for the local TimescaleDB.",
@@ -74,6 +91,11 @@ class Settings(BaseSettings):
         description="Folder where `scripts/setup.sh` put the Kafka and Spark connector jars.",
     )
     log_level: str = Field("INFO", description="Log level of every cryptomon process.")
+    http_allowed_hosts: str = Field(
+        "",
+        description="Host names (comma-separated) the HTTP endpoints answer besides loopback and the health host; "
+        "`*`: any. Others get 421 (a page elsewhere cannot reach them through DNS rebinding).",
+    )
     health_host: str = Field(
         "127.0.0.1", description="Address the health/metrics endpoints bind to (0.0.0.0 to expose them)."
     )
@@ -120,6 +142,13 @@ class Settings(BaseSettings):
         description="Seconds after which a new connection replaces the current one (Binance cuts at 24 h).",
     )
     ws_max_frame_bytes: int = Field(1 << 20, gt=0, description="Largest WebSocket frame accepted.")
+    max_clock_skew_seconds: int = Field(
+        60,
+        ge=0,
+        description="How far an event time may be ahead of its ingestion time, and an ingestion time ahead of the "
+        "reader's clock (worker, Spark); later records are dead letters. A capture replayed at full speed with "
+        "--shift-to-now needs the capture's length.",
+    )
     backoff_initial: float = Field(1.0, gt=0, description="First reconnect delay, in seconds.")
     backoff_max: float = Field(60.0, gt=0, description="Longest reconnect delay, in seconds.")
     backfill_grace: float = Field(
@@ -164,6 +193,11 @@ class Settings(BaseSettings):
         'latest (what arrives from now on), or Spark\'s JSON of offsets per topic and partition, {"topic": {"0": 42}}.',
     )
     spark_ui_port: int = Field(4040, ge=0, le=65535, description="Spark UI port (0 disables the UI).")
+    spark_driver_host: str = Field(
+        "127.0.0.1",
+        description="Address the Spark driver (its RPC, block manager and UI) listens on and gives executors; "
+        "loopback keeps them off the network, a cluster of several machines needs one its executors reach.",
+    )
     volatility_threshold: float = Field(
         2.0, gt=0, description="volatility_alert fires when a 1-minute window's price stddev exceeds this."
     )
@@ -207,7 +241,19 @@ class Settings(BaseSettings):
     smtp_port: int = Field(1025, ge=1, le=65535, description="SMTP port (1025: a local catcher such as Mailpit).")
     smtp_user: str = Field("", description="SMTP user; empty: no login.")
     smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password (never logged).")
-    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before logging in.")
+    smtp_tls: Literal["auto", "starttls", "implicit", "off"] = Field(
+        "auto",
+        description="TLS to the SMTP server: `implicit` (TLS from the start, port 465), `starttls` (upgrade before "
+        "logging in, port 587), `off`; `auto` picks by the port: 465 implicit, 1025 (a local catcher) off, any other "
+        "port STARTTLS.",
+    )
+
+    @property
+    def smtp_tls_mode(self) -> str:
+        """The TLS mode in force: `smtp_tls`, with `auto` resolved by the port."""
+        if self.smtp_tls != "auto":
+            return self.smtp_tls
+        return {465: "implicit", 1025: "off"}.get(self.smtp_port, "starttls")
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -256,6 +302,10 @@ class Settings(BaseSettings):
                     raise ValueError(f"{num!r} is not a number (in {item!r})") from None
             return out
         return value
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return self.max_clock_skew_seconds * 1000
 
     def volatility_threshold_for(self, symbol: str) -> float:
         return self.volatility_thresholds.get(symbol, self.volatility_threshold)
@@ -324,11 +374,15 @@ class SettingsError(ConfigError):
     """Raised with one line per bad setting, each naming its environment variable."""
 
 
+SECRET_FIELDS = {"smtp_password", "kafka_sasl_password", "binance_api_key", "pg_dsn"}
+
+
 def describe_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
-        lines.append(f"{ENV_PREFIX}{field.upper()}: {e['msg']} (got {e.get('input')!r})")
+        shown = "***" if field in SECRET_FIELDS or "dsn" in field else repr(e.get("input"))[:200]  # no password printed
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {e['msg']} (got {shown})")
     return "\n".join(lines)
 
 

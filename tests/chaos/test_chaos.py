@@ -14,7 +14,7 @@ import pytest
 from cryptomon.services.local import KafkaBroker, TimescaleDB
 from cryptomon.simulator.scripted import Span, scripted_events
 from cryptomon.supervisor import sim_args
-from tests.helpers import Proc, exchange_env, free_port, get_json, post, running, wait_for, wait_json
+from tests.helpers import FUTURE_SKEW, Proc, exchange_env, free_port, get_json, post, running, wait_for, wait_json
 from tests.integration.test_spark import MINUTE, new_symbols, spark_env, wait_metrics_match_oracle
 from tests.integration.test_spark import produce as produce_events
 from tests.integration.test_worker import counts, make_events, produce, symbols_for_test, worker_env
@@ -118,8 +118,9 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
     events = scripted_events(symbols, start, [Span(360)], steps_per_second=2.0, seed=11)
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     n_trades = sum(1 for k, _ in events if k != "bookTicker")
-    env = spark_env(chaos_stack, tmp_path / "ckpt", CRYPTOMON_SPARK_TRIGGER_SECONDS=1, CRYPTOMON_DB_RETRY_MAX=2)
-    wenv, wport = worker_env(chaos_stack, CRYPTOMON_DB_RETRY_MAX=2)
+    env = spark_env(chaos_stack, tmp_path / "ckpt", CRYPTOMON_SPARK_TRIGGER_SECONDS=1, CRYPTOMON_DB_RETRY_MAX=2,
+                    **FUTURE_SKEW)  # fmt: skip
+    wenv, wport = worker_env(chaos_stack, CRYPTOMON_DB_RETRY_MAX=2, **FUTURE_SKEW)
     db = TimescaleDB(chaos_stack)
     produce_events(chaos_stack.kafka_bootstrap, first)
     with running("chaos-db-worker", ["worker"], wenv) as worker, running("chaos-db-spark", ["spark"], env) as spark:

@@ -78,6 +78,7 @@ def test_one_email_per_firing_alert_none_while_it_stays_firing_one_when_it_resol
         stack,
         CRYPTOMON_ALERT_EMAIL="risk@example.com,ops@example.com",
         CRYPTOMON_SMTP_PORT=smtp_port,
+        CRYPTOMON_SMTP_TLS="off",  # the test's aiosmtpd speaks plain SMTP on a random port (auto would want STARTTLS)
         CRYPTOMON_ALERT_INTERVAL_SECONDS=0.5,
         CRYPTOMON_NOTIFY_HEALTH_PORT=health,
     )
@@ -122,7 +123,7 @@ def test_one_email_per_firing_alert_none_while_it_stays_firing_one_when_it_resol
         assert inbox.subjects(mine).count(f"[FIRING] VolatilityAlert {late}") == 1
         assert not any(calm in s for s in inbox.subjects(mine))
         _, metrics = get_json(f"http://127.0.0.1:{health}/health")
-        assert metrics["recipients"] == ["risk@example.com", "ops@example.com"]
+        assert metrics["recipients"] == 2  # how many, not who: /health shows no personal data
     finally:
         notifier.stop()
         smtp.stop()

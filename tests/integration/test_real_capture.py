@@ -15,7 +15,7 @@ import pytest
 
 from cryptomon.simulator.replay import first_event_ms, read_captures, shift_to_now
 from cryptomon.supervisor import replay_args
-from tests.helpers import exchange_env, free_port, running, wait_for, wait_json
+from tests.helpers import FUTURE_SKEW, exchange_env, free_port, running, wait_for, wait_json
 from tests.integration.test_spark import assert_windows, fetch, streaming_job, windows_from_inputs
 from tests.integration.test_worker import worker_env
 
@@ -33,9 +33,10 @@ def captures():
 
 def test_real_btc_and_eth_frames_through_the_whole_pipeline(stack, tmp_path, captures):
     port = free_port()
-    env = exchange_env(stack, port, CRYPTOMON_SYMBOLS="BTCUSDT,ETHUSDT")
-    wenv, _ = worker_env(stack)
-    job = streaming_job(stack, tmp_path, "spark-real")
+    # shifted to now and replayed at full speed, the capture's 6 minutes of event times arrive in seconds
+    env = exchange_env(stack, port, CRYPTOMON_SYMBOLS="BTCUSDT,ETHUSDT", **FUTURE_SKEW)
+    wenv, _ = worker_env(stack, **FUTURE_SKEW)
+    job = streaming_job(stack, tmp_path, "spark-real", **FUTURE_SKEW)
     t0 = datetime.now(UTC)
     shift = shift_to_now(first_event_ms(captures), int(t0.timestamp() * 1000))  # what --shift-to-now does
     try:

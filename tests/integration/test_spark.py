@@ -19,7 +19,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.simulator.scripted import Span, scripted_events
 from cryptomon.spark import metrics
-from tests.helpers import Proc, env_for, producer, risk_scenario, running, wait_for
+from tests.helpers import FUTURE_SKEW, Proc, env_for, producer, risk_scenario, running, wait_for
 from tests.integration.test_worker import counts, worker_env
 
 pytestmark = pytest.mark.integration
@@ -68,11 +68,11 @@ def run_spark_available_now(stack, checkpoints: Path, **extra) -> str:
     return proc.log()
 
 
-def load_raw(stack, events, symbols) -> None:
+def load_raw(stack, events, symbols, **extra) -> None:
     """Fill trades/book_ticker through the real worker."""
     n_trades = sum(1 for k, _ in events if k != "bookTicker")
     n_books = len(events) - n_trades
-    env, _ = worker_env(stack)
+    env, _ = worker_env(stack, **extra)
     with running("worker-for-spark", ["worker"], env):
         wait_for(lambda: counts(stack.pg_dsn, symbols) == (n_trades, n_books), 120, what="raw rows")
 
@@ -165,7 +165,7 @@ def test_job_killed_mid_run_restarts_from_its_checkpoint(stack, tmp_path):
     events = scripted_events(symbols, start, [Span(480)], steps_per_second=2.0, seed=8)
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     ckpt = tmp_path / "ckpt"
-    env = spark_env(stack, ckpt, CRYPTOMON_SPARK_TRIGGER_SECONDS=1)
+    env = spark_env(stack, ckpt, CRYPTOMON_SPARK_TRIGGER_SECONDS=1, **FUTURE_SKEW)
     produce(stack.kafka_bootstrap, first)
     job = Proc("spark-killed", ["spark"], env)
     try:
@@ -182,7 +182,7 @@ def test_job_killed_mid_run_restarts_from_its_checkpoint(stack, tmp_path):
     finally:
         job.stop()
     produce(stack.kafka_bootstrap, second[len(second) // 2 :])
-    load_raw(stack, events, symbols)
+    load_raw(stack, events, symbols, **FUTURE_SKEW)
     with running("spark-restarted", ["spark"], env) as restarted:
         wait_metrics_match_oracle(stack, symbols, what="metrics to equal the oracle after the restart")
     assert "Traceback" not in restarted.log()
@@ -320,9 +320,9 @@ def end_offsets(bootstrap: str) -> str:
         c.close()
 
 
-def streaming_job(stack, tmp_path, name: str) -> Proc:
+def streaming_job(stack, tmp_path, name: str, **extra) -> Proc:
     env = spark_env(stack, tmp_path / "ckpt", CRYPTOMON_SPARK_TRIGGER_SECONDS=1, CRYPTOMON_SPARK_REPAIR_INTERVAL=2,
-                    CRYPTOMON_SPARK_STARTING_OFFSETS=end_offsets(stack.kafka_bootstrap))  # fmt: skip
+                    CRYPTOMON_SPARK_STARTING_OFFSETS=end_offsets(stack.kafka_bootstrap), **extra)  # fmt: skip
     return Proc(name, ["spark"], env)
 
 

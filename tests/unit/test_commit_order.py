@@ -16,8 +16,8 @@ P0, P1 = (TOPIC, 0), (TOPIC, 1)
 
 
 def trade(i: int) -> bytes:
-    return orjson.dumps({"e": "trade", "E": 1, "s": "BTCUSDT", "t": i, "p": "1.0", "q": "2.0", "T": 1, "m": True,
-                         "ingestion_timestamp": 5})  # fmt: skip
+    return orjson.dumps({"e": "trade", "E": 1, "s": "BTCUSDT", "t": i, "p": "1.0", "q": "2.0", "T": 1700000000000, "m": True,
+                         "ingestion_timestamp": 1700000000005})  # fmt: skip
 
 
 def batch(partition: int, *offsets: int) -> Batch:

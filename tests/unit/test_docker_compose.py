@@ -65,7 +65,7 @@ def test_the_app_profile_runs_every_process_from_the_one_dockerfile():
         assert svc["command"][0] in commands, f"{name} runs an unknown command {svc['command']}"
         assert svc["environment"]["CRYPTOMON_KAFKA_BOOTSTRAP"] == "kafka:29092"
         assert "@timescaledb:5432/" in svc["environment"]["CRYPTOMON_PG_DSN"]
-        assert "${POSTGRES_PASSWORD:?" in svc["environment"]["CRYPTOMON_PG_DSN"]  # no default password
+        assert ":?set" in svc["environment"]["CRYPTOMON_PG_DSN"]  # no default password (owner or app role)
     for name in APP[1:]:  # the processes wait for the topics and the schema
         deps = SERVICES[name]["depends_on"]
         assert deps["kafka-init"]["condition"] == deps["migrate"]["condition"] == "service_completed_successfully"
@@ -86,3 +86,37 @@ def test_the_dockerfile_resolves_the_connector_like_setup_does():
     assert "USER cryptomon" in dockerfile  # not root
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv/", ".deps/"} <= set(ignored)
+
+
+def test_compose_runs_with_least_privilege_and_locked_doors():
+    app_env = SERVICES["ingest"]["environment"]
+    assert app_env["CRYPTOMON_PG_DSN"].startswith("postgresql://cryptomon_app:${CRYPTOMON_DB_APP_PASSWORD:?")
+    assert SERVICES["migrate"]["command"] == ["db", "migrate", "--roles"]
+    assert SERVICES["migrate"]["environment"]["CRYPTOMON_PG_DSN"].startswith("postgresql://${POSTGRES_USER")
+    grafana = SERVICES["grafana"]["environment"]
+    assert grafana["CRYPTOMON_PG_USER"] == "cryptomon_reader"
+    assert grafana["GF_SMTP_SKIP_VERIFY"] == "${GF_SMTP_SKIP_VERIFY:-false}"
+    ui = SERVICES["kafka-ui"]["environment"]
+    assert ui["KAFKA_CLUSTERS_0_READONLY"] == "true" and ui["AUTH_TYPE"] == "LOGIN_FORM"
+    assert ui["SPRING_SECURITY_USER_PASSWORD"].startswith("${KAFKA_UI_PASSWORD:?")
+
+
+def test_the_image_installs_locked_hashed_versions_that_satisfy_pyproject():
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {m[0].lower(): m[1] for m in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", lock, re.M)}
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.\-]+==)", lock)
+    assert all("--hash=sha256:" in b for b in blocks if re.match(r"[A-Za-z0-9_.\-]+==", b)), "a pin without hashes"
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = req.name.lower()
+        assert name in pinned, f"{name} is not in requirements.lock"
+        assert req.specifier.contains(pinned[name]), f"requirements.lock pins {name}=={pinned[name]}, not {req}"
+        for extra in req.extras:  # psycopg[binary] -> psycopg-binary
+            assert f"{name}-{extra}" in pinned
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile and "--no-deps ." in dockerfile

@@ -90,19 +90,27 @@ def test_tracker_does_not_resume_when_ids_started_over_or_the_gap_is_too_long():
 def test_highest_ids_per_symbol_and_kind_from_kafka_values():
     from cryptomon.ingestion.resume import highest_ids
 
+    def trade(symbol, tid, **extra):
+        return {"e": "trade", "E": T, "s": symbol, "t": tid, "p": "1.0", "q": "1.0", "T": T, "m": True, **extra}
+
+    agg = {"e": "aggTrade", "E": T, "s": "BTCUSDT", "a": 7, "p": "1.0", "q": "1.0", "f": 1, "l": 2, "T": T, "m": True}
     values = [
         orjson.dumps(v)
         for v in (
-            {"e": "trade", "s": "BTCUSDT", "t": 10},
-            {"e": "trade", "s": "BTCUSDT", "t": 12},
-            {"e": "trade", "s": "BTCUSDT", "t": 11, "backfilled": True},  # produced later, older id
-            {"e": "aggTrade", "s": "BTCUSDT", "a": 7},
-            {"e": "trade", "s": "OTHERUSDT", "t": 99},
-            {"e": "trade", "s": "ETHUSDT", "t": "5"},
-            {"e": "trade", "s": "ETHUSDT", "t": True},
+            trade("BTCUSDT", 10),
+            trade("BTCUSDT", 12),
+            trade("BTCUSDT", 11, backfilled=True),  # produced later, older id
+            agg,
+            trade("OTHERUSDT", 99),
+            trade("ETHUSDT", "5"),
+            trade("ETHUSDT", True),
+            trade("ETHUSDT", 10**12, q="0"),  # outside the contract: says nothing of where the stream stands
         )
     ] + [b"not json", b'{"e": "bookTicker"}']
     assert highest_ids(values, frozenset({"BTCUSDT", "ETHUSDT"})) == {
         ("BTCUSDT", "trade"): 12,
         ("BTCUSDT", "aggTrade"): 7,
     }
+
+
+T = 1_732_400_000_000

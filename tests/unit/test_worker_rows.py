@@ -38,8 +38,16 @@ def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
     agg = dict(TRADE, e="aggTrade", a=9, f=1, l=2, backfilled=True)
     del agg["t"]
     assert trade_row(orjson.dumps(agg))[2:4] == ("aggTrade", 9) and trade_row(orjson.dumps(agg))[-1] is True
-    book = {"u": 7, "s": "ETHUSDT", "b": "1.0", "B": "2.0", "a": "1.1", "A": "3.0", "ingestion_timestamp": 9}
-    assert book_row(orjson.dumps(book)) == (9, "ETHUSDT", 7, "1.0", "2.0", "1.1", "3.0")
+    book = {
+        "u": 7,
+        "s": "ETHUSDT",
+        "b": "1.0",
+        "B": "2.0",
+        "a": "1.1",
+        "A": "3.0",
+        "ingestion_timestamp": 1700000000009,
+    }
+    assert book_row(orjson.dumps(book)) == (1700000000009, "ETHUSDT", 7, "1.0", "2.0", "1.1", "3.0")
 
 
 @pytest.mark.parametrize(

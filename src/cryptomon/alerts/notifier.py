@@ -92,6 +92,20 @@ class Notifier:
 
     # ------------------------------------------------------------- e-mail
 
+    def _connect(self) -> smtplib.SMTP:
+        """A connection to the SMTP server with the TLS the settings ask for (certificates verified)."""
+        s, mode = self.settings, self.settings.smtp_tls_mode
+        if mode == "implicit":
+            return smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=10, context=ssl.create_default_context())
+        smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=10)
+        if mode == "starttls":
+            try:
+                smtp.starttls(context=ssl.create_default_context())
+            except BaseException:
+                smtp.close()
+                raise
+        return smtp
+
     def _mail(self, t: Transition, at: datetime) -> bool:
         msg = email_for(
             t,
@@ -101,9 +115,7 @@ class Notifier:
             f"http://127.0.0.1:{self.settings.dashboard_port}/" if self.settings.dashboard_port else "",
         )
         try:
-            with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
-                if self.settings.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+            with self._connect() as smtp:
                 if self.settings.smtp_user:
                     smtp.login(self.settings.smtp_user, self.settings.smtp_password.get_secret_value())
                 smtp.send_message(msg)
@@ -143,13 +155,13 @@ class Notifier:
             stop.wait(max(0.0, self.settings.alert_interval_seconds - (time.monotonic() - started)))
 
     def health(self) -> tuple[bool, dict]:
-        return True, {"last_round": self.last_round, "recipients": self.recipients}
+        return True, {"last_round": self.last_round, "recipients": len(self.recipients)}  # a count: no addresses
 
 
 def main(settings: Settings) -> None:
     import signal
 
-    from cryptomon.observability import HealthServer
+    from cryptomon.observability import HealthServer, allowed_hosts
 
     notifier = Notifier(settings)
     stop = threading.Event()
@@ -157,8 +169,9 @@ def main(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     server = None
     if settings.notify_health_port:
+        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
         server = HealthServer(
-            settings.health_host, settings.notify_health_port, notifier.health, notifier.registry
+            settings.health_host, settings.notify_health_port, notifier.health, notifier.registry, hosts
         ).start()
     try:
         notifier.run(stop)

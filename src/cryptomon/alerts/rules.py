@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 
+from cryptomon.binance import limits
+from cryptomon.binance.schema import SYMBOL
 from cryptomon.dashboards.definitions import AlertRule
 
 Key = tuple[str, str]  # (rule title, symbol)
@@ -52,13 +54,22 @@ def render_summary(rule: AlertRule, symbol: str) -> str:
     return rule.summary.replace("{{ $labels.symbol }}", symbol)
 
 
+def header_safe(symbol: str) -> str:
+    """A symbol as it may stand in a mail header: Binance's format, else a marked, cut, printable form (a row
+    written by anyone must not end a header line or break the notifier)."""
+    if SYMBOL.fullmatch(symbol):
+        return symbol
+    printable = "".join(c if c.isascii() and c.isprintable() else "?" for c in symbol[: limits.SYMBOL_MAX_LENGTH])
+    return f"{printable}(invalid symbol)"
+
+
 def email_for(t: Transition, at: datetime, sender: str, recipients: list[str], dashboard_url: str = "") -> EmailMessage:
     state = "FIRING" if t.firing else "RESOLVED"
     msg = EmailMessage()
-    msg["Subject"] = f"[{state}] {t.rule.title} {t.symbol}"
+    msg["Subject"] = f"[{state}] {t.rule.title} {header_safe(t.symbol)}"
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
-    msg["X-Cryptomon-Alert"] = f"{t.rule.uid}/{t.symbol}/{state.lower()}"
+    msg["X-Cryptomon-Alert"] = f"{t.rule.uid}/{header_safe(t.symbol)}/{state.lower()}"
     lines = [
         f"{t.rule.title} is {state.lower()} for {t.symbol}.",
         "",

@@ -29,6 +29,23 @@ DECIMALS = 8
 PRICE_INTEGER_DIGITS = 8  # prices < 100,000,000: DECIMAL(16,8)
 QUANTITY_INTEGER_DIGITS = 12  # quantities < 1,000,000,000,000: DECIMAL(20,8), the raw tables' NUMERIC(20,8)
 
+# ---- the rest of the validation contract (schema.py applies it at every door; the README's table lists them)
+# Binance opened in July 2017; the bound is the start of that year, so that the API docs' own examples
+# (June 2017) pass. Nothing older is a Binance event time or an ingestion time.
+FIRST_EVENT_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
+# an event time may be ahead of its ingestion time (and an ingestion time ahead of the reader's clock) by at
+# most the clock skew allowed, CRYPTOMON_MAX_CLOCK_SKEW_SECONDS (a replay shifted to now at full speed needs
+# the capture's length); anything later would move Spark's watermark and drop every on-time trade after it
+DEFAULT_CLOCK_SKEW_SECONDS = 60
+MAX_ID = (1 << 63) - 1  # trade, aggTrade and update ids: positive signed 64-bit (the tables' BIGINT)
+# symbols: Binance's spot symbols are upper-case letters and digits (BTCUSDT, 1000SATSUSDT), at most 20 long
+SYMBOL_MAX_LENGTH = 20
+# a market-data payload has about ten fields; a frame of one is a few hundred bytes. Unknown fields are
+# kept as Binance sent them, so they are bounded: scalars only (no nesting), strings of at most 256 chars
+MAX_PAYLOAD_FIELDS = 32
+MAX_UNKNOWN_STRING = 256
+MAX_MARKET_FRAME_BYTES = 64 * 1024  # a trade/aggTrade/bookTicker frame; larger ones are refused before parsing
+
 # ---- WebSocket (web-socket-streams)
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_INCOMING_MESSAGES_PER_SECOND = 5  # per connection: SUBSCRIBE & co, pings and pongs all count

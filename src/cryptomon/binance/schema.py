@@ -22,9 +22,11 @@ TRADE_KINDS = (TRADE, AGG_TRADE)  # consecutive ids per symbol: a skipped id is 
 # the id of each kind in the stream payload (and in Kafka); consecutive per symbol for trades and aggTrades
 SEQ_FIELD = {TRADE: "t", AGG_TRADE: "a", BOOK_TICKER_EVENT: "u"}
 
-# prices fit DECIMAL(16,8), quantities DECIMAL(20,8) (the raw tables' NUMERIC(20,8)): see binance/limits.py
-_PRICE = re.compile(rf"^\d{{1,{limits.PRICE_INTEGER_DIGITS}}}(\.\d{{1,{limits.DECIMALS}}})?$")
-_QUANTITY = re.compile(rf"^\d{{1,{limits.QUANTITY_INTEGER_DIGITS}}}(\.\d{{1,{limits.DECIMALS}}})?$")
+# prices fit DECIMAL(16,8), quantities DECIMAL(20,8) (the raw tables' NUMERIC(20,8)), ASCII digits only
+# (`\d` would let Arabic-Indic digits in): see limits.py
+_PRICE = re.compile(rf"[0-9]{{1,{limits.PRICE_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
+_QUANTITY = re.compile(rf"[0-9]{{1,{limits.QUANTITY_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
+SYMBOL = re.compile(rf"[A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}")
 _REQUIRED = {
     TRADE: (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
     AGG_TRADE: (("a", int), ("p", str), ("q", str), ("f", int), ("l", int), ("T", int), ("m", bool)),
@@ -35,6 +37,16 @@ _DECIMALS = {
     AGG_TRADE: (("p", _PRICE), ("q", _QUANTITY)),
     BOOK_TICKER_EVENT: (("b", _PRICE), ("B", _QUANTITY), ("a", _PRICE), ("A", _QUANTITY)),
 }
+_POSITIVE = {TRADE: ("p", "q"), AGG_TRADE: ("p", "q"), BOOK_TICKER_EVENT: ()}  # a trade of nothing is no trade
+_IDS = {TRADE: ("t",), AGG_TRADE: ("a", "f", "l"), BOOK_TICKER_EVENT: ("u",)}
+# the fields each kind has, plus what cryptomon adds in Kafka: anything else is an unknown field
+_KNOWN = {
+    TRADE: frozenset({"e", "E", "s", "t", "p", "q", "T", "m", "M"}),
+    AGG_TRADE: frozenset({"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}),
+    BOOK_TICKER_EVENT: frozenset({"u", "s", "b", "B", "a", "A"}),
+}
+ADDED_FIELDS = frozenset({"ingestion_timestamp", "backfilled"})
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(slots=True)
@@ -47,26 +59,78 @@ class Event:
     data: dict
 
 
-def validate_payload(kind: str, data: object, symbol: str | None = None) -> str:
-    """Check a Binance payload of `kind`; returns its symbol. Raises BadData.
+def validate_payload(kind: str, data: object, symbol: str | None = None, latest_ms: int | None = None) -> str:
+    """Check a Binance payload of `kind` against the contract (limits.py); returns its symbol. Raises BadData.
 
-    Every message goes through here twice (ingestion and worker), so the common case is one pass of
-    exact-type checks (JSON parsers make exact types; `type(v) is int` also refuses a bool) and the
-    error messages are built only on the way out."""
+    `symbol`: the symbol the stream is for; `latest_ms`: the latest acceptable event time (the ingestion
+    time plus the clock skew allowed), None for no upper bound. Every message goes through here twice
+    (ingestion and worker), so the common case is one pass of exact-type checks (JSON parsers make exact
+    types; `type(v) is int` also refuses a bool) and the error messages are built only on the way out."""
     if type(data) is not dict:
         raise BadData("bad_payload", f"data is {type(data).__name__}, not an object")
     s = data.get("s")
-    if type(s) is not str or (symbol is not None and s != symbol):
-        raise BadData("bad_symbol", f"symbol {s!r} does not match stream symbol {symbol!r}")
+    if type(s) is not str or (symbol is not None and s != symbol) or SYMBOL.fullmatch(s) is None:
+        _bad_symbol(s, symbol)
     if kind != BOOK_TICKER_EVENT and data.get("e") != kind:
-        raise BadData("bad_event_type", f"event type {data.get('e')!r} on a {kind} stream")
+        raise BadData("bad_event_type", f"event type {short_repr(data.get('e'))} on a {kind} stream")
     for name, expected in _REQUIRED[kind]:
         if type(data.get(name)) is not expected:
             _wrong_field(kind, name, data.get(name), expected)
     for name, pattern in _DECIMALS[kind]:
         if pattern.fullmatch(data[name]) is None:  # not match: "$" also matches before a final newline
             _bad_decimal(kind, name, data[name], pattern)
+    for name in _POSITIVE[kind]:
+        if not data[name].strip("0."):
+            raise BadData("not_positive", f"{kind} field {name!r}={data[name]!r} is zero")
+    for name in _IDS[kind]:
+        if not 0 < data[name] <= limits.MAX_ID:
+            raise BadData("bad_id", f"{kind} field {name!r}={data[name]} is not a positive 63-bit id")
+    if kind != BOOK_TICKER_EVENT:
+        check_time(f"{kind} time T", data["T"], latest_ms)
+    if len(data) > limits.MAX_PAYLOAD_FIELDS:
+        raise BadData("too_many_fields", f"{kind} payload has {len(data)} fields (at most {limits.MAX_PAYLOAD_FIELDS})")
+    known = _KNOWN[kind]
+    for name, value in data.items():
+        if name not in known and (
+            type(value) not in _SCALARS or (type(value) is str and len(value) > limits.MAX_UNKNOWN_STRING)
+        ):
+            _bad_unknown(kind, name, value)
     return s
+
+
+def check_time(what: str, ms: object, latest_ms: int | None) -> int:
+    """`ms` if it is an epoch-millisecond time between Binance's first year and `latest_ms` (None: no upper
+    bound); raises BadData otherwise."""
+    if type(ms) is not int or ms < limits.FIRST_EVENT_MS or (latest_ms is not None and ms > latest_ms):
+        bound = f"{limits.FIRST_EVENT_MS}..{latest_ms if latest_ms is not None else ''}"
+        raise BadData(
+            "bad_time", f"{what} {short_repr(ms)} is outside {bound} (epoch ms; see CRYPTOMON_MAX_CLOCK_SKEW_SECONDS)"
+        )
+    return ms
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """repr of a value, cut for an error message (a hostile value may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+def _bad_symbol(s: object, symbol: str | None) -> NoReturn:
+    if symbol is not None and s != symbol:
+        raise BadData("bad_symbol", f"symbol {short_repr(s)} does not match stream symbol {symbol!r}")
+    raise BadData(
+        "bad_symbol",
+        f"symbol {short_repr(s)} is not upper-case letters and digits of at most {limits.SYMBOL_MAX_LENGTH}",
+    )
+
+
+def _bad_unknown(kind: str, name: str, value: object) -> NoReturn:
+    size = f" of {len(value)} chars" if isinstance(value, str) else ""
+    raise BadData(
+        "bad_unknown_field",
+        f"{kind} field {short_repr(name, 40)} is a {type(value).__name__}{size}: unknown fields must be scalars, "
+        f"strings of at most {limits.MAX_UNKNOWN_STRING} chars",
+    )
 
 
 def _wrong_field(kind: str, name: str, value: object, expected: type) -> NoReturn:
@@ -80,7 +144,7 @@ def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> NoRet
     digits = limits.PRICE_INTEGER_DIGITS if pattern is _PRICE else limits.QUANTITY_INTEGER_DIGITS
     raise BadData(
         "bad_decimal",
-        f"{kind} field {name!r}={value!r} is not a {what} of at most {digits} integer digits "
+        f"{kind} field {name!r}={short_repr(value)} is not a {what} of at most {digits} integer digits "
         f"and {limits.DECIMALS} decimals",
     )
 

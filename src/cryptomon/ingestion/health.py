@@ -72,6 +72,8 @@ class IngestHealth:
     disk: dict | None
     disk_free_bytes: int | None
     disk_full_pauses: int
+    tasks: dict[str, dict]  # per long-lived task: running, restarts, last error
+    task_restarts: int
 
     def body(self) -> dict:
         """The /health JSON."""
@@ -114,6 +116,8 @@ class IngestHealth:
             "kafka_last_error": self.kafka_last_error,
             "disk": self.disk,
             "disk_full_pauses": self.disk_full_pauses,
+            "tasks": self.tasks,
+            "task_restarts": self.task_restarts,
         }
 
 
@@ -146,6 +150,7 @@ class IngestCollector:
             ("delivery_failures", "Kafka delivery failures (each retried)", h.delivery_failures),
             ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", h.disk_full_pauses),
             ("rest_requests", "REST requests sent", h.rest.requests),
+            ("task_restarts", "Long-lived tasks restarted after an unexpected error", h.task_restarts),
         ):
             yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
         for name, doc, gauge in (

@@ -7,11 +7,13 @@ import time
 from collections import Counter
 from typing import cast
 
-from confluent_kafka import KafkaError, Message, Producer
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 log = logging.getLogger(__name__)
 
 # errors after which re-sending the same bytes cannot succeed: such a message goes to the dead letters
+REFUSED_HEAD = 64 * 1024  # how much of a refused message its dead letter keeps
 _FATAL_FOR_MESSAGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG}
 
 
@@ -36,8 +38,12 @@ def producer_config(bootstrap: str, linger_ms: int = 20) -> dict:
 class KafkaSink:
     """The idempotent, acks=all producer: every delivery checked, a failed one sent again, none dropped."""
 
-    def __init__(self, bootstrap: str, linger_ms: int = 20, deadletter_topic: str | None = None):
-        self.producer = Producer({**producer_config(bootstrap, linger_ms), "error_cb": self._on_error})
+    def __init__(
+        self, bootstrap: str, linger_ms: int = 20, deadletter_topic: str | None = None, security: dict | None = None
+    ):
+        self.producer = Producer(
+            {**producer_config(bootstrap, linger_ms), **(security or {}), "error_cb": self._on_error}
+        )
         self.deadletter_topic = deadletter_topic
         self.delivered: Counter = Counter()  # per topic
         self.produced = 0  # every produce() call, re-sends included
@@ -60,9 +66,7 @@ class KafkaSink:
         self.delivery_failures += 1
         self.last_error, self.last_error_at = str(err), time.monotonic()
         if err.code() in _FATAL_FOR_MESSAGE and msg.topic() != self.deadletter_topic and self.deadletter_topic:
-            self.fatal += 1
-            log.error("kafka refused a message for %s (%s): sent to %s", msg.topic(), err, self.deadletter_topic)
-            self.produce(self.deadletter_topic, b"producer:" + err.name().encode(), msg.value())
+            self._refused(cast(str, msg.topic()), msg.key(), msg.value(), err)
             return
         self.retried += 1
         log.warning("delivery to %s failed (%s): retrying", msg.topic(), err)
@@ -78,10 +82,28 @@ class KafkaSink:
                 break
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # refused at once: too large for Kafka, or not a valid record
+                self._refused(topic, key, value, exc.args[0])
+                return
         self._since_poll += 1
         if self._since_poll >= 500:
             self._since_poll = 0
             self.producer.poll(0)
+
+    def _refused(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError) -> None:
+        """A message Kafka refuses before queueing it: its start goes to the dead letters (never the whole
+        message, which is what was refused), with its size; a refused dead letter is only logged and counted."""
+        self.fatal += 1
+        self.last_error, self.last_error_at = str(err), time.monotonic()
+        size = len(value or b"")
+        if topic == self.deadletter_topic or not self.deadletter_topic:
+            log.error("kafka refused a dead letter of %d bytes (%s): dropped, counted", size, err)
+            return
+        log.error("kafka refused a message of %d bytes for %s (%s): its start sent to %s", size, topic, err,
+                  self.deadletter_topic)  # fmt: skip
+        letter = {"source": "producer", "reason": err.name(), "topic": topic, "raw_bytes": size,
+                  "raw": (value or b"")[:REFUSED_HEAD].decode("utf-8", errors="replace")}  # fmt: skip
+        self.produce(self.deadletter_topic, b"producer:" + err.name().encode(), orjson.dumps(letter))
 
     def poll(self, timeout: float = 0.0) -> int:
         return self.producer.poll(timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -154,10 +155,13 @@ class RestClient:
 
 
 def _seconds(value: str | None, default: float) -> float:
+    """Retry-After in seconds: at least 1, at most Binance's longest ban (3 days): `inf`, `nan` or a huge
+    number must not block the REST client for ever."""
     try:
-        return max(1.0, float(value)) if value is not None else default
+        seconds = float(value) if value is not None else default
     except ValueError:
         return default
+    return min(float(limits.BAN_MAX_SECONDS), max(1.0, seconds)) if math.isfinite(seconds) else default
 
 
 def _binance_error(body: bytes) -> tuple[int | None, str]:

@@ -14,7 +14,8 @@ import logging
 
 import orjson
 
-from cryptomon.binance.schema import SEQ_FIELD, TRADE_KINDS
+from cryptomon.binance.schema import SEQ_FIELD, TRADE_KINDS, validate_payload
+from cryptomon.errors import BadData
 from cryptomon.kafka.clients import read_to_end
 
 log = logging.getLogger(__name__)
@@ -27,22 +28,33 @@ def highest_ids(messages, symbols: frozenset[str] | None) -> dict[tuple[str, str
     for value in messages:
         try:
             d = orjson.loads(value)
-            if d["e"] not in TRADE_KINDS:
-                continue
-            key, seq = (d["s"], d["e"]), d[SEQ_FIELD[d["e"]]]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, TypeError):
             continue
-        if (symbols is None or key[0] in symbols) and type(seq) is int and seq > last.get(key, -1):  # not a bool
+        # anyone may write into the topic: exact types before anything is hashed or compared
+        if type(d) is not dict or type(d.get("e")) is not str or d["e"] not in TRADE_KINDS:
+            continue
+        try:  # only a record that keeps the contract says where a stream stands
+            symbol = validate_payload(d["e"], d)
+        except BadData:
+            continue
+        seq = d[SEQ_FIELD[d["e"]]]
+        key = (symbol, d["e"])
+        if (symbols is None or symbol in symbols) and seq > last.get(key, -1):
             last[key] = seq
     return last
 
 
 def last_ids_in_kafka(
-    bootstrap: str, topic: str, symbols: frozenset[str] | None, tail: int = 10_000, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    symbols: frozenset[str] | None,
+    tail: int = 10_000,
+    timeout: float = 30.0,
+    security: dict | None = None,
 ) -> dict[tuple[str, str], int]:
     """Read the last `tail` messages of every partition of `topic`; see highest_ids(). An unreachable
     broker raises KafkaException (the ingestion then starts without a baseline and says so)."""
-    messages, unread = read_to_end(bootstrap, topic, "cryptomon-resume", tail, timeout)
+    messages, unread = read_to_end(bootstrap, topic, "cryptomon-resume", tail, timeout, security)
     if unread:
         log.warning("read the tail of %s partitions %s only partly within %.0fs", topic, sorted(unread), timeout)
     return highest_ids((m.value() for m in messages), symbols)

@@ -12,7 +12,6 @@ import signal
 import time
 
 import aiohttp
-import orjson
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
@@ -23,16 +22,18 @@ from cryptomon.errors import BadData, Unavailable
 from cryptomon.ingestion import selection, state
 from cryptomon.ingestion.backfill import Backfiller
 from cryptomon.ingestion.connection import ConnectionGate, ConnOptions, Rotate, StreamConnection
-from cryptomon.ingestion.frames import Control, encode, is_reply, parse_frame
+from cryptomon.ingestion.frames import Control, dead_letter_value, encode, is_reply, parse_frame
 from cryptomon.ingestion.health import IngestCollector, IngestHealth, IngestStats, RestReading
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.rest_client import RestBudget, RestClient, RestError
 from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.ingestion.sequences import DUPLICATE, LATE, RecentIds, SequenceTracker
+from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, DEADLETTER, INGEST_STATE, ROUTE, TRADES
-from cryptomon.observability import HealthServer
+from cryptomon.observability import HealthServer, allowed_hosts
 from cryptomon.settings import Settings
+from cryptomon.tasks import TaskKeeper
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,16 @@ class Ingestor:
     def __init__(self, settings: Settings, health_port: int | None = None):
         self.settings = settings
         self.instance, self.instances = settings.instance
+        self.skew_ms = settings.max_clock_skew_ms
         self.dynamic = any(selection.is_pattern(spec) for spec in settings.symbols)
         self.symbols: frozenset[str] = frozenset()
         self.accepting: frozenset[str] = frozenset()  # symbols + those just removed (their connection rotates)
         self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER)}
         self.deadletter_topic = topic_name(DEADLETTER)
-        self.sink = KafkaSink(settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic)
+        self.security = librdkafka_security(settings)
+        self.sink = KafkaSink(
+            settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic, self.security
+        )
         self.tracker = SequenceTracker(settings.resume_max_gap)
         self.recent_book: dict[str, RecentIds] = {}
         self.stats = IngestStats()
@@ -64,19 +69,36 @@ class Ingestor:
         self.publisher = state.StatePublisher(self.sink, topic_name(INGEST_STATE), self.tracker,
                                                 settings.state_interval)  # fmt: skip
         self.stopping = asyncio.Event()
+        self.keeper = TaskKeeper(settings.backoff_initial, settings.backoff_max)
         self.resumed = 0  # (symbol, kind) streams continued from a previous run
         self.registry = CollectorRegistry()
         self.registry.register(IngestCollector(self.reading))
         port = settings.ingest_health_port if health_port is None else health_port
-        self.health_server = HealthServer(settings.health_host, port, self.health, self.registry) if port else None
+        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
+        self.health_server = (
+            HealthServer(settings.health_host, port, self.health, self.registry, hosts) if port else None
+        )
 
     # ---------------------------------------------------------------- hot path
 
     def handle(self, raw: str | bytes) -> None:
+        """One frame: routed to Kafka, dropped as a duplicate, or dead-lettered; never an exception for the
+        connection (except Rotate, which asks it to reconnect) however the frame was made."""
         ingestion_ms = time.time_ns() // 1_000_000
+        try:
+            self._handle(raw, ingestion_ms)
+        except Rotate:
+            raise
+        except BadData as bad:
+            self.dead_letter(raw, bad.reason, bad.detail, ingestion_ms)
+        except Exception as exc:  # a bug or an input nothing above foresaw: set aside, the stream goes on
+            log.exception("frame could not be handled: dead letter")
+            self.dead_letter(raw, "internal_error", repr(exc), ingestion_ms)
+
+    def _handle(self, raw: str | bytes, ingestion_ms: int) -> None:
         st = self.stats
         try:
-            ev = parse_frame(raw, self.accepting)
+            ev = parse_frame(raw, self.accepting, ingestion_ms + self.skew_ms)
         except BadData as bad:
             if bad.reason == "bad_envelope" and is_reply(raw):
                 return  # {"result": .., "id": ..}: an answer to a live request, not data
@@ -109,19 +131,9 @@ class Ingestor:
         self._produce(ev, ingestion_ms, backfilled=True)
 
     def dead_letter(self, raw: str | bytes, reason: str, detail: str, ingestion_ms: int) -> None:
-        text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
         self.stats.dead_letters[reason] += 1
-        log.warning("dead letter (%s): %s | %.200s", reason, detail, text)
-        value = orjson.dumps(
-            {
-                "source": "ingestion",
-                "reason": reason,
-                "detail": detail,
-                "raw": text,
-                "ingestion_timestamp": ingestion_ms,
-            }
-        )
-        self.sink.produce(self.deadletter_topic, reason.encode(), value)
+        log.warning("dead letter (%s): %.300s | %.200r", reason, detail, raw[:200])
+        self.sink.produce(self.deadletter_topic, reason.encode(), dead_letter_value(raw, reason, detail, ingestion_ms))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -131,20 +143,27 @@ class Ingestor:
         self.rest = RestClient(self.settings.binance_rest_url, self.budget, self.settings.binance_api_key)
         self.backfill = Backfiller(self.rest, self.tracker, self._backfilled, self.dead_letter,
                                    self.settings.backfill_grace, self.settings.backfill_concurrency)  # fmt: skip
-        tasks = [asyncio.create_task(self._poll_loop())]
+        tasks = [self.keeper.start("producer-poll", self._poll_loop)]
         try:
             symbols = await self._resolve()
             await self._resume(frozenset(symbols))
             if not self.stopping.is_set():
                 self._apply_universe(symbols)
-                tasks += [asyncio.create_task(self.backfill.run()), asyncio.create_task(self.publisher.run())]
+                tasks += [
+                    self.keeper.start("backfill", self.backfill.run),
+                    self.keeper.start("state", self.publisher.run),
+                ]
                 if self.dynamic:
-                    tasks.append(asyncio.create_task(self._refresh_loop()))
+                    tasks.append(self.keeper.start("symbol-refresh", self._refresh_loop))
                 await self.stopping.wait()
         finally:
             for conn in self.connections:
                 conn.stopping.set()
-            await asyncio.gather(*self._conn_tasks.values(), return_exceptions=True)
+            if self._conn_tasks:  # a connection waiting to be restarted is not waited for
+                _, waiting = await asyncio.wait(self._conn_tasks.values(), timeout=15)
+                for t in waiting:
+                    t.cancel()
+                await asyncio.gather(*self._conn_tasks.values(), return_exceptions=True)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -164,8 +183,10 @@ class Ingestor:
         if not self.settings.resume_max_gap:
             return
         try:
-            saved = await asyncio.to_thread(state.load, self.settings.kafka_bootstrap, topic_name(INGEST_STATE))
-            tail = await asyncio.to_thread(last_ids_in_kafka, self.settings.kafka_bootstrap, self.topics[TRADES], None)
+            bootstrap = self.settings.kafka_bootstrap
+            saved = await asyncio.to_thread(state.load, bootstrap, topic_name(INGEST_STATE), 30.0, self.security)
+            tail = await asyncio.to_thread(last_ids_in_kafka, bootstrap, self.topics[TRADES], None, 10_000, 30.0,
+                                           self.security)  # fmt: skip
         except (KafkaException, Unavailable) as exc:
             log.warning("cannot read where the previous run stopped (%s): starting without a baseline", exc)
             return
@@ -227,7 +248,7 @@ class Ingestor:
             conn = StreamConnection(f"connection {i}", self.settings.binance_ws_url, streams, self.handle, self.gate,
                                     self.disk, self.options, self._reconnected)  # fmt: skip
             self.connections.append(conn)
-            self._conn_tasks[conn.name] = asyncio.get_running_loop().create_task(conn.run())
+            self._conn_tasks[conn.name] = self.keeper.start(conn.name, conn.run)
         for conn in self.connections[len(groups) :]:
             conn.stopping.set()
         self.connections = self.connections[: len(groups)]
@@ -303,6 +324,8 @@ class Ingestor:
             disk=self.disk.as_dict(),
             disk_free_bytes=None if disk is None else disk.free_bytes,
             disk_full_pauses=sum(c.stats.disk_pauses for c in conns),
+            tasks={name: s.as_dict() for name, s in self.keeper.states.items()},
+            task_restarts=self.keeper.restarts(),
         )
 
 

@@ -19,6 +19,8 @@ import time
 
 import orjson
 
+from cryptomon.binance import limits
+from cryptomon.binance.schema import SYMBOL, TRADE_KINDS
 from cryptomon.errors import Unavailable
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.sequences import SequenceTracker
@@ -42,11 +44,20 @@ def decode(key: bytes | None, value: bytes | None) -> tuple[Key, Entry] | None:
         symbol, kind = key.decode().split("|", 1)
         d = orjson.loads(value)
         last, gaps = d["last"], d.get("gaps", [])
-        if type(last) is not int or not all(isinstance(g, list) and len(g) == 2 for g in gaps):
-            return None
-        return (symbol, kind), (last, [[int(a), int(b)] for a, b in gaps])
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
+    # anyone may write into the topic: only a well-formed entry of a Binance symbol counts
+    if SYMBOL.fullmatch(symbol) is None or kind not in TRADE_KINDS or not _is_id(last) or type(gaps) is not list:
+        return None
+    if not all(
+        type(g) is list and len(g) == 2 and _is_id(g[0]) and _is_id(g[1]) and g[0] <= g[1] <= last for g in gaps
+    ):
+        return None
+    return (symbol, kind), (last, [[a, b] for a, b in gaps])
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is int and 0 < value <= limits.MAX_ID  # type(): not a bool
 
 
 class StatePublisher:
@@ -85,9 +96,9 @@ class StatePublisher:
             self.tick()
 
 
-def load(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[Key, Entry]:
+def load(bootstrap: str, topic: str, timeout: float = 30.0, security: dict | None = None) -> dict[Key, Entry]:
     """The newest state of every (symbol, kind) in the topic (read to its end)."""
-    messages, unread = read_to_end(bootstrap, topic, "cryptomon-state", timeout=timeout)
+    messages, unread = read_to_end(bootstrap, topic, "cryptomon-state", timeout=timeout, security=security)
     if unread:
         raise Unavailable(f"read {topic} only partly within {timeout:.0f}s")
     out: dict[Key, Entry] = {}

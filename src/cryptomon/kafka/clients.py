@@ -27,12 +27,19 @@ def consumer_config(bootstrap: str, group: str | None = None, extra: Mapping[str
 
 
 def read_to_end(
-    bootstrap: str, topic: str, client_id: str, tail: int | None = None, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    client_id: str,
+    tail: int | None = None,
+    timeout: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> tuple[list[Message], set[int]]:
     """Every message of `topic` (or only the last `tail` of each partition) up to the partitions' ends,
     without a consumer group. Returns the messages and the partitions not read to their end within
     `timeout`; an unreachable broker raises KafkaException, a missing topic Unavailable."""
-    consumer = Consumer(consumer_config(bootstrap, extra={"enable.partition.eof": True, "client.id": client_id}))
+    consumer = Consumer(
+        consumer_config(bootstrap, extra={**(security or {}), "enable.partition.eof": True, "client.id": client_id})
+    )
     try:
         parts = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if parts.error is not None:

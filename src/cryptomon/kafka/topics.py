@@ -55,7 +55,7 @@ def topic_name(role: str) -> str:
     return topics()[role].name
 
 
-def ensure_topics(bootstrap: str, timeout: float = 30.0) -> dict[str, str]:
+def ensure_topics(bootstrap: str, timeout: float = 30.0, security: dict | None = None) -> dict[str, str]:
     """Create the missing topics, grow partition counts and apply configs. Idempotent.
 
     Returns {topic: "created" | "updated" | "ok"}.
@@ -70,7 +70,7 @@ def ensure_topics(bootstrap: str, timeout: float = 30.0) -> dict[str, str]:
         NewTopic,
     )
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(security or {})})
     existing = admin.list_topics(timeout=timeout).topics
     result: dict[str, str] = {}
     to_create = [s for s in topics().values() if s.name not in existing]

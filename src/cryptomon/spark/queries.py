@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from cryptomon.binance.schema import AGG_TRADE, TRADE
+from cryptomon.binance import limits
+from cryptomon.binance.schema import AGG_TRADE, SYMBOL, TRADE
+from cryptomon.kafka.security import spark_kafka_options
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
@@ -26,6 +28,7 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**spark_kafka_options(settings))
         .option("subscribe", topic)
         .option("startingOffsets", starting_offsets(settings.spark_starting_offsets, topic.split(",")))
         .option("maxOffsetsPerTrigger", str(max_offsets or settings.spark_max_offsets_per_trigger))
@@ -50,9 +53,11 @@ PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
 KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
 
-def _trades(df):
+def _trades(df, skew_ms: int):
     """Kafka records of binance.trades -> typed columns, the Kafka coordinates, and `ok`: the record is a
-    trade the metrics can use (an aggTrade is fine and not used; anything else is poison)."""
+    trade the metrics can use (an aggTrade is fine and not used; anything else is poison). The contract is
+    the ingestion's and the worker's (cryptomon.binance.schema): a record outside it never reaches a window
+    or the watermark, and its times are not converted at all (a year-10000 time would fail the query)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
 
@@ -65,24 +70,51 @@ def _trades(df):
             StructField("q", StringType()),
             StructField("T", LongType()),
             StructField("m", BooleanType()),
+            StructField("ingestion_timestamp", LongType()),
         ]
     )
     d = F.from_json(F.col("value").cast("string"), schema)
     p, q = d["p"].try_cast(PRICE_TYPE), d["q"].try_cast(QUANTITY_TYPE)
-    ok = d["s"].isNotNull() & d["t"].isNotNull() & d["T"].isNotNull() & (p > 0) & (q > 0)
+    ing = d["ingestion_timestamp"]
+    ok = (
+        _symbol_ok(d["s"])
+        & _ascii_decimal(d["p"])
+        & _ascii_decimal(d["q"])
+        & (d["t"] > 0)
+        & _time_ok(ing, F.unix_millis(F.current_timestamp()) + skew_ms)
+        & _time_ok(d["T"], ing + skew_ms)
+        & (p > 0)
+        & (q > 0)
+    )
+    ok = F.coalesce(ok, F.lit(False))
     return df.select(
         *KAFKA_COLUMNS,
         d["e"].alias("e"),
         d["s"].alias("symbol"),
         d["t"].alias("trade_id"),
-        F.timestamp_millis(d["T"]).alias("event_time"),
+        F.when(ok, F.timestamp_millis(d["T"])).alias("event_time"),
         p.alias("p"),
         q.alias("q"),
-        F.coalesce(ok, F.lit(False)).alias("ok"),
+        ok.alias("ok"),
     )
 
 
-def _books(df):
+def _symbol_ok(s):
+    """Binance's symbol format (schema.SYMBOL)."""
+    return s.rlike(f"^{SYMBOL.pattern}$")
+
+
+def _ascii_decimal(text):
+    """Digits 0-9 and one dot only: Java's decimal parsing also reads other scripts' digits (schema.py)."""
+    return text.rlike(r"^[0-9]+(\.[0-9]+)?$")
+
+
+def _time_ok(ms, latest):
+    """An epoch-ms time between Binance's first year and `latest` (limits.FIRST_EVENT_MS, the skew)."""
+    return (ms >= limits.FIRST_EVENT_MS) & (ms <= latest)
+
+
+def _books(df, skew_ms: int):
     """Kafka records of binance.book_ticker -> symbol, ingestion time, spread, the Kafka coordinates, `ok`."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import LongType, StringType, StructField, StructType
@@ -98,13 +130,22 @@ def _books(df):
     )
     d = F.from_json(F.col("value").cast("string"), schema)
     bid, ask = d["b"].try_cast(PRICE_TYPE), d["a"].try_cast(PRICE_TYPE)
-    ok = d["s"].isNotNull() & d["ingestion_timestamp"].isNotNull() & (bid > 0) & (ask > 0)
+    ok = (
+        _symbol_ok(d["s"])
+        & _ascii_decimal(d["b"])
+        & _ascii_decimal(d["a"])
+        & (d["u"] > 0)
+        & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.current_timestamp()) + skew_ms)
+        & (bid > 0)
+        & (ask > 0)
+    )
+    ok = F.coalesce(ok, F.lit(False))
     return df.select(
         *KAFKA_COLUMNS,
         d["s"].alias("symbol"),
-        F.timestamp_millis(d["ingestion_timestamp"]).alias("ingestion_ts"),
+        F.when(ok, F.timestamp_millis(d["ingestion_timestamp"])).alias("ingestion_ts"),
         (ask - bid).alias("spread"),
-        F.coalesce(ok, F.lit(False)).alias("ok"),
+        ok.alias("ok"),
     )
 
 
@@ -112,7 +153,7 @@ def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
     from pyspark.sql import functions as F
 
     trades = (
-        _trades(_kafka_source(spark, settings, topic_name(TRADES), max_offsets))
+        _trades(_kafka_source(spark, settings, topic_name(TRADES), max_offsets), settings.max_clock_skew_ms)
         .where((F.col("e") == TRADE) & F.col("ok"))
         .select("symbol", "trade_id", "event_time", "p", "q")
         .withWatermark("event_time", f"{settings.spark_watermark_seconds} seconds")
@@ -145,7 +186,7 @@ def spread_windows(spark, settings: Settings, max_offsets: int | None = None):
     from pyspark.sql import functions as F
 
     books = (
-        _books(_kafka_source(spark, settings, topic_name(BOOK_TICKER), max_offsets))
+        _books(_kafka_source(spark, settings, topic_name(BOOK_TICKER), max_offsets), settings.max_clock_skew_ms)
         .where(F.col("ok"))
         .select("symbol", "ingestion_ts", "spread")
         .withWatermark("ingestion_ts", f"{settings.spark_watermark_seconds} seconds")
@@ -178,26 +219,28 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
     trades_topic, books_topic = topic_name(TRADES), topic_name(BOOK_TICKER)
     src = _kafka_source(spark, settings, f"{trades_topic},{books_topic}", max_offsets)
     bad_trades = (
-        _trades(src.where(F.col("topic") == trades_topic))
+        _trades(src.where(F.col("topic") == trades_topic), settings.max_clock_skew_ms)
         .where(F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok")))
         .select(
             *KAFKA_COLUMNS,
             F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
             .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
             .otherwise(
-                f"a trade without symbol, id or time, or a price/quantity that is not a positive decimal of "
-                f"{PRICE_TYPE}/{QUANTITY_TYPE}"
+                f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, id not positive, "
+                f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/now + {settings.max_clock_skew_seconds} s, "
+                f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
             )
             .alias("reason"),
         )
     )
     bad_books = (
-        _books(src.where(F.col("topic") == books_topic))
+        _books(src.where(F.col("topic") == books_topic), settings.max_clock_skew_ms)
         .where(~F.col("ok"))
         .select(
             *KAFKA_COLUMNS,
             F.lit(
-                f"a bookTicker without symbol or ingestion time, or a bid/ask that is not a positive {PRICE_TYPE}"
+                f"a bookTicker outside the contract: symbol, update id, ingestion time (at most now + "
+                f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"
             ).alias("reason"),
         )
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -50,7 +51,12 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         )
         .config("spark.driver.memory", "1g")
         .config("spark.ui.showConsoleProgress", "false")
+        # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
+        # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
+        .config("spark.driver.bindAddress", settings.spark_driver_host)
+        .config("spark.driver.host", settings.spark_driver_host)
     )
+    os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)  # read by the JVM PySpark starts
     if settings.spark_ui_port:
         builder = builder.config("spark.ui.port", str(settings.spark_ui_port))
     else:

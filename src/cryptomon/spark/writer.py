@@ -11,6 +11,7 @@ from datetime import datetime
 import psycopg
 
 from cryptomon.backoff import Backoff
+from cryptomon.db.errors import DATA_ERRORS
 from cryptomon.diskguard import DiskGuard
 from cryptomon.errors import Unavailable
 from cryptomon.settings import Settings
@@ -32,6 +33,7 @@ class MetricsWriter:
         self.db_failures = 0
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stopping = threading.Event()
+        self.data_errors = 0  # micro-batch writes PostgreSQL refused for their data
         self.repair: Repairer | None = None  # gets the windows whose Spark sums overflowed
         self.dead_letters = 0
         self.run_id = uuid.uuid4().hex
@@ -60,6 +62,11 @@ class MetricsWriter:
                 try:
                     with self._db().transaction():
                         work(self._conn)
+                    return
+                except DATA_ERRORS as exc:  # the rows themselves: retrying cannot help, the query goes on
+                    self.data_errors += 1
+                    log.error("PostgreSQL refused this micro-batch's rows (%s): set aside, not retried",
+                              str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)  # fmt: skip
                     return
                 except psycopg.OperationalError as exc:
                     self._conn = None

@@ -18,8 +18,10 @@ import orjson
 import psycopg
 from aiohttp import web
 
+from cryptomon.binance.schema import short_repr
 from cryptomon.dashboards.definitions import DASHBOARDS
 from cryptomon.errors import BadData
+from cryptomon.observability import allowed_hosts, host_guard
 from cryptomon.settings import Settings
 from cryptomon.web.data import RANGES, dashboard_by_uid, payload, time_range
 
@@ -65,8 +67,9 @@ def make_app(settings: Settings) -> web.Application:
         d = dashboard_by_uid(request.match_info["uid"])
         if d is None:
             return _json({"error": f"no dashboard {request.match_info['uid']!r}"}, 404)
-        wanted = [s.strip().upper() for s in request.query.get("symbols", ",".join(symbols)).split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in symbols]
+        asked = request.query.get("symbols", ",".join(symbols)).split(",")
+        wanted = list(dict.fromkeys(s.strip().upper() for s in asked if s.strip()))  # each symbol once
+        unknown = [short_repr(s, 24) for s in wanted if s not in symbols][:10]
         if unknown:  # only configured symbols reach the SQL
             return _json({"error": f"unknown symbols {unknown}: configured are {symbols}"}, 400)
         try:
@@ -87,7 +90,7 @@ def make_app(settings: Settings) -> web.Application:
             return _json({"status": "unhealthy", "database": str(exc).strip()}, 503)
         return _json({"status": "ok"})
 
-    app = web.Application()
+    app = web.Application(middlewares=[host_guard(allowed_hosts(settings.health_host, settings.http_allowed_hosts))])
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/api/dashboards", dashboards)

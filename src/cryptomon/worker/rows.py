@@ -11,9 +11,12 @@ from typing import NamedTuple
 
 import orjson
 
-from cryptomon.binance.schema import BOOK_TICKER_EVENT, SEQ_FIELD, TRADE_KINDS, validate_payload
+from cryptomon.binance import limits
+from cryptomon.binance.schema import BOOK_TICKER_EVENT, SEQ_FIELD, TRADE_KINDS, check_time, short_repr, validate_payload
 from cryptomon.errors import BadData
 from cryptomon.names import BOOK_TICKER, TRADES
+
+SKEW_MS = limits.DEFAULT_CLOCK_SKEW_SECONDS * 1000
 
 
 class TradeRow(NamedTuple):
@@ -53,13 +56,14 @@ class DeadLetter(NamedTuple):
     error: str
 
 
-def trade_row(value: bytes | None) -> TradeRow:
-    """A trades-topic message -> its row. Raises BadData."""
+def trade_row(value: bytes | None, latest_ms: int | None = None, skew_ms: int = SKEW_MS) -> TradeRow:
+    """A trades-topic message -> its row. Raises BadData. `latest_ms`: the latest acceptable ingestion time
+    (the reader's clock plus the clock skew allowed; an event time may pass its ingestion time by as much)."""
     d = _load(value)
     kind = d.get("e")
     if kind not in TRADE_KINDS:
-        raise BadData("bad_event_type", f"event type {kind!r} on the trades topic")
-    _check(kind, d)
+        raise BadData("bad_event_type", f"event type {short_repr(kind)} on the trades topic")
+    _check(kind, d, latest_ms, skew_ms)
     return TradeRow(
         d["T"],
         d["s"],
@@ -69,14 +73,14 @@ def trade_row(value: bytes | None) -> TradeRow:
         d["q"],
         d["m"],
         d["ingestion_timestamp"],
-        d.get("backfilled") is True,
+        d.get("backfilled", False),
     )
 
 
-def book_row(value: bytes | None) -> BookRow:
+def book_row(value: bytes | None, latest_ms: int | None = None, skew_ms: int = SKEW_MS) -> BookRow:
     """A book_ticker-topic message -> its row. Raises BadData."""
     d = _load(value)
-    _check(BOOK_TICKER_EVENT, d)
+    _check(BOOK_TICKER_EVENT, d, latest_ms, skew_ms)
     return BookRow(d["ingestion_timestamp"], d["s"], d["u"], d["b"], d["B"], d["a"], d["A"])
 
 
@@ -92,11 +96,12 @@ def _load(value: bytes | None) -> dict:
     return d
 
 
-def _check(kind: str, d: dict) -> None:
-    validate_payload(kind, d)
-    ts = d.get("ingestion_timestamp")
-    if type(ts) is not int or ts <= 0:
-        raise BadData("bad_ingestion_timestamp", f"ingestion_timestamp {ts!r} is not epoch milliseconds")
+def _check(kind: str, d: dict, latest_ms: int | None, skew_ms: int) -> None:
+    ts = check_time("ingestion_timestamp", d.get("ingestion_timestamp"), latest_ms)
+    backfilled = d.get("backfilled", False)
+    if type(backfilled) is not bool:
+        raise BadData("wrong_type", f"backfilled is {type(backfilled).__name__}, expected bool")
+    validate_payload(kind, d, None, ts + skew_ms)  # an event time may pass its ingestion time by the skew
 
 
 PARSERS = {TRADES: trade_row, BOOK_TICKER: book_row}
@@ -107,6 +112,7 @@ class Batch:
     """Rows waiting for one bulk insert, with the Kafka positions they came from."""
 
     table: str
+    skew_ms: int = SKEW_MS  # how far an event time may pass its ingestion time (CRYPTOMON_MAX_CLOCK_SKEW_SECONDS)
     rows: list[tuple] = field(default_factory=list)  # TradeRow or BookRow
     positions: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset) per row
     raw: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)  # (key, value) per row
@@ -117,11 +123,20 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows) + len(self.poison)
 
-    def add(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, now: float) -> None:
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        now: float,
+        latest_ms: int | None = None,
+    ) -> None:
         if self.started is None:
             self.started = now
         try:
-            row = PARSERS[self.table](value)
+            row = PARSERS[self.table](value, latest_ms, self.skew_ms)
         except BadData as exc:
             self.poison.append(DeadLetter(topic, partition, offset, key, value, str(exc)))
             self.poison_positions.append((topic, partition, offset))

@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cryptomon.backoff import Backoff
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
 from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
-from cryptomon.observability import HealthServer
+from cryptomon.observability import HealthServer, allowed_hosts
 from cryptomon.settings import Settings
 from cryptomon.worker.ordering import CommitOrder, Partition
 from cryptomon.worker.rows import Batch, DeadLetter
@@ -78,6 +79,7 @@ class Worker:
                 settings.kafka_bootstrap,
                 settings.worker_group,
                 extra={
+                    **librdkafka_security(settings),
                     "enable.auto.offset.store": False,
                     "partition.assignment.strategy": "cooperative-sticky",
                     # a worker that died without leaving (kill -9, power loss) holds its partitions until its
@@ -120,7 +122,8 @@ class Worker:
         )
         self.m_disk_free.set_function(self._disk_free)
         port = settings.worker_health_port if health_port is None else health_port
-        self.health_server = HealthServer(settings.health_host, port, self.health, r) if port else None
+        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
+        self.health_server = HealthServer(settings.health_host, port, self.health, r, hosts) if port else None
 
     # ---------------------------------------------------------------- Kafka callbacks
 
@@ -207,6 +210,7 @@ class Worker:
             if self.paused
             else self.consumer.consume(self.settings.flush_max_rows, self.settings.worker_poll_timeout)
         )
+        latest_ms = time.time_ns() // 1_000_000 + self.settings.max_clock_skew_ms  # no ingestion time after it
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -217,8 +221,8 @@ class Worker:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             batch = self.batches.get((topic, partition))  # type: ignore[arg-type]
             if batch is None:
-                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic])  # type: ignore[index]
-            batch.add(topic, partition, offset, m.key(), m.value(), now)  # type: ignore[arg-type]
+                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic], self.settings.max_clock_skew_ms)  # type: ignore[index]
+            batch.add(topic, partition, offset, m.key(), m.value(), now, latest_ms)  # type: ignore[arg-type]
         drained = len(msgs) < self.settings.flush_max_rows
         self._reap()
         for tp, batch in list(self.batches.items()):

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import psycopg
-from psycopg import errors
 
+from cryptomon.db.errors import DATA_ERRORS
 from cryptomon.errors import Unavailable
 from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
 from cryptomon.worker.rows import DeadLetter
@@ -48,7 +48,7 @@ DEAD_LETTER_COLUMNS = DEAD_LETTER_SQL.count("%s")
 WRITE_SQL = {table: f"WITH dead AS ({DEAD_LETTER_SQL}) {sql}" for table, sql in INSERT_SQL.items()}
 
 # errors caused by the data of a row, not by the database being unavailable
-ROW_ERRORS = (errors.DataError, errors.IntegrityError)
+ROW_ERRORS = DATA_ERRORS
 
 
 class DatabaseUnavailable(Unavailable):
