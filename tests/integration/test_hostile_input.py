@@ -9,9 +9,11 @@ import asyncio
 import json
 import random
 import string
+import subprocess
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -66,7 +68,7 @@ def hostile_frames(symbol: str, now_ms: int) -> list[tuple[str, bytes]]:
         ("not_positive", bad(q="0")),
         ("bad_decimal", bad(p="-1")),
         ("bad_decimal", bad(p="١٠٠")),
-        ("bad_id", bad(t=0)),
+        ("bad_id", bad(t=-1)),
         ("unknown_stream", json.dumps({"stream": "evilusdt@trade", "data": {}}).encode()),
     ]
 
@@ -84,7 +86,7 @@ class StandInExchange:
             for frame in self.frames:
                 await ws.send(frame.decode("utf-8", errors="replace"))
             self.sent.set()
-        await asyncio.Future()  # held open: a closed connection would be a reconnect, not the point
+        await ws.wait_closed()  # held open until the server closes: a reconnect is not the point here
 
     def __enter__(self) -> StandInExchange:
         self.thread.start()
@@ -145,6 +147,18 @@ def test_crafted_frames_cost_one_dead_letter_each_and_the_stream_goes_on(stack):
     assert "Traceback" not in ingest.log()
 
 
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses the process tree of `pid` listens on (TCP), as `ss` shows them."""
+    pids, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        pids.add(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in children.read_text().split()]
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+
+
 def foreign_records(symbol: str, start: int) -> list[bytes]:
     """What anyone with access to binance.trades could write: each breaks a naive reader somewhere."""
 
@@ -193,6 +207,9 @@ def test_foreign_records_in_the_topics_cost_dead_letters_not_a_stage(stack, tmp_
             wait_json(f"http://127.0.0.1:{wport}/health", lambda b: b["consumer_lag_total"] == 0, 60, "lag 0")
             wait_metrics_match_oracle(stack, (symbol,), 180)
             assert worker.alive() and job.alive()
+            listening = listening_addresses(job.popen.pid)
+        # nothing of the Spark job (driver RPC, block manager, py4j) listens beyond loopback
+        assert listening and all(a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")) for a in listening), listening
         dead = dead_letters_of(stack, symbol)
         assert len(dead) == len(records)  # one row per record, whether the worker or Spark wrote it first
         # nothing of them reached a table: the good rows are exactly the scripted ones

@@ -68,7 +68,7 @@ def deep(levels: int) -> object:
         ({"p": "0.0"}, "not_positive"),
         ({"q": "-1"}, "bad_decimal"),
         ({"p": "١٠٠"}, "bad_decimal"),  # Arabic-Indic digits match \d
-        ({"t": 0}, "bad_id"),
+        ({"t": -1}, "bad_id"),
         ({"t": -5}, "bad_id"),
         ({"t": 1 << 63}, "bad_id"),  # past BIGINT
         ({"x": deep(300)}, "bad_unknown_field"),  # orjson.dumps stops at 255 levels: it would fail at encode
@@ -78,6 +78,13 @@ def deep(levels: int) -> object:
 )
 def test_a_hostile_trade_frame_is_refused_with_its_reason(change, reason):
     assert reason_of_frame(frame({**TRADE, **change})) == reason
+
+
+def test_a_frame_at_the_size_bound_passes_and_one_byte_more_does_not():
+    good = frame(TRADE)
+    at_bound = good + b" " * (limits.MAX_MARKET_FRAME_BYTES - len(good))  # JSON allows trailing white space
+    assert parse_frame(at_bound, SYMBOLS, NOW + SKEW).seq == TRADE["t"]
+    assert reason_of_frame(at_bound + b" ") == "frame_too_large"
 
 
 def test_frames_past_the_size_bound_are_refused_before_parsing():
@@ -113,7 +120,7 @@ def test_a_hostile_kafka_record_is_refused_by_the_worker(payload, reason):
 
 def test_book_ticker_records_are_checked_the_same_way():
     assert book_row(record(BOOK), NOW + SKEW).symbol == "BTCUSDT"
-    assert reason_of_record(record({**BOOK, "u": 0}), book_row) == "bad_id"
+    assert reason_of_record(record({**BOOK, "u": -1}), book_row) == "bad_id"
     assert reason_of_record(record(BOOK, NOW + SKEW + 1), book_row) == "bad_time"
 
 

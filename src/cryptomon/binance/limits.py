@@ -37,7 +37,7 @@ FIRST_EVENT_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
 # most the clock skew allowed, CRYPTOMON_MAX_CLOCK_SKEW_SECONDS (a replay shifted to now at full speed needs
 # the capture's length); anything later would move Spark's watermark and drop every on-time trade after it
 DEFAULT_CLOCK_SKEW_SECONDS = 60
-MAX_ID = (1 << 63) - 1  # trade, aggTrade and update ids: positive signed 64-bit (the tables' BIGINT)
+MAX_ID = (1 << 63) - 1  # trade, aggTrade and update ids: 0 .. this (the tables' BIGINT; a first trade may be id 0)
 # symbols: Binance's spot symbols are upper-case letters and digits (BTCUSDT, 1000SATSUSDT), at most 20 long
 SYMBOL_MAX_LENGTH = 20
 # a market-data payload has about ten fields; a frame of one is a few hundred bytes. Unknown fields are

@@ -83,8 +83,8 @@ def validate_payload(kind: str, data: object, symbol: str | None = None, latest_
         if not data[name].strip("0."):
             raise BadData("not_positive", f"{kind} field {name!r}={data[name]!r} is zero")
     for name in _IDS[kind]:
-        if not 0 < data[name] <= limits.MAX_ID:
-            raise BadData("bad_id", f"{kind} field {name!r}={data[name]} is not a positive 63-bit id")
+        if not 0 <= data[name] <= limits.MAX_ID:
+            raise BadData("bad_id", f"{kind} field {name!r}={data[name]} is not a non-negative 63-bit id")
     if kind != BOOK_TICKER_EVENT:
         check_time(f"{kind} time T", data["T"], latest_ms)
     if len(data) > limits.MAX_PAYLOAD_FIELDS:

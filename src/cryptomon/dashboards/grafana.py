@@ -149,7 +149,7 @@ def datasource_yaml() -> dict:
                 "editable": False,
                 "jsonData": {
                     "database": "${CRYPTOMON_PG_DB}",
-                    "sslmode": "disable",
+                    "sslmode": "${CRYPTOMON_PG_SSLMODE}",  # require or verify-full for a database elsewhere
                     "timescaledb": True,
                     "postgresVersion": 1500,
                     "maxOpenConns": 10,

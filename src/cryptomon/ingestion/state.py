@@ -57,7 +57,7 @@ def decode(key: bytes | None, value: bytes | None) -> tuple[Key, Entry] | None:
 
 
 def _is_id(value: object) -> bool:
-    return type(value) is int and 0 < value <= limits.MAX_ID  # type(): not a bool
+    return type(value) is int and 0 <= value <= limits.MAX_ID  # type(): not a bool
 
 
 class StatePublisher:

@@ -80,7 +80,7 @@ def _trades(df, skew_ms: int):
         _symbol_ok(d["s"])
         & _ascii_decimal(d["p"])
         & _ascii_decimal(d["q"])
-        & (d["t"] > 0)
+        & (d["t"] >= 0)
         & _time_ok(ing, F.unix_millis(F.current_timestamp()) + skew_ms)
         & _time_ok(d["T"], ing + skew_ms)
         & (p > 0)
@@ -134,7 +134,7 @@ def _books(df, skew_ms: int):
         _symbol_ok(d["s"])
         & _ascii_decimal(d["b"])
         & _ascii_decimal(d["a"])
-        & (d["u"] > 0)
+        & (d["u"] >= 0)
         & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.current_timestamp()) + skew_ms)
         & (bid > 0)
         & (ask > 0)
@@ -226,7 +226,7 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
             F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
             .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
             .otherwise(
-                f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, id not positive, "
+                f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
                 f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/now + {settings.max_clock_skew_seconds} s, "
                 f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
             )
