@@ -6,14 +6,17 @@ set -euo pipefail
 BOOTSTRAP=${KAFKA_BOOTSTRAP:-kafka:29092}
 TOPICS_FILE=${TOPICS_FILE:-/cryptomon/topics.conf}
 BIN=${KAFKA_BIN:-/opt/kafka/bin}
+# the compose file runs one broker; a cluster of three: REPLICATION_FACTOR=3 MIN_INSYNC_REPLICAS=2
+REPLICATION_FACTOR=${REPLICATION_FACTOR:-1}
+MIN_INSYNC_REPLICAS=${MIN_INSYNC_REPLICAS:-1}
 
 while read -r role name partitions configs || [ -n "${role:-}" ]; do
   case "$role" in ''|'#'*) continue ;; esac
-  configs=${configs%%#*}
+  configs="${configs%%#*} min.insync.replicas=$MIN_INSYNC_REPLICAS"
   args=()
   for kv in $configs; do args+=(--config "$kv"); done
   "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
-    --topic "$name" --partitions "$partitions" --replication-factor 1 "${args[@]}"
+    --topic "$name" --partitions "$partitions" --replication-factor "$REPLICATION_FACTOR" "${args[@]}"
   current=$("$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe --topic "$name" | grep -c "Partition: ")
   if [ "$current" -lt "$partitions" ]; then
     "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --alter --topic "$name" --partitions "$partitions"

@@ -45,13 +45,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @services_app.command("up")
-def services_up() -> None:
+def services_up(
+    kafka_nodes: int = typer.Option(
+        0, "--kafka-nodes", help="Nodes of the local Kafka cluster (CRYPTOMON_KAFKA_NODES)."
+    ),
+) -> None:
     """Start Kafka and TimescaleDB (if not running), then create the topics and apply the schema."""
     from cryptomon.services.local import ServiceError, stack_up
 
+    settings = get_settings()
+    if kafka_nodes:
+        settings = settings.model_copy(update={"kafka_nodes": kafka_nodes})
     try:
         with console.status("starting the local stack"):
-            stack_up(get_settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+            stack_up(settings, report=lambda msg: console.print(f"[green]✓[/] {msg}"))
     except ServiceError as exc:
         raise fail(str(exc)) from None
 
@@ -67,8 +74,8 @@ def services_down() -> None:
 
 @services_app.command("status")
 def services_status() -> None:
-    """Show what runs where. Exit code 0 when everything runs, 3 otherwise."""
-    from cryptomon.services.local import services
+    """Show what runs where, and Kafka's under-replicated partitions. Exit code 0 when everything runs, 3 otherwise."""
+    from cryptomon.services.local import services, under_replicated
 
     table = Table("service", "state", "address", "pid", "data", "log")
     for column in table.columns:
@@ -86,6 +93,11 @@ def services_status() -> None:
             str(st.log_file),
         )
     Console().print(table)
+    if all_up:
+        lagging = under_replicated(get_settings().kafka_bootstrap)
+        console.print(
+            f"under-replicated partitions: {len(lagging)}" + (f" ({', '.join(lagging[:10])})" if lagging else "")
+        )
     if not all_up:
         raise typer.Exit(3)
 
@@ -114,7 +126,12 @@ def topics_ensure() -> None:
     from cryptomon.kafka.topics import ensure_topics
 
     settings = get_settings()
-    for topic, result in ensure_topics(settings.kafka_bootstrap, security=librdkafka_security(settings)).items():
+    for topic, result in ensure_topics(
+        settings.kafka_bootstrap,
+        security=librdkafka_security(settings),
+        replication_factor=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
+    ).items():
         console.print(f"[green]✓[/] {topic}: {result}")
 
 

@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(
         9093, ge=1, le=65535, description="KRaft controller port of the local single-node broker."
     )
+    kafka_nodes: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Nodes (broker + controller each) of the local Kafka cluster `services up` starts; node i "
+        "listens on the bootstrap port + 2(i-1) and the controller port + 2(i-1).",
+    )
+    kafka_replication_factor: int = Field(
+        0, ge=0, description="Replicas of every topic; 0: min(3, brokers in the cluster)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        0, ge=0, description="min.insync.replicas of every topic; 0: 2 with 3 replicas, else 1."
+    )
     kafka_heap: str = Field("512m", description="JVM heap (-Xmx) of the local Kafka broker.")
     pg_dsn: str = Field(
         "postgresql://cryptomon:cryptomon@127.0.0.1:5433/cryptomon",

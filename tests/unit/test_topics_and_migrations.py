@@ -43,3 +43,33 @@ def test_kafka_cluster_ids_never_start_with_a_dash():
     dash_first = local.uuid.UUID(bytes=b"\xf8" + bytes(15))
     with mock.patch.object(local.uuid, "uuid4", side_effect=[dash_first, local.uuid.UUID(int=1)]):
         assert local.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
+
+
+def test_replication_follows_the_cluster_as_kafka_asks():
+    from cryptomon.kafka.topics import replication_plan
+
+    assert replication_plan(1) == (1, 1)
+    assert replication_plan(2) == (2, 1)
+    assert replication_plan(3) == (3, 2)  # one node may fail with no acknowledged write lost
+    assert replication_plan(5) == (3, 2)
+    assert replication_plan(5, factor=5, min_insync=3) == (5, 3)
+    with pytest.raises(ConfigError, match="needs at least 3 brokers"):
+        replication_plan(2, factor=3)
+    with pytest.raises(ConfigError, match=r"min\.insync\.replicas"):
+        replication_plan(3, min_insync=4)
+
+
+def test_a_node_of_a_three_node_cluster_knows_all_voters_and_has_ports_of_its_own(tmp_path):
+    from cryptomon.services.local import KafkaBroker, cluster_bootstrap, throwaway_settings
+
+    s = throwaway_settings(tmp_path, 29092, 25433, kafka_nodes=3)
+    node = KafkaBroker(s, 2)
+    node.dir.mkdir(parents=True)
+    node._write_config()
+    config = dict(line.split("=", 1) for line in node.config.read_text().splitlines() if "=" in line)
+    assert (node.port, node.controller_port, node.name) == (29094, 29095, "kafka-2")
+    assert config["node.id"] == "2"
+    assert config["controller.quorum.voters"] == "1@127.0.0.1:29093,2@127.0.0.1:29095,3@127.0.0.1:29097"
+    assert config["offsets.topic.replication.factor"] == "3" and config["transaction.state.log.min.isr"] == "2"
+    assert cluster_bootstrap(s) == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
+    assert KafkaBroker(throwaway_settings(tmp_path, 29092, 25433), 1).name == "kafka"  # one node: as before

@@ -55,10 +55,34 @@ def topic_name(role: str) -> str:
     return topics()[role].name
 
 
-def ensure_topics(bootstrap: str, timeout: float = 30.0, security: dict | None = None) -> dict[str, str]:
-    """Create the missing topics, grow partition counts and apply configs. Idempotent.
+MAX_REPLICATION = 3  # what Kafka's production guides ask for: acks=all then survives a lost node
 
-    Returns {topic: "created" | "updated" | "ok"}.
+
+def replication_plan(brokers: int, factor: int = 0, min_insync: int = 0) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of `brokers`: min(3, brokers) copies, and 2
+    of them in sync for an acknowledged write when there are 3 (1 otherwise), unless set (0: automatic).
+    With 3 and 2, no write acknowledged to an acks=all producer is lost while one node fails."""
+    rf = factor or min(MAX_REPLICATION, brokers)
+    isr = min_insync or (2 if rf >= 3 else 1)
+    if not 1 <= rf <= brokers:
+        raise ConfigError(f"replication factor {rf} needs at least {rf} brokers; the cluster has {brokers}")
+    if not 1 <= isr <= rf:
+        raise ConfigError(f"min.insync.replicas {isr} must be between 1 and the replication factor {rf}")
+    return rf, isr
+
+
+def ensure_topics(
+    bootstrap: str,
+    timeout: float = 30.0,
+    security: dict | None = None,
+    replication_factor: int = 0,
+    min_insync_replicas: int = 0,
+) -> dict[str, str]:
+    """Create the missing topics (replicated as replication_plan() says), grow partition counts and apply
+    configs. Idempotent. A topic with fewer replicas than the plan is reported (`under-replicated`), never
+    changed silently: `cryptomon topics ensure --reassign` raises it (kafka/reassign.py).
+
+    Returns {topic: "created" | "updated" | "ok" | "under-replicated: N of M replicas"}.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import (
@@ -71,12 +95,16 @@ def ensure_topics(bootstrap: str, timeout: float = 30.0, security: dict | None =
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap, **(security or {})})
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    rf, isr = replication_plan(len(metadata.brokers), replication_factor, min_insync_replicas)
+    configs = {name: {**spec.config, "min.insync.replicas": str(isr)} for name, spec in
+               ((s.name, s) for s in topics().values())}  # fmt: skip
     result: dict[str, str] = {}
     to_create = [s for s in topics().values() if s.name not in existing]
     if to_create:
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, config=s.config) for s in to_create], request_timeout=timeout
+            [NewTopic(s.name, s.partitions, rf, config=configs[s.name]) for s in to_create], request_timeout=timeout
         )
         for name, fut in futures.items():
             try:
@@ -90,10 +118,15 @@ def ensure_topics(bootstrap: str, timeout: float = 30.0, security: dict | None =
         if spec.name in result:
             continue
         status = "ok"
+        replicas = min(len(p.replicas) for p in existing[spec.name].partitions.values())
+        if replicas < rf:
+            status = f"under-replicated: {replicas} of {rf} replicas"
+            log.warning("topic %s has %d replicas, %d asked for: run `cryptomon topics ensure --reassign`",
+                        spec.name, replicas, rf)  # fmt: skip
         have = len(existing[spec.name].partitions)
         if have < spec.partitions:
             admin.create_partitions([NewPartitions(spec.name, spec.partitions)])[spec.name].result()
-            status = "updated"
+            status = "updated" if status == "ok" else status
         elif have > spec.partitions:
             log.warning(
                 "topic %s has %d partitions, %d declared: Kafka cannot shrink it", spec.name, have, spec.partitions
@@ -102,7 +135,10 @@ def ensure_topics(bootstrap: str, timeout: float = 30.0, security: dict | None =
             ConfigResource.Type.TOPIC,
             spec.name,
             incremental_configs=[
-                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in spec.config.items()
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in configs[spec.name].items()
+                # min.insync.replicas above a topic's replicas would refuse every acks=all write
+                if k != "min.insync.replicas" or int(v) <= replicas
             ],
         )
         for fut in admin.incremental_alter_configs([resource]).values():
