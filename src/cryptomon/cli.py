@@ -49,6 +49,11 @@ def services_up(
     kafka_nodes: int = typer.Option(
         0, "--kafka-nodes", help="Nodes of the local Kafka cluster (CRYPTOMON_KAFKA_NODES)."
     ),
+    spark_cluster: bool = typer.Option(
+        False,
+        "--spark-cluster",
+        help="Also a Spark standalone master and worker (CRYPTOMON_SPARK_MASTER=spark://127.0.0.1:7077).",
+    ),
 ) -> None:
     """Start Kafka and TimescaleDB (if not running), then create the topics and apply the schema."""
     from cryptomon.services.local import ServiceError, stack_up
@@ -59,6 +64,12 @@ def services_up(
     try:
         with console.status("starting the local stack"):
             stack_up(settings, report=lambda msg: console.print(f"[green]✓[/] {msg}"))
+            if spark_cluster:
+                from cryptomon.services.spark_cluster import spark_cluster as daemons
+
+                for daemon in daemons(settings):
+                    daemon.start()
+                    console.print(f"[green]✓[/] {daemon.name} on {daemon.address} (master {daemon.master_url})")
     except ServiceError as exc:
         raise fail(str(exc)) from None
 
@@ -67,8 +78,13 @@ def services_up(
 def services_down() -> None:
     """Stop Kafka and TimescaleDB cleanly (their data is kept)."""
     from cryptomon.services.local import stack_down
+    from cryptomon.services.spark_cluster import spark_cluster
 
     with console.status("stopping the local stack"):
+        for daemon in reversed(spark_cluster(get_settings())):
+            if daemon.running():
+                daemon.stop()
+                console.print(f"[green]✓[/] {daemon.name} stopped")
         stack_down(get_settings(), report=lambda msg: console.print(f"[green]✓[/] {msg}"))
 
 
@@ -120,8 +136,11 @@ def db_migrate(
 
 
 @topics_app.command("ensure")
-def topics_ensure() -> None:
-    """Create missing topics and apply their configuration (idempotent)."""
+def topics_ensure(
+    reassign: bool = typer.Option(False, "--reassign", help="Raise the replication of under-replicated topics."),
+) -> None:
+    """Create missing topics and apply their configuration (idempotent); report, or with --reassign raise,
+    the replication of topics below the plan."""
     from cryptomon.kafka.security import librdkafka_security
     from cryptomon.kafka.topics import ensure_topics
 
@@ -131,6 +150,7 @@ def topics_ensure() -> None:
         security=librdkafka_security(settings),
         replication_factor=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
+        reassign_with=settings.deps_dir / "kafka" if reassign else None,
     ).items():
         console.print(f"[green]✓[/] {topic}: {result}")
 

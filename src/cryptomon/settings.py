@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         60,
         ge=0,
         description="How far an event time may be ahead of its ingestion time, and an ingestion time ahead of the "
-        "reader's clock (worker, Spark); later records are dead letters. A capture replayed at full speed with "
+        "record's Kafka timestamp (the broker's append time); later records are dead letters. A capture replayed at full speed with "
         "--shift-to-now needs the capture's length.",
     )
     backoff_initial: float = Field(1.0, gt=0, description="First reconnect delay, in seconds.")
@@ -210,6 +210,11 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address the Spark driver (its RPC, block manager and UI) listens on and gives executors; "
         "loopback keeps them off the network, a cluster of several machines needs one its executors reach.",
+    )
+    spark_driver_bind_address: str = Field(
+        "",
+        description="Address the driver's sockets bind to when it differs from the one executors are given "
+        "(a container behind port forwarding: 0.0.0.0); empty: CRYPTOMON_SPARK_DRIVER_HOST.",
     )
     volatility_threshold: float = Field(
         2.0, gt=0, description="volatility_alert fires when a 1-minute window's price stddev exceeds this."

@@ -120,3 +120,21 @@ def test_the_image_installs_locked_hashed_versions_that_satisfy_pyproject():
             assert f"{name}-{extra}" in pinned
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes -r requirements.lock" in dockerfile and "--no-deps ." in dockerfile
+
+
+def test_the_cluster_file_runs_three_kafka_nodes_and_a_spark_cluster():
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
+    nodes = [cluster[f"kafka-{i}"] for i in (1, 2, 3)]
+    assert {n["environment"]["KAFKA_NODE_ID"] for n in nodes} == {1, 2, 3}
+    voters = {n["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] for n in nodes}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert all(n["environment"]["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == 2 for n in nodes)
+    init = cluster["kafka-cluster-init"]["environment"]
+    assert (init["REPLICATION_FACTOR"], init["MIN_INSYNC_REPLICAS"]) == (3, 2)
+    assert "spark-master" in cluster and "spark-worker" in cluster
+    for name, svc in cluster.items():
+        for p in svc.get("ports", []):
+            assert p.startswith("127.0.0.1:"), f"{name} publishes {p} beyond loopback"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            assert not source.startswith("./") or (ROOT / source).exists(), f"{source} is mounted but missing"

@@ -73,3 +73,34 @@ def test_a_node_of_a_three_node_cluster_knows_all_voters_and_has_ports_of_its_ow
     assert config["offsets.topic.replication.factor"] == "3" and config["transaction.state.log.min.isr"] == "2"
     assert cluster_bootstrap(s) == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
     assert KafkaBroker(throwaway_settings(tmp_path, 29092, 25433), 1).name == "kafka"  # one node: as before
+
+
+def test_the_cluster_as_librdkafka_statistics_show_it():
+    from cryptomon.kafka.clients import cluster_view
+
+    stats = {
+        "brokers": {
+            "127.0.0.1:9092/1": {"nodeid": 1, "state": "UP"},
+            "127.0.0.1:9094/2": {"nodeid": 2, "state": "DOWN"},
+            "127.0.0.1:9096/3": {"nodeid": 3, "state": "UP"},
+            "GroupCoordinator": {"nodeid": -1, "state": "UP"},  # a logical broker, not a node
+        },
+        "topics": {
+            "binance.trades": {"partitions": {"0": {"leader": 1}, "1": {"leader": -1}, "-1": {"leader": -1}}},
+            "binance.book_ticker": {"partitions": {"0": {"leader": 3}}},
+        },
+    }
+    assert cluster_view(stats) == (["binance.trades/1"], 2)
+    assert cluster_view({}) == ([], 0)
+
+
+def test_a_reassignment_plan_adds_the_missing_replicas_spread_over_the_brokers():
+    from cryptomon.kafka.reassign import plan
+
+    current = {"t": {0: [1], 1: [2], 2: [3]}, "u": {0: [1, 2, 3]}}
+    moves = plan(current, [1, 2, 3], 3)["partitions"]
+    assert [m["replicas"][0] for m in moves] == [1, 2, 3]  # each keeps its replica (its leader) first
+    assert all(sorted(m["replicas"]) == [1, 2, 3] for m in moves)
+    assert {m["topic"] for m in moves} == {"t"}  # nothing to do for a topic that has its replicas
+    with pytest.raises(ConfigError, match="needs 3 brokers"):
+        plan(current, [1, 2], 3)

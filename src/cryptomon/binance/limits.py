@@ -33,7 +33,7 @@ QUANTITY_INTEGER_DIGITS = 12  # quantities < 1,000,000,000,000: DECIMAL(20,8), t
 # Binance opened in July 2017; the bound is the start of that year, so that the API docs' own examples
 # (June 2017) pass. Nothing older is a Binance event time or an ingestion time.
 FIRST_EVENT_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
-# an event time may be ahead of its ingestion time (and an ingestion time ahead of the reader's clock) by at
+# an event time may be ahead of its ingestion time (and an ingestion time ahead of its Kafka record's timestamp) by at
 # most the clock skew allowed, CRYPTOMON_MAX_CLOCK_SKEW_SECONDS (a replay shifted to now at full speed needs
 # the capture's length); anything later would move Spark's watermark and drop every on-time trade after it
 DEFAULT_CLOCK_SKEW_SECONDS = 60

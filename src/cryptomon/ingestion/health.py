@@ -74,6 +74,10 @@ class IngestHealth:
     disk_full_pauses: int
     tasks: dict[str, dict]  # per long-lived task: running, restarts, last error
     task_restarts: int
+    partitions_without_leader: list[str]
+    kafka_brokers_up: int
+    produce_retries: int
+    seconds_since_last_ack: float | None
 
     def body(self) -> dict:
         """The /health JSON."""
@@ -118,6 +122,12 @@ class IngestHealth:
             "disk_full_pauses": self.disk_full_pauses,
             "tasks": self.tasks,
             "task_restarts": self.task_restarts,
+            "kafka": {
+                "partitions_without_leader": self.partitions_without_leader,
+                "brokers_up": self.kafka_brokers_up,
+                "produce_retries": self.produce_retries,
+                "seconds_since_last_ack": self.seconds_since_last_ack,
+            },
         }
 
 
@@ -151,6 +161,7 @@ class IngestCollector:
             ("disk_full_pauses", "Disconnects because the state folder's disk was nearly full", h.disk_full_pauses),
             ("rest_requests", "REST requests sent", h.rest.requests),
             ("task_restarts", "Long-lived tasks restarted after an unexpected error", h.task_restarts),
+            ("produce_retries", "Deliveries sent again after librdkafka gave up", h.produce_retries),
         ):
             yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=value)
         for name, doc, gauge in (
@@ -165,6 +176,9 @@ class IngestCollector:
             ("seconds_since_last_message", "Age of the last frame", _or_nan(h.seconds_since_last_message)),
             ("producer_queue", "Messages waiting in the producer", h.producer_queue),
             ("disk_free_bytes", "Free bytes on the state folder's disk", _or_nan(h.disk_free_bytes)),
+            ("partitions_without_leader", "Partitions written to that have no leader", len(h.partitions_without_leader)),
+            ("kafka_brokers_up", "Kafka brokers the producer is connected to", h.kafka_brokers_up),
+            ("seconds_since_last_ack", "Age of the last acknowledged delivery", _or_nan(h.seconds_since_last_ack)),
         ):  # fmt: skip
             yield GaugeMetricFamily(f"cryptomon_ingest_{name}", doc, value=gauge)
 

@@ -10,6 +10,8 @@ from typing import cast
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from cryptomon.kafka.clients import cluster_view
+
 log = logging.getLogger(__name__)
 
 # errors after which re-sending the same bytes cannot succeed: such a message goes to the dead letters
@@ -32,6 +34,7 @@ def producer_config(bootstrap: str, linger_ms: int = 20) -> dict:
         # the Java client's key hashing, so Spark and other clients agree on key -> partition
         "partitioner": "murmur2_random",
         "client.id": "cryptomon-ingestion",
+        "statistics.interval.ms": 5000,  # partitions without a leader, brokers up: for /health
     }
 
 
@@ -42,8 +45,12 @@ class KafkaSink:
         self, bootstrap: str, linger_ms: int = 20, deadletter_topic: str | None = None, security: dict | None = None
     ):
         self.producer = Producer(
-            {**producer_config(bootstrap, linger_ms), **(security or {}), "error_cb": self._on_error}
-        )
+            {**producer_config(bootstrap, linger_ms), **(security or {}), "error_cb": self._on_error,
+             "stats_cb": self._on_stats}
+        )  # fmt: skip
+        self.leaderless: list[str] = []  # partitions it writes to that have no leader now
+        self.brokers_up = 0
+        self.last_ack_at: float | None = None  # monotonic time of the last acknowledged delivery
         self.deadletter_topic = deadletter_topic
         self.delivered: Counter = Counter()  # per topic
         self.produced = 0  # every produce() call, re-sends included
@@ -59,9 +66,13 @@ class KafkaSink:
         self.last_error_at = time.monotonic()
         log.warning("kafka: %s", err)
 
+    def _on_stats(self, raw: str) -> None:
+        self.leaderless, self.brokers_up = cluster_view(orjson.loads(raw))
+
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered[msg.topic()] += 1
+            self.last_ack_at = time.monotonic()
             return
         self.delivery_failures += 1
         self.last_error, self.last_error_at = str(err), time.monotonic()

@@ -326,6 +326,10 @@ class Ingestor:
             disk_full_pauses=sum(c.stats.disk_pauses for c in conns),
             tasks={name: s.as_dict() for name, s in self.keeper.states.items()},
             task_restarts=self.keeper.restarts(),
+            partitions_without_leader=self.sink.leaderless,
+            kafka_brokers_up=self.sink.brokers_up,
+            produce_retries=self.sink.retried,
+            seconds_since_last_ack=None if self.sink.last_ack_at is None else round(now - self.sink.last_ack_at, 3),
         )
 
 

@@ -64,3 +64,16 @@ def read_to_end(
         return messages, pending
     finally:
         consumer.close()
+
+
+def cluster_view(stats: Mapping[str, Any]) -> tuple[list[str], int]:
+    """From a librdkafka statistics report: the partitions (`topic/partition`) this client sees without a
+    leader, and how many brokers it is connected to (state UP) — what a lost node shows first."""
+    leaderless = sorted(
+        f"{topic}/{pid}"
+        for topic, t in stats.get("topics", {}).items()
+        for pid, p in t.get("partitions", {}).items()
+        if pid != "-1" and p.get("leader", -1) < 0
+    )
+    up = sum(1 for b in stats.get("brokers", {}).values() if b.get("state") == "UP" and b.get("nodeid", -1) >= 0)
+    return leaderless, up

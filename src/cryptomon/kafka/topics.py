@@ -77,10 +77,12 @@ def ensure_topics(
     security: dict | None = None,
     replication_factor: int = 0,
     min_insync_replicas: int = 0,
+    reassign_with: Path | None = None,
 ) -> dict[str, str]:
     """Create the missing topics (replicated as replication_plan() says), grow partition counts and apply
     configs. Idempotent. A topic with fewer replicas than the plan is reported (`under-replicated`), never
-    changed silently: `cryptomon topics ensure --reassign` raises it (kafka/reassign.py).
+    changed silently; with `reassign_with` (Kafka's jars: `cryptomon topics ensure --reassign`) its
+    replication is raised by a partition reassignment (kafka/reassign.py) and it reads `reassigned`.
 
     Returns {topic: "created" | "updated" | "ok" | "under-replicated: N of M replicas"}.
     """
@@ -119,7 +121,14 @@ def ensure_topics(
             continue
         status = "ok"
         replicas = min(len(p.replicas) for p in existing[spec.name].partitions.values())
-        if replicas < rf:
+        if replicas < rf and reassign_with is not None:
+            from cryptomon.kafka.reassign import plan, reassign
+
+            current = {spec.name: {p.id: list(p.replicas) for p in existing[spec.name].partitions.values()}}
+            reassign(bootstrap, reassign_with, plan(current, list(metadata.brokers), rf))
+            log.info("topic %s: replication raised from %d to %d", spec.name, replicas, rf)
+            replicas, status = rf, "reassigned"
+        elif replicas < rf:
             status = f"under-replicated: {replicas} of {rf} replicas"
             log.warning("topic %s has %d replicas, %d asked for: run `cryptomon topics ensure --reassign`",
                         spec.name, replicas, rf)  # fmt: skip

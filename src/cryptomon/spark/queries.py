@@ -57,7 +57,9 @@ def _trades(df, skew_ms: int):
     """Kafka records of binance.trades -> typed columns, the Kafka coordinates, and `ok`: the record is a
     trade the metrics can use (an aggTrade is fine and not used; anything else is poison). The contract is
     the ingestion's and the worker's (cryptomon.binance.schema): a record outside it never reaches a window
-    or the watermark, and its times are not converted at all (a year-10000 time would fail the query)."""
+    or the watermark, and its times are not converted at all (a year-10000 time would fail the query). The
+    ingestion time is bounded by the record's Kafka timestamp (the broker's append time), not the batch's
+    clock, so that a replayed batch decides the same."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
 
@@ -81,7 +83,7 @@ def _trades(df, skew_ms: int):
         & _ascii_decimal(d["p"])
         & _ascii_decimal(d["q"])
         & (d["t"] >= 0)
-        & _time_ok(ing, F.unix_millis(F.current_timestamp()) + skew_ms)
+        & _time_ok(ing, F.unix_millis(F.col("timestamp")) + skew_ms)
         & _time_ok(d["T"], ing + skew_ms)
         & (p > 0)
         & (q > 0)
@@ -135,7 +137,7 @@ def _books(df, skew_ms: int):
         & _ascii_decimal(d["b"])
         & _ascii_decimal(d["a"])
         & (d["u"] >= 0)
-        & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.current_timestamp()) + skew_ms)
+        & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.col("timestamp")) + skew_ms)
         & (bid > 0)
         & (ask > 0)
     )
@@ -227,7 +229,7 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
             .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
             .otherwise(
                 f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
-                f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/now + {settings.max_clock_skew_seconds} s, "
+                f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/Kafka time + {settings.max_clock_skew_seconds} s, "
                 f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
             )
             .alias("reason"),
@@ -239,7 +241,7 @@ def poison_records(spark, settings: Settings, max_offsets: int | None = None):
         .select(
             *KAFKA_COLUMNS,
             F.lit(
-                f"a bookTicker outside the contract: symbol, update id, ingestion time (at most now + "
+                f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
                 f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"
             ).alias("reason"),
         )

@@ -53,7 +53,7 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
-        .config("spark.driver.bindAddress", settings.spark_driver_host)
+        .config("spark.driver.bindAddress", settings.spark_driver_bind_address or settings.spark_driver_host)
         .config("spark.driver.host", settings.spark_driver_host)
     )
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)  # read by the JVM PySpark starts

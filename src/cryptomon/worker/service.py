@@ -12,12 +12,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cryptomon.backoff import Backoff
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
-from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.clients import cluster_view, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
@@ -74,6 +74,8 @@ class Worker:
         self.db_failures = 0
         self.disk_pauses = 0
         self.pause_reason: Exception | None = None
+        self.leaderless: list[str] = []  # assigned partitions without a leader (librdkafka's statistics)
+        self.brokers_up = 0
         self.consumer = Consumer(
             consumer_config(
                 settings.kafka_bootstrap,
@@ -129,6 +131,7 @@ class Worker:
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
+        self.leaderless, self.brokers_up = cluster_view(stats)
         lag = {}
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
@@ -210,7 +213,8 @@ class Worker:
             if self.paused
             else self.consumer.consume(self.settings.flush_max_rows, self.settings.worker_poll_timeout)
         )
-        latest_ms = time.time_ns() // 1_000_000 + self.settings.max_clock_skew_ms  # no ingestion time after it
+        skew = self.settings.max_clock_skew_ms
+        clock_ms = time.time_ns() // 1_000_000  # for a record without a Kafka timestamp
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -222,6 +226,10 @@ class Worker:
             batch = self.batches.get((topic, partition))  # type: ignore[arg-type]
             if batch is None:
                 batch = self.batches[(topic, partition)] = Batch(self.table_of[topic], self.settings.max_clock_skew_ms)  # type: ignore[index]
+            # no ingestion time after the record's own Kafka timestamp (the broker's append time on our topics)
+            # plus the skew: the same verdict whenever the record is read, replays included
+            kind, stamp = m.timestamp()
+            latest_ms = (stamp if kind != TIMESTAMP_NOT_AVAILABLE else clock_ms) + skew
             batch.add(topic, partition, offset, m.key(), m.value(), now, latest_ms)  # type: ignore[arg-type]
         drained = len(msgs) < self.settings.flush_max_rows
         self._reap()
@@ -387,6 +395,7 @@ class Worker:
             "last_flush_seconds_ago": round(age, 3),
             "db_failures": self.db_failures,
             "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
+            "kafka": {"partitions_without_leader": self.leaderless, "brokers_up": self.brokers_up},
         }
         stuck = total_lag > 0 and age > max(30.0, 10 * self.settings.flush_max_seconds)
         return (not self.paused) and not stuck, body
