@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -104,6 +105,16 @@ class Pipeline:
         self.sim_url, self.ingest_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{iport}"
         self.worker_url = f"http://127.0.0.1:{wport}"
 
+    @contextmanager
+    def running(self, name: str):
+        """The three processes, started and stopped together; yields (ingest, worker)."""
+        with (
+            running(f"{name}-sim", self.sim_args, self.ingest_env),
+            running(f"{name}-ingest", ["ingest"], self.ingest_env) as ingest,
+            running(f"{name}-worker", ["worker"], self.worker_env) as worker,
+        ):
+            yield ingest, worker
+
     def finish(self) -> tuple[dict, dict]:
         """Wait for the simulator to end and the ingestion to deliver everything; returns what TimescaleDB
         must hold per (symbol, kind) and the ingestion's /health."""
@@ -135,11 +146,7 @@ def test_a_rolling_restart_of_all_three_nodes_loses_no_event(cluster):
     """Each node stopped (a controlled shutdown) and started again while the pipeline runs, the next one only
     once every partition is in sync again, as an operator upgrading the cluster would."""
     pipe = Pipeline(cluster, ("BNBUSDT",), 3000, "cluster-rolling")
-    with (
-        running("rolling-sim", pipe.sim_args, pipe.ingest_env),
-        running("rolling-ingest", ["ingest"], pipe.ingest_env) as ingest,
-        running("rolling-worker", ["worker"], pipe.worker_env) as worker,
-    ):
+    with pipe.running("rolling") as (ingest, worker):
         pids = (ingest.popen.pid, worker.popen.pid)
         wait_json(f"{pipe.ingest_url}/health", lambda b: sum(b["messages_delivered"].values()) > 500, 90, "events")
         for n in (1, 2, 3):
@@ -158,11 +165,7 @@ def test_a_rolling_restart_of_all_three_nodes_loses_no_event(cluster):
 def test_a_node_lost_for_good_with_its_disk_loses_no_event(cluster):
     pipe = Pipeline(cluster, ("BTCUSDT", "ETHUSDT"), 4000, "cluster-loss")
     lost = KafkaBroker(cluster, 1)  # the first bootstrap address too: clients must find the others
-    with (
-        running("cluster-sim", pipe.sim_args, pipe.ingest_env),
-        running("cluster-ingest", ["ingest"], pipe.ingest_env) as ingest,
-        running("cluster-worker", ["worker"], pipe.worker_env) as worker,
-    ):
+    with pipe.running("cluster") as (ingest, worker):
         pids = (ingest.popen.pid, worker.popen.pid)
         wait_json(f"{pipe.ingest_url}/health", lambda b: sum(b["messages_delivered"].values()) > 2000, 90, "events")
         os.kill(lost.pid(), signal.SIGKILL)

@@ -100,25 +100,16 @@ def new_cluster_id() -> str:
             return cid
 
 
-class KafkaBroker:
-    """One node of Apache Kafka 4 in KRaft combined mode (broker + controller), from Maven jars: node 1 of 1
-    by default, or node `node` of a cluster of `CRYPTOMON_KAFKA_NODES`, each with its ports and log dir."""
+class LocalProcess:
+    """A local service run as one process with a pid file: its address, pid, whether it runs, its status.
+    Subclasses set name, host, port, pid_file, data_dir and log_file."""
 
-    def __init__(self, settings: Settings, node: int = 1):
-        self.settings = settings
-        self.node, self.nodes = node, settings.kafka_nodes
-        self.name = "kafka" if self.nodes == 1 else f"kafka-{node}"
-        host, base = settings.kafka_host_port
-        self.host, self.port = host, base + 2 * (node - 1)
-        self.controller_port = settings.kafka_controller_port + 2 * (node - 1)
-        self.dir = settings.state_dir.resolve() / ("kafka" if node == 1 else f"kafka-{node}")
-        self.data_dir = self.dir / "data"
-        self.config = self.dir / "server.properties"
-        self.log_config = self.dir / "log4j2.yaml"
-        self.pid_file = self.dir / "kafka.pid"
-        self.log_file = settings.state_dir.resolve() / "logs" / f"{self.name}.log"
-        self.jars = settings.deps_dir / "kafka"
-        self.cluster_id_file = settings.state_dir.resolve() / "kafka-cluster-id"
+    name: str
+    host: str
+    port: int
+    pid_file: Path
+    data_dir: Path
+    log_file: Path
 
     @property
     def address(self) -> str:
@@ -144,6 +135,27 @@ class KafkaBroker:
             self.data_dir,
             self.log_file,
         )
+
+
+class KafkaBroker(LocalProcess):
+    """One node of Apache Kafka 4 in KRaft combined mode (broker + controller), from Maven jars: node 1 of 1
+    by default, or node `node` of a cluster of `CRYPTOMON_KAFKA_NODES`, each with its ports and log dir."""
+
+    def __init__(self, settings: Settings, node: int = 1):
+        self.settings = settings
+        self.node, self.nodes = node, settings.kafka_nodes
+        self.name = "kafka" if self.nodes == 1 else f"kafka-{node}"
+        host, base = settings.kafka_host_port
+        self.host, self.port = host, base + 2 * (node - 1)
+        self.controller_port = settings.kafka_controller_port + 2 * (node - 1)
+        self.dir = settings.state_dir.resolve() / ("kafka" if node == 1 else f"kafka-{node}")
+        self.data_dir = self.dir / "data"
+        self.config = self.dir / "server.properties"
+        self.log_config = self.dir / "log4j2.yaml"
+        self.pid_file = self.dir / "kafka.pid"
+        self.log_file = settings.state_dir.resolve() / "logs" / f"{self.name}.log"
+        self.jars = settings.deps_dir / "kafka"
+        self.cluster_id_file = settings.state_dir.resolve() / "kafka-cluster-id"
 
     def _write_config(self) -> None:
         h = self.host

@@ -9,7 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from cryptomon.services.local import ServiceError, ServiceSetupError, Status, pid_alive, port_open, wait_until
+from cryptomon.services.local import LocalProcess, ServiceError, ServiceSetupError, pid_alive, port_open, wait_until
 from cryptomon.settings import Settings
 
 MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT = 7077, 8090, 8091
@@ -24,7 +24,7 @@ def spark_class() -> Path:
     return path
 
 
-class SparkDaemon:
+class SparkDaemon(LocalProcess):
     """The master or the worker of the standalone cluster, as a process with a pid file and a log."""
 
     def __init__(self, settings: Settings, role: str, port_offset: int = 0):
@@ -33,33 +33,14 @@ class SparkDaemon:
         self.host = "127.0.0.1"
         self.master_port = MASTER_PORT + port_offset
         self.port = self.master_port if role == "master" else WORKER_UI_PORT + port_offset
-        self.dir = settings.state_dir.resolve() / self.name
+        self.dir = self.data_dir = settings.state_dir.resolve() / self.name
         self.pid_file = self.dir / "pid"
         self.log_file = settings.state_dir.resolve() / "logs" / f"{self.name}.log"
         self.ui_port = (MASTER_UI_PORT if role == "master" else WORKER_UI_PORT) + port_offset
 
     @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
     def master_url(self) -> str:
         return f"spark://{self.host}:{self.master_port}"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
-
-    def status(self) -> Status:
-        pid = self.pid()
-        return Status(self.name, pid is not None and port_open(self.host, self.port), self.address, pid, self.dir,
-                      self.log_file)  # fmt: skip
 
     def start(self, timeout: float = 90.0, cores: int = 1, memory: str = "1500m") -> None:
         if self.running():

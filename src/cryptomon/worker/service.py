@@ -225,7 +225,7 @@ class Worker:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             batch = self.batches.get((topic, partition))  # type: ignore[arg-type]
             if batch is None:
-                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic], self.settings.max_clock_skew_ms)  # type: ignore[index]
+                batch = self.batches[(topic, partition)] = Batch(self.table_of[topic], skew)  # type: ignore[index]
             # no ingestion time after the record's own Kafka timestamp (the broker's append time on our topics)
             # plus the skew: the same verdict whenever the record is read, replays included
             kind, stamp = m.timestamp()
