@@ -77,14 +77,9 @@ def _trades(df, skew_ms: int):
     )
     d = F.from_json(F.col("value").cast("string"), schema)
     p, q = d["p"].try_cast(PRICE_TYPE), d["q"].try_cast(QUANTITY_TYPE)
-    ing = d["ingestion_timestamp"]
     ok = (
-        _symbol_ok(d["s"])
-        & _ascii_decimal(d["p"])
-        & _ascii_decimal(d["q"])
-        & (d["t"] >= 0)
-        & _time_ok(ing, F.unix_millis(F.col("timestamp")) + skew_ms)
-        & _time_ok(d["T"], ing + skew_ms)
+        _record_ok(d, "t", ("p", "q"), skew_ms)
+        & _time_ok(d["T"], d["ingestion_timestamp"] + skew_ms)
         & (p > 0)
         & (q > 0)
     )
@@ -101,9 +96,16 @@ def _trades(df, skew_ms: int):
     )
 
 
-def _symbol_ok(s):
-    """Binance's symbol format (schema.SYMBOL)."""
-    return s.rlike(f"^{SYMBOL.pattern}$")
+def _record_ok(d, id_field: str, decimals: tuple[str, ...], skew_ms: int):
+    """What every record of either topic must keep (schema.py): Binance's symbol format, ASCII decimals, a
+    non-negative id, and an ingestion time no later than the record's Kafka timestamp (the broker's append
+    time, the same on every replay) plus the skew."""
+    from pyspark.sql import functions as F
+
+    ok = d["s"].rlike(f"^{SYMBOL.pattern}$") & (d[id_field] >= 0)
+    for name in decimals:
+        ok = ok & _ascii_decimal(d[name])
+    return ok & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.col("timestamp")) + skew_ms)
 
 
 def _ascii_decimal(text):
@@ -132,15 +134,7 @@ def _books(df, skew_ms: int):
     )
     d = F.from_json(F.col("value").cast("string"), schema)
     bid, ask = d["b"].try_cast(PRICE_TYPE), d["a"].try_cast(PRICE_TYPE)
-    ok = (
-        _symbol_ok(d["s"])
-        & _ascii_decimal(d["b"])
-        & _ascii_decimal(d["a"])
-        & (d["u"] >= 0)
-        & _time_ok(d["ingestion_timestamp"], F.unix_millis(F.col("timestamp")) + skew_ms)
-        & (bid > 0)
-        & (ask > 0)
-    )
+    ok = _record_ok(d, "u", ("b", "a"), skew_ms) & (bid > 0) & (ask > 0)
     ok = F.coalesce(ok, F.lit(False))
     return df.select(
         *KAFKA_COLUMNS,

@@ -58,7 +58,8 @@ class DeadLetter(NamedTuple):
 
 def trade_row(value: bytes | None, latest_ms: int | None = None, skew_ms: int = SKEW_MS) -> TradeRow:
     """A trades-topic message -> its row. Raises BadData. `latest_ms`: the latest acceptable ingestion time
-    (the reader's clock plus the clock skew allowed; an event time may pass its ingestion time by as much)."""
+    (the record's Kafka timestamp plus the clock skew allowed); an event time may pass its ingestion time by
+    `skew_ms`."""
     d = _load(value)
     kind = d.get("e")
     if kind not in TRADE_KINDS:
