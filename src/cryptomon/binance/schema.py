@@ -98,6 +98,11 @@ def validate_payload(kind: str, data: object, symbol: str | None = None, latest_
     return s
 
 
+def is_id(value: object) -> bool:
+    """A trade, aggTrade or update id as the contract has it: an int (not a bool) in 0..MAX_ID."""
+    return type(value) is int and 0 <= value <= limits.MAX_ID
+
+
 def check_time(what: str, ms: object, latest_ms: int | None) -> int:
     """`ms` if it is an epoch-millisecond time between Binance's first year and `latest_ms` (None: no upper
     bound); raises BadData otherwise."""

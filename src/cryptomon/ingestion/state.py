@@ -19,8 +19,7 @@ import time
 
 import orjson
 
-from cryptomon.binance import limits
-from cryptomon.binance.schema import SYMBOL, TRADE_KINDS
+from cryptomon.binance.schema import SYMBOL, TRADE_KINDS, is_id
 from cryptomon.errors import Unavailable
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.sequences import SequenceTracker
@@ -47,17 +46,11 @@ def decode(key: bytes | None, value: bytes | None) -> tuple[Key, Entry] | None:
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
     # anyone may write into the topic: only a well-formed entry of a Binance symbol counts
-    if SYMBOL.fullmatch(symbol) is None or kind not in TRADE_KINDS or not _is_id(last) or type(gaps) is not list:
+    if SYMBOL.fullmatch(symbol) is None or kind not in TRADE_KINDS or not is_id(last) or type(gaps) is not list:
         return None
-    if not all(
-        type(g) is list and len(g) == 2 and _is_id(g[0]) and _is_id(g[1]) and g[0] <= g[1] <= last for g in gaps
-    ):
+    if not all(type(g) is list and len(g) == 2 and is_id(g[0]) and is_id(g[1]) and g[0] <= g[1] <= last for g in gaps):
         return None
     return (symbol, kind), (last, [[a, b] for a, b in gaps])
-
-
-def _is_id(value: object) -> bool:
-    return type(value) is int and 0 <= value <= limits.MAX_ID  # type(): not a bool
 
 
 class StatePublisher:
