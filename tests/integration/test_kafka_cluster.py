@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from cryptomon.kafka.topics import topic_name, topics
-from cryptomon.services.local import KafkaBroker, cluster_bootstrap, throwaway_stack, under_replicated
+from cryptomon.services.local import KafkaBroker, cluster_bootstrap, kafka_nodes, throwaway_stack, under_replicated
 from cryptomon.supervisor import sim_args
 from tests.helpers import env_for, free_port, get_json, post, running, wait_for, wait_json
 
@@ -53,12 +53,24 @@ def test_an_under_replicated_topic_is_reported_then_raised_by_a_reassignment(clu
     wait_for(lambda: name not in admin.list_topics(timeout=10).topics, 30, what="the topic deleted")
     wait_for(lambda: _created(admin, NewTopic(name, 1, 1, config={"cleanup.policy": "compact"})), 30, 0.5,
              what="the topic created with one replica")  # fmt: skip
+    wait_for(lambda: _replicas_seen_by_each_node(cluster, name) == {1}, 30, 0.2,
+             what="every node's metadata showing the new topic")  # fmt: skip
     assert ensure_topics(bootstrap)[name] == "under-replicated: 1 of 3 replicas"  # said, not changed
     assert len(admin.list_topics(timeout=10).topics[name].partitions[0].replicas) == 1
     assert ensure_topics(bootstrap, reassign_with=cluster.deps_dir / "kafka")[name] == "reassigned"
     assert len(admin.list_topics(timeout=10).topics[name].partitions[0].replicas) == 3
     assert ensure_topics(bootstrap)[name] == "ok"
     wait_for(lambda: under_replicated(bootstrap) == [], 60, interval=0.5, what="the new replicas in sync")
+
+
+def _replicas_seen_by_each_node(cluster, name: str) -> set[int]:
+    """Replica counts of the topic's partition 0 as each node's own metadata has it (a node applies the
+    metadata log on its own, and one lagging behind still knows the deleted topic, or not the new one)."""
+    seen = set()
+    for node in kafka_nodes(cluster):
+        topic = AdminClient({"bootstrap.servers": node.address}).list_topics(name, timeout=10).topics.get(name)
+        seen.add(len(topic.partitions[0].replicas) if topic and topic.partitions else 0)
+    return seen
 
 
 def _created(admin: AdminClient, topic) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from cryptomon.errors import ConfigError
+from cryptomon.errors import ConfigError, Unavailable
 from cryptomon.paths import TOPICS_FILE
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,17 @@ def ensure_topics(
         futures = admin.create_topics(
             [NewTopic(s.name, s.partitions, rf, config=configs[s.name]) for s in to_create], request_timeout=timeout
         )
+        raced = []
         for name, fut in futures.items():
             try:
                 fut.result()
                 result[name] = "created"
-            except KafkaException as exc:  # created meanwhile by another process: fine
+            except KafkaException as exc:  # created meanwhile, or the answering broker's metadata lagged
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
-                result[name] = "ok"
+                raced.append(name)
+        if raced:  # checked like any existing topic, once the metadata shows it
+            existing = {**existing, **_described(admin, raced, timeout)}
     for spec in topics().values():
         if spec.name in result:
             continue
@@ -154,3 +158,16 @@ def ensure_topics(
             fut.result()
         result[spec.name] = status
     return result
+
+
+def _described(admin, names: list[str], timeout: float) -> dict:
+    """Metadata of topics the cluster says exist, asked again until the broker answering knows them all
+    (in KRaft each broker applies the metadata log on its own, so one may lag behind the controller)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = admin.list_topics(timeout=timeout).topics
+        if all(n in found and found[n].partitions for n in names):
+            return {n: found[n] for n in names}
+        if time.monotonic() > deadline:
+            raise Unavailable(f"topics {names} exist but no broker described them within {timeout:.0f} s")
+        time.sleep(0.2)
