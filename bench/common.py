@@ -17,15 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cryptomon.kafka.clients import consumer_config  # noqa: E402
+from cryptomon.services.local import cluster_bootstrap  # noqa: E402
 from cryptomon.settings import Settings  # noqa: E402
 
 
 @contextmanager
-def bench_stack(kafka_port: int = 39092, pg_port: int = 35433):
-    """Kafka + TimescaleDB of their own, in a temporary state folder, stopped and deleted afterwards."""
+def bench_stack(kafka_port: int = 39092, pg_port: int = 35433, kafka_nodes: int = 1):
+    """Kafka (one node, or a cluster of `kafka_nodes` with topics replicated as on a real cluster) +
+    TimescaleDB of their own, in a temporary state folder, stopped and deleted afterwards."""
     from cryptomon.services.local import throwaway_stack
 
-    with throwaway_stack(kafka_port, pg_port, prefix="cryptomon-bench-", kafka_heap="1g") as settings:
+    with throwaway_stack(kafka_port, pg_port, prefix="cryptomon-bench-", kafka_heap="1g",
+                         kafka_nodes=kafka_nodes) as settings:  # fmt: skip
         yield settings
 
 
@@ -38,7 +41,7 @@ def cpu_seconds(pid: int) -> float:
 def env_for(settings: Settings, **extra) -> dict:
     env = {
         **os.environ,
-        "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CRYPTOMON_KAFKA_BOOTSTRAP": cluster_bootstrap(settings),
         "CRYPTOMON_PG_DSN": settings.pg_dsn,
         "CRYPTOMON_STATE_DIR": str(settings.state_dir),
         "CRYPTOMON_LOG_LEVEL": "WARNING",

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/e2e.py [--quick] [--rates 1000,5000,20000] [--seconds 240] [--out FILE]
     .venv/bin/python bench/e2e.py --soak [--seconds 1800] [--rates 2000]
+    .venv/bin/python bench/e2e.py --whole-market [--kafka-nodes 3]
 
 For each rate, on a fresh Kafka + TimescaleDB of its own: the real processes run as in production
 (worker flushing at 500 rows / 2 s, Spark with its 10 s trigger and 10 s watermark), fed by the
@@ -21,6 +22,9 @@ simulator at R events/s for the stated time. Measured:
   with backfilled trades equals its raw rows. Reported: windows
   with backfilled trades, windows the loop changed, and the repair latency (last backfilled row landed
   -> the update that made the window equal to its raw rows, p50/p99). Those windows are left out of the metric latency above.
+With --kafka-nodes 3 Kafka is a three-node KRaft cluster on this machine, topics with 3 replicas and
+min.insync.replicas 2; the run reports the ingestion's produce latency (produce() -> acks=all acknowledged),
+each node's CPU and the bytes its log directory holds, to set beside the single-broker run.
 Goal on a 2-core machine: 5,000 events/s sustained with raw-row p99 <= 1 s and metric rows <= 15 s
 after window close. `--soak` runs one rate for a long time and samples memory every 10 s.
 """
@@ -43,7 +47,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_stack, emit, env_for, machine, quarter_mean, spawn, tree_usage, wait
 
-from cryptomon.services.local import KafkaBroker, TimescaleDB
+from cryptomon.services.local import TimescaleDB, kafka_nodes
 
 # RSS growth allowed over the soak, MiB per process tree (last quarter of the run against its second).
 # The pipeline's own processes must stay flat. The services may grow into the caches they are configured
@@ -113,16 +117,16 @@ def whole_market_load(size: int = 400) -> Load:
     )
 
 
-def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) -> dict:
-    port, worker_health = 39446, 39447
+def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, nodes: int = 1) -> dict:
+    port, worker_health, ingest_health = 39446, 39447, 39448
     rate = load.rate
-    with bench_stack() as s:
+    with bench_stack(kafka_nodes=nodes) as s:
         extra = {"CRYPTOMON_SYMBOLS": load.symbols} if load.symbols else {}
         env = env_for(
             s,
             CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
             CRYPTOMON_BINANCE_REST_URL=f"http://127.0.0.1:{port}",
-            CRYPTOMON_INGEST_HEALTH_PORT=0,
+            CRYPTOMON_INGEST_HEALTH_PORT=ingest_health,
             CRYPTOMON_WORKER_HEALTH_PORT=worker_health,
             CRYPTOMON_SPARK_UI_PORT=0,
             CRYPTOMON_WORKER_GROUP=f"bench-e2e-{uuid.uuid4().hex[:6]}",
@@ -152,7 +156,8 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
         )
         wait(lambda: _get(f"http://127.0.0.1:{port}/sim/stats"), 30, "the simulator", interval=0.2)
         procs["ingest"] = spawn([*cli, "ingest"], env, logs / f"{rate}-ingest.log")
-        services = {"kafka": KafkaBroker(s).pid(), "postgres": TimescaleDB(s).pid()}
+        brokers = kafka_nodes(s)
+        services = {**{b.name: b.pid() for b in brokers}, "postgres": TimescaleDB(s).pid()}
         pids = {**{n: p.pid for n, p in procs.items()}, **services}
         cpu0 = {n: tree_usage(p)[0] for n, p in pids.items()}
         peak = dict.fromkeys(pids, 0)
@@ -199,6 +204,7 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
                  load.settle_seconds, "the windows with backfilled trades to equal their raw rows",
                  interval=1.0)  # fmt: skip
         stats = _pause_feed(port)  # the market stops; everything it generated must arrive
+        produce = ((_get(f"http://127.0.0.1:{ingest_health}/health") or {}).get("kafka") or {}).get("produce_latency")
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
             expected = {
                 "trades": stats.get("trade", 0) + stats.get("aggTrade", 0),
@@ -239,6 +245,7 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
                 " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
                 (since, until, since, until),
             ).fetchone()[0]
+            kafka_disk = {b.name: _bytes_under(b.data_dir) for b in brokers}
         for name in ("feed", "ingest", "worker", "spark"):
             procs[name].terminate()
         for name in ("feed", "ingest", "worker", "spark"):
@@ -261,6 +268,8 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
         "seconds": round(elapsed, 1),
         "measured_events_per_second": measured_rate,
         "offered_events_per_second": offered_rate,
+        "kafka_nodes": nodes,
+        "produce_latency": produce,  # the ingestion's produce() -> acks=all acknowledgement, whole run
         "raw_row_latency": raw,
         "metric_after_window_close": metric,
         "metric_latency_breakdown": where_time_goes,
@@ -271,6 +280,11 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0) 
         },
         "cpu_cores": cpu,
         "peak_rss_mb": {n: round(v / 2**20) for n, v in peak.items()},
+        "kafka": {
+            "cpu_cores": round(sum(cpu[b.name] for b in brokers), 2),
+            "disk_mb": {n: round(v / 2**20, 1) for n, v in kafka_disk.items()},
+            "disk_bytes_per_event": round(sum(kafka_disk.values()) / max(1, sum(expected.values())), 1),
+        },
         # memory and lag trend: the last quarter of the run against the second (the first is warm-up)
         "rss_growth_mb": {
             n: round((quarter_mean(v, 3) - quarter_mean(v, 1)) / 2**20, 1) for n, v in rss_series.items()
@@ -379,6 +393,11 @@ def _backfilled_windows(conn, since: float) -> int:
     ).fetchone()[0]  # fmt: skip
 
 
+def _bytes_under(folder: Path) -> int:
+    """What a Kafka node's log directory holds on disk (segments, indexes, the metadata log)."""
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
+
+
 def _alive(p) -> bool:
     if p.poll() is not None:
         raise RuntimeError(f"a benchmarked process exited with code {p.returncode}")
@@ -456,6 +475,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--whole-market", action="store_true",
                     help="Binance's whole spot market (400 symbols) for 10 minutes with two forced disconnects")  # fmt: skip
+    ap.add_argument("--kafka-nodes", type=int, default=1,
+                    help="Kafka as a cluster of this many nodes, topics replicated min(3, nodes) times")  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.soak:
@@ -472,7 +493,7 @@ def main() -> None:
         loads = [whole_market_load(size)]
     else:
         loads = [rate_load(rate) for rate in rates]
-    results = [run_rate(load, seconds, logs, every) for load in loads]
+    results = [run_rate(load, seconds, logs, every, args.kafka_nodes) for load in loads]
     at_5000 = next((r for r in results if r["target_events_per_second"] == 5000), None)
     at_20000 = next((r for r in results if r["target_events_per_second"] == 20000), None)
     goals = {"5000_events_per_s_sustained_raw_p99<=1s_metrics<=15s": at_5000["goal_met"] if at_5000 else None,
@@ -484,7 +505,7 @@ def main() -> None:
     bounds = {"rss_bounds_mb": SOAK_RSS_BOUND_MB, "rss_bounds_note": SOAK_RSS_BOUNDS_NOTE} if args.soak else {}
     emit(
         {
-            "benchmark": "market" if args.whole_market else "e2e",
+            "benchmark": ("market" if args.whole_market else "e2e") + ("_cluster" if args.kafka_nodes > 1 else ""),
             "quick": args.quick,
             "soak": args.soak,
             "machine": machine(),

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market")
+BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_cluster")
 # benchmarks that are a mode of another script
-SCRIPTS = {"market": ("e2e", ["--whole-market"])}
+SCRIPTS = {"market": ("e2e", ["--whole-market"]), "market_cluster": ("e2e", ["--whole-market", "--kafka-nodes", "3"])}
 
 
 def run(name: str, quick: bool, out_dir: Path, extra: list[str] = (), out_name: str | None = None) -> dict:
@@ -291,6 +291,46 @@ def render_market(m: dict) -> list[str]:
     return lines
 
 
+def render_cluster(single: dict, cluster: dict) -> list[str]:
+    """The same whole-market run on one broker and on three replicating nodes, side by side."""
+    runs = [(f"{x['kafka_nodes']} node{'s' if x['kafka_nodes'] > 1 else ''}", x)
+            for x in (single["runs"][0], cluster["runs"][0]) if "kafka_nodes" in x]  # fmt: skip
+    if len(runs) < 2:
+        return []
+
+    def ms(v: dict | None, key: str) -> str:
+        return fmt((v or {}).get(key), " ms")
+
+    rows = [
+        f"| {name} | {fmt(x['measured_events_per_second'])} | {ms(x['produce_latency'], 'p50_ms')} / "
+        f"{ms(x['produce_latency'], 'p99_ms')} | {ms(x['raw_row_latency'], 'p50_ms')} / "
+        f"{ms(x['raw_row_latency'], 'p99_ms')} | {fmt(round(x['metric_after_window_close']['p99_ms'] / 1000, 1), ' s')} | "
+        f"{x['kafka']['cpu_cores']:g} | {sum(x['kafka']['disk_mb'].values()):,.0f} MiB "
+        f"({x['kafka']['disk_bytes_per_event']:g} B/event) | {accounting(x['accounting'])} |"
+        for name, x in runs
+    ]
+    (_, one), (_, three) = runs
+    return [
+        "## The whole market on a three-node Kafka cluster",
+        "",
+        "The same run as above (`bench/run --only market,market_cluster`), once on one broker and once on three "
+        "KRaft nodes on this machine, every topic with 3 replicas and min.insync.replicas 2, so that an "
+        "acknowledged write is on two disks at least. Produce latency is the ingestion's produce() to the "
+        "acks=all acknowledgement, over every delivery of the run.",
+        "",
+        "| Kafka | events/s | produce p50 / p99 | raw row p50 / p99 | metric p99 after window close | "
+        "Kafka CPU (cores, all nodes) | Kafka disk after the run | every event stored once |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Replication costs {three['kafka']['cpu_cores'] / max(one['kafka']['cpu_cores'], 0.01):.1f}× the Kafka CPU "
+        f"and {sum(three['kafka']['disk_mb'].values()) / max(sum(one['kafka']['disk_mb'].values()), 0.1):.1f}× "
+        "the disk; all three nodes share this machine's two cores and one disk, so on three machines each "
+        "node's share is what one node costs here, plus the replication traffic.",
+        "",
+    ]
+
+
 def render(report: dict) -> str:
     r = report["results"]
     m = report["machine"]
@@ -396,6 +436,8 @@ def render(report: dict) -> str:
         lines += goal_lines(e)
     if (mk := r.get("market")) and not mk.get("failed"):
         lines += render_market(mk) + goal_lines(mk)
+        if (mc := r.get("market_cluster")) and not mc.get("failed"):
+            lines += render_cluster(mk, mc) + goal_lines(mc)
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from cryptomon.latency import LatencyHistogram
+
 
 @dataclass
 class IngestStats:
@@ -78,6 +80,7 @@ class IngestHealth:
     kafka_brokers_up: int
     produce_retries: int
     seconds_since_last_ack: float | None
+    produce_latency: LatencyHistogram  # a copy: produce() -> acknowledged, every delivery since start
 
     def body(self) -> dict:
         """The /health JSON."""
@@ -127,6 +130,7 @@ class IngestHealth:
                 "brokers_up": self.kafka_brokers_up,
                 "produce_retries": self.produce_retries,
                 "seconds_since_last_ack": self.seconds_since_last_ack,
+                "produce_latency": self.produce_latency.summary_ms(),
             },
         }
 
@@ -181,6 +185,9 @@ class IngestCollector:
             ("seconds_since_last_ack", "Age of the last acknowledged delivery", _or_nan(h.seconds_since_last_ack)),
         ):  # fmt: skip
             yield GaugeMetricFamily(f"cryptomon_ingest_{name}", doc, value=gauge)
+        yield h.produce_latency.metric(
+            "cryptomon_ingest_produce_latency_seconds", "Time from produce to the broker's acknowledgement (acks=all)"
+        )
 
 
 def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

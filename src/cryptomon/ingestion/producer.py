@@ -11,6 +11,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from cryptomon.kafka.clients import cluster_view
+from cryptomon.latency import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class KafkaSink:
         self.leaderless: list[str] = []  # partitions it writes to that have no leader now
         self.brokers_up = 0
         self.last_ack_at: float | None = None  # monotonic time of the last acknowledged delivery
+        self.latency = LatencyHistogram()  # produce() -> acknowledged (acks=all: every in-sync replica has it)
         self.deadletter_topic = deadletter_topic
         self.delivered: Counter = Counter()  # per topic
         self.produced = 0  # every produce() call, re-sends included
@@ -73,6 +75,8 @@ class KafkaSink:
         if err is None:
             self.delivered[msg.topic()] += 1
             self.last_ack_at = time.monotonic()
+            if (seconds := msg.latency()) is not None:
+                self.latency.observe(seconds)
             return
         self.delivery_failures += 1
         self.last_error, self.last_error_at = str(err), time.monotonic()

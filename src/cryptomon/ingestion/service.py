@@ -330,6 +330,7 @@ class Ingestor:
             kafka_brokers_up=self.sink.brokers_up,
             produce_retries=self.sink.retried,
             seconds_since_last_ack=None if self.sink.last_ack_at is None else round(now - self.sink.last_ack_at, 3),
+            produce_latency=self.sink.latency.snapshot(),
         )
 
 
