@@ -22,6 +22,18 @@ from cryptomon.simulator.market import Conditions
 from cryptomon.simulator.scripted import Span, scripted_events
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# the recorded Binance captures beside the checkout (../shared/data/real), never copied into it
+REAL_DATA = Path(
+    os.environ.get("CRYPTOMON_REAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+)
+
+
+def real_capture(name: str) -> Path:
+    """A real capture's path; the test is skipped, saying why, when the folder is not there."""
+    path = REAL_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not there (set CRYPTOMON_REAL_DATA to the folder holding the real captures)")
+    return path
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):

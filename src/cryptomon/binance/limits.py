@@ -46,6 +46,16 @@ MAX_PAYLOAD_FIELDS = 32
 MAX_UNKNOWN_STRING = 256
 MAX_MARKET_FRAME_BYTES = 64 * 1024  # a trade/aggTrade/bookTicker frame; larger ones are refused before parsing
 
+# ---- diff depth (web-socket-streams "Diff. Depth Stream", rest-api "Order book"): /api/v3/depth answers at
+# most 5,000 levels a side ("Default 100; Valid limits:[1, 5000]"); a diff's levels are bounded by the same
+# (a 100 ms diff of BTCUSDT holds a few dozen), and so is a frame of one (~40 bytes a level)
+DEPTH_LEVELS_MAX = 5000
+MAX_DEPTH_FRAME_BYTES = 2 * DEPTH_LEVELS_MAX * 48 + 4096
+DEPTH_SPEEDS = ("100ms", "1000ms")  # <symbol>@depth@100ms, <symbol>@depth (1000 ms)
+# diffs kept while a symbol waits for its snapshot: at 10 a second, 10 minutes of them (a snapshot paced
+# within the REST weight takes at most that long); beyond it the oldest go and the snapshot check asks again
+DEPTH_BUFFER_MAX = 6000
+
 # ---- WebSocket (web-socket-streams)
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_INCOMING_MESSAGES_PER_SECOND = 5  # per connection: SUBSCRIBE & co, pings and pongs all count

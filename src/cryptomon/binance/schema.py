@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeGuard
 
 from cryptomon.binance import limits
 from cryptomon.errors import BadData
@@ -18,14 +18,16 @@ from cryptomon.errors import BadData
 # ---- event kinds ("e" of a payload; bookTicker payloads carry none)
 TRADE, AGG_TRADE, BOOK_TICKER_EVENT = "trade", "aggTrade", "bookTicker"
 KINDS = (TRADE, AGG_TRADE, BOOK_TICKER_EVENT)
+DEPTH = "depthUpdate"  # <symbol>@depth@100ms: diffs of the book (orderbook.py)
+DEPTH_SNAPSHOT = "depthSnapshot"  # an /api/v3/depth answer, as recorded or as the ingestion fetched it
 TRADE_KINDS = (TRADE, AGG_TRADE)  # consecutive ids per symbol: a skipped id is a gap to backfill
 # the id of each kind in the stream payload (and in Kafka); consecutive per symbol for trades and aggTrades
 SEQ_FIELD = {TRADE: "t", AGG_TRADE: "a", BOOK_TICKER_EVENT: "u"}
 
 # prices fit DECIMAL(16,8), quantities DECIMAL(20,8) (the raw tables' NUMERIC(20,8)), ASCII digits only
 # (`\d` would let Arabic-Indic digits in): see limits.py
-_PRICE = re.compile(rf"[0-9]{{1,{limits.PRICE_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
-_QUANTITY = re.compile(rf"[0-9]{{1,{limits.QUANTITY_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
+PRICE = re.compile(rf"[0-9]{{1,{limits.PRICE_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
+QUANTITY = re.compile(rf"[0-9]{{1,{limits.QUANTITY_INTEGER_DIGITS}}}(\.[0-9]{{1,{limits.DECIMALS}}})?")
 SYMBOL = re.compile(rf"[A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}")
 _REQUIRED = {
     TRADE: (("t", int), ("p", str), ("q", str), ("T", int), ("m", bool)),
@@ -33,9 +35,9 @@ _REQUIRED = {
     BOOK_TICKER_EVENT: (("u", int), ("b", str), ("B", str), ("a", str), ("A", str)),
 }
 _DECIMALS = {
-    TRADE: (("p", _PRICE), ("q", _QUANTITY)),
-    AGG_TRADE: (("p", _PRICE), ("q", _QUANTITY)),
-    BOOK_TICKER_EVENT: (("b", _PRICE), ("B", _QUANTITY), ("a", _PRICE), ("A", _QUANTITY)),
+    TRADE: (("p", PRICE), ("q", QUANTITY)),
+    AGG_TRADE: (("p", PRICE), ("q", QUANTITY)),
+    BOOK_TICKER_EVENT: (("b", PRICE), ("B", QUANTITY), ("a", PRICE), ("A", QUANTITY)),
 }
 _POSITIVE = {TRADE: ("p", "q"), AGG_TRADE: ("p", "q"), BOOK_TICKER_EVENT: ()}  # a trade of nothing is no trade
 _IDS = {TRADE: ("t",), AGG_TRADE: ("a", "f", "l"), BOOK_TICKER_EVENT: ("u",)}
@@ -98,7 +100,7 @@ def validate_payload(kind: str, data: object, symbol: str | None = None, latest_
     return s
 
 
-def is_id(value: object) -> bool:
+def is_id(value: object) -> TypeGuard[int]:
     """A trade, aggTrade or update id as the contract has it: an int (not a bool) in 0..MAX_ID."""
     return type(value) is int and 0 <= value <= limits.MAX_ID
 
@@ -145,8 +147,8 @@ def _wrong_field(kind: str, name: str, value: object, expected: type) -> NoRetur
 
 
 def _bad_decimal(kind: str, name: str, value: str, pattern: re.Pattern) -> NoReturn:
-    what = "price" if pattern is _PRICE else "quantity"
-    digits = limits.PRICE_INTEGER_DIGITS if pattern is _PRICE else limits.QUANTITY_INTEGER_DIGITS
+    what = "price" if pattern is PRICE else "quantity"
+    digits = limits.PRICE_INTEGER_DIGITS if pattern is PRICE else limits.QUANTITY_INTEGER_DIGITS
     raise BadData(
         "bad_decimal",
         f"{kind} field {name!r}={short_repr(value)} is not a {what} of at most {digits} integer digits "

@@ -14,10 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from cryptomon.binance.schema import SEQ_FIELD
+from cryptomon.binance.schema import DEPTH_SNAPSHOT, SEQ_FIELD
 from cryptomon.binance.streams import split_stream
 from cryptomon.errors import BadData, ConfigError
 
@@ -52,9 +53,16 @@ def _frame(msg: object) -> tuple[str, str, dict] | None:
     return symbol, kind, data
 
 
-def read_timed(path: Path) -> Iterator[Timed]:
-    """Any of the line formats, with the receive time where the capture has one."""
+# cryptofeed's recorder writes a REST answer as "<url> -> <seconds>: <body>"
+_REST_LINE = re.compile(rb"^(https?://\S+) -> ([0-9.]+): (.*)$", re.DOTALL)
+
+
+def read_timed(path: Path, snapshots: bool = False) -> Iterator[Timed]:
+    """Any of the line formats, with the receive time where the capture has one. With `snapshots`, the
+    /api/v3/depth answers the recorder fetched come too, as (received, symbol, DEPTH_SNAPSHOT, body):
+    hftbacktest's (a JSON line without `stream`, of the file's one symbol) and cryptofeed's REST lines."""
     skipped = 0
+    symbols: set[str] = set()
     with _open(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -62,7 +70,14 @@ def read_timed(path: Path) -> Iterator[Timed]:
                 continue  # cryptofeed's first line: the URL it opened
             received: int | None = None
             try:
-                if line.startswith(b"{"):  # JSON lines (feed record)
+                if rest_line := _REST_LINE.match(line):
+                    received = int(float(rest_line[2]) * 1000)
+                    query = parse_qs(urlsplit(rest_line[1].decode()).query)
+                    body = orjson.loads(rest_line[3])
+                    item = (
+                        _snapshot(body, query.get("symbol", [None])[0]) if "/depth" in rest_line[1].decode() else None
+                    )
+                elif line.startswith(b"{"):  # JSON lines (feed record)
                     msg = orjson.loads(line)
                     item = _frame(msg)
                     received = msg.get("received_at") if item else None
@@ -72,15 +87,24 @@ def read_timed(path: Path) -> Iterator[Timed]:
                         received = int(float(head[:-1]) * 1000)
                     else:  # hftbacktest: "<ns> <frame>"
                         received = int(head) // 1_000_000
-                    item = _frame(orjson.loads(rest))
+                    msg = orjson.loads(rest)
+                    item = _frame(msg) or _snapshot(msg, next(iter(symbols)) if len(symbols) == 1 else None)
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise BadData("bad_capture", f"{path}:{lineno}: not a combined-stream frame ({exc})") from None
-            if item is None:
+            if item is None or (item[1] == DEPTH_SNAPSHOT and not snapshots):
                 skipped += 1
                 continue
+            symbols.add(item[0])
             yield (received, *item)
     if skipped:
         log.info("%s: skipped %d lines that are not stream frames", path.name, skipped)
+
+
+def _snapshot(body: object, symbol: str | None) -> Item | None:
+    """A recorded /api/v3/depth answer as an item, when it is one and its symbol is known."""
+    if not isinstance(body, dict) or "lastUpdateId" not in body or not symbol:
+        return None
+    return symbol.upper(), DEPTH_SNAPSHOT, body
 
 
 def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:

@@ -1,0 +1,239 @@
+"""Binance's diff-depth order book, kept by the procedure of the spot WebSocket docs ("How to manage a
+local order book correctly", web-socket-streams.md):
+
+1. buffer the `<symbol>@depth@100ms` events, noting the `U` of the first;
+2. get a depth snapshot from /api/v3/depth;
+3. if the snapshot's `lastUpdateId` is below that first `U`, get another;
+4. drop the buffered events with `u` <= `lastUpdateId`; the first one left has `lastUpdateId` within [U; u];
+5. the book is the snapshot, its update id `lastUpdateId`;
+6. apply every buffered event and every event after it: one with `u` below the book's id is ignored, one
+   with `U` above the book's id + 1 means something was lost, so the book is thrown away and the procedure
+   starts over; otherwise each level's quantity is set (absolute quantities; 0 removes the level, also one
+   the book does not hold) and the book's id becomes `u`.
+
+Pure: no I/O. `DepthSync` says what to do next (fetch a snapshot, fetch another); the caller does it. A
+book being resynced keeps its last good state, readable and marked stale. Levels are keyed by their exact
+decimal value and keep the exchange's strings, so what is stored is what Binance sent.
+
+The snapshot holds at most 5,000 levels a side: levels beyond the deepest one it held are known only once
+they change ("you won't learn the quantities for the levels outside of the initial snapshot unless they
+change"); `OrderBook.known_bid` / `known_ask` say how deep the book is complete.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+
+from sortedcontainers import SortedDict
+
+from cryptomon.binance import limits
+from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time, is_id, short_repr
+from cryptomon.errors import BadData
+
+Level = tuple[str, str]  # (price, quantity) as Binance wrote them
+
+
+@dataclass(frozen=True, slots=True)
+class DepthDiff:
+    """One `depthUpdate` event: every change of the book between update ids `first_id` (U) and `final_id` (u)."""
+
+    symbol: str
+    first_id: int
+    final_id: int
+    event_ms: int
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+    @classmethod
+    def from_payload(cls, data: object, symbol: str | None = None, latest_ms: int | None = None) -> DepthDiff:
+        """A validated diff, or BadData saying which field is wrong (hostile input never gets further)."""
+        if not isinstance(data, dict) or data.get("e") != DEPTH:
+            raise BadData("bad_depth", f"not a depthUpdate: {short_repr(data)}")
+        s = data.get("s")
+        if not isinstance(s, str) or not SYMBOL.fullmatch(s) or (symbol is not None and s != symbol):
+            raise BadData("bad_depth", f"symbol {short_repr(s)} (stream's {symbol})")
+        first, final = data.get("U"), data.get("u")
+        if not is_id(first) or not is_id(final) or first > final:
+            raise BadData("bad_depth", f"update ids U={short_repr(first)} u={short_repr(final)}")
+        event_ms = check_time("E", data.get("E"), latest_ms)
+        return cls(s, first, final, event_ms, _levels(data.get("b"), "b"), _levels(data.get("a"), "a"))
+
+
+@dataclass(frozen=True, slots=True)
+class DepthSnapshot:
+    """An /api/v3/depth answer: the book as of update id `last_update_id`."""
+
+    symbol: str
+    last_update_id: int
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+    @classmethod
+    def from_rest(cls, symbol: str, body: object) -> DepthSnapshot:
+        if not isinstance(body, dict) or not is_id(body.get("lastUpdateId")):
+            raise BadData("bad_depth_snapshot", f"no lastUpdateId: {short_repr(body)}")
+        return cls(symbol, body["lastUpdateId"], _levels(body.get("bids"), "bids"), _levels(body.get("asks"), "asks"))
+
+
+def _levels(raw: object, name: str) -> tuple[Level, ...]:
+    if not isinstance(raw, list) or len(raw) > limits.DEPTH_LEVELS_MAX:
+        raise BadData("bad_depth", f"{name}: not a list of at most {limits.DEPTH_LEVELS_MAX} levels")
+    out = []
+    for level in raw:
+        # Binance's levels are [price, quantity] (older answers added an ignored third item)
+        if not isinstance(level, list) or not 2 <= len(level) <= 3:
+            raise BadData("bad_depth", f"{name}: level {short_repr(level)}")
+        price, qty = level[0], level[1]
+        if not (isinstance(price, str) and PRICE.fullmatch(price)) or not (
+            isinstance(qty, str) and QUANTITY.fullmatch(qty)
+        ):
+            raise BadData("bad_depth", f"{name}: level {short_repr(level)}")
+        if not Decimal(price):
+            raise BadData("bad_depth", f"{name}: a level at price 0")
+        out.append((price, qty))
+    return tuple(out)
+
+
+def _zero(qty: str) -> bool:
+    try:
+        return not Decimal(qty)
+    except InvalidOperation:  # validated before: cannot happen
+        return False
+
+
+class OrderBook:
+    """Both sides of one symbol's book as of `last_update_id`; best levels first."""
+
+    __slots__ = ("asks", "bids", "known_ask", "known_bid", "last_update_id", "symbol")
+
+    def __init__(self, snapshot: DepthSnapshot):
+        self.symbol = snapshot.symbol
+        self.last_update_id = snapshot.last_update_id
+        self.bids: SortedDict = SortedDict(lambda p: -p)  # price -> (price string, quantity string)
+        self.asks: SortedDict = SortedDict()
+        self._set(self.bids, snapshot.bids)
+        self._set(self.asks, snapshot.asks)
+        # how deep the snapshot went: beyond it a level is known only once it changed
+        self.known_bid = self.bids.peekitem(-1)[0] if self.bids else None
+        self.known_ask = self.asks.peekitem(-1)[0] if self.asks else None
+
+    @staticmethod
+    def _set(side: SortedDict, levels: Iterable[Level]) -> None:
+        for price, qty in levels:
+            key = Decimal(price)
+            if _zero(qty):
+                side.pop(key, None)  # "can happen and is normal" for a level the book does not hold
+            else:
+                side[key] = (price, qty)
+
+    def apply(self, diff: DepthDiff) -> None:
+        self._set(self.bids, diff.bids)
+        self._set(self.asks, diff.asks)
+        self.last_update_id = diff.final_id
+
+    def best_bid(self) -> Level | None:
+        return self.bids.peekitem(0)[1] if self.bids else None
+
+    def best_ask(self) -> Level | None:
+        return self.asks.peekitem(0)[1] if self.asks else None
+
+    def top(self, n: int) -> tuple[list[Level], list[Level]]:
+        """The best n levels of each side, best first."""
+        return list(self.bids.values()[:n]), list(self.asks.values()[:n])
+
+    def crossed(self) -> bool:
+        return bool(self.bids and self.asks and self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0])
+
+
+class Step(Enum):
+    """What a diff or a snapshot did to a symbol's book, and so what the caller does next."""
+
+    BUFFERED = "buffered"  # no book yet: kept for when a snapshot comes (fetch one if none is asked for)
+    APPLIED = "applied"
+    IGNORED = "ignored"  # older than the book (u below its id): already in it
+    GAP = "gap"  # U above the book's id + 1: something was lost; the book is stale, a new snapshot needed
+    SYNCED = "synced"  # a snapshot and the buffered diffs after it make the book
+    SNAPSHOT_TOO_OLD = "snapshot_too_old"  # lastUpdateId below the first buffered U: fetch another
+    SNAPSHOT_EARLY = "snapshot_early"  # no diff buffered yet to bridge it: kept until the diffs come
+
+
+class DepthSync:
+    """One symbol's book kept by Binance's procedure (module docstring). Feed it the symbol's diffs in the
+    order they came and the snapshots fetched for it; read `book` (None before the first sync), `synced`
+    and the counters."""
+
+    def __init__(self, symbol: str, max_buffered: int = limits.DEPTH_BUFFER_MAX):
+        self.symbol = symbol
+        self.book: OrderBook | None = None
+        self.synced = False
+        self.buffer: deque[DepthDiff] = deque(maxlen=max_buffered)
+        self._early: DepthSnapshot | None = None
+        self.resyncs = 0  # gaps and forced resyncs after a first sync
+        self.applied = 0
+
+    @property
+    def stale(self) -> bool:
+        """A book is readable but not being kept: its last good state, until the next sync."""
+        return self.book is not None and not self.synced
+
+    def first_buffered_id(self) -> int | None:
+        return self.buffer[0].first_id if self.buffer else None
+
+    def on_diff(self, diff: DepthDiff) -> Step:
+        if not self.synced:
+            self.buffer.append(diff)
+            if self._early is not None:  # a snapshot came before any diff: try it now
+                early, self._early = self._early, None
+                return self.on_snapshot(early)
+            return Step.BUFFERED
+        return self._update(diff)
+
+    def _update(self, diff: DepthDiff) -> Step:
+        book = self.book
+        assert book is not None
+        if diff.final_id <= book.last_update_id:
+            return Step.IGNORED
+        if diff.first_id > book.last_update_id + 1:
+            self.resync(diff)
+            return Step.GAP
+        book.apply(diff)
+        self.applied += 1
+        return Step.APPLIED
+
+    def resync(self, keep: DepthDiff | None = None) -> None:
+        """Throw the book's sync away (it stays readable, stale) and buffer again from `keep`."""
+        if self.synced:
+            self.resyncs += 1
+        self.synced = False
+        self.buffer.clear()
+        if keep is not None:
+            self.buffer.append(keep)
+
+    def on_snapshot(self, snapshot: DepthSnapshot) -> Step:
+        if self.synced:  # a snapshot nobody needs (asked before the book synced from another): ignored
+            return Step.IGNORED
+        if not self.buffer:
+            self._early = snapshot
+            return Step.SNAPSHOT_EARLY
+        if snapshot.last_update_id < self.buffer[0].first_id:
+            return Step.SNAPSHOT_TOO_OLD
+        while self.buffer and self.buffer[0].final_id <= snapshot.last_update_id:
+            self.buffer.popleft()
+        book = OrderBook(snapshot)
+        self.book, self.synced = book, True
+        pending, self.buffer = self.buffer, deque(maxlen=self.buffer.maxlen)
+        for diff in pending:
+            if self._update(diff) is Step.GAP:  # lost while buffering: the buffer after it waits again
+                self.buffer.extend(d for d in pending if d.first_id > diff.first_id)
+                return Step.GAP
+        return Step.SYNCED
+
+
+def levels_equal(a: Sequence[Level], b: Sequence[Level]) -> bool:
+    """Two lists of levels equal as decimals (`"1.50"` is `"1.5"`)."""
+    return len(a) == len(b) and all(Decimal(p) == Decimal(q) and Decimal(x) == Decimal(y)
+                                    for (p, x), (q, y) in zip(a, b, strict=True))  # fmt: skip
