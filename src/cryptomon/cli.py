@@ -362,7 +362,7 @@ def feed_replay(
     import time
 
     from cryptomon.simulator.engine import Simulator, run_forever
-    from cryptomon.simulator.replay import capture_symbols, first_event_ms, read_captures
+    from cryptomon.simulator.replay import capture_symbols, first_event_ms, first_snapshots, read_captures
     from cryptomon.simulator.replay import shift_to_now as shift
 
     sym = symbol or None
@@ -372,7 +372,8 @@ def feed_replay(
         shift_ms = shift_ms or shift_minutes * 60_000
     except CryptomonError as exc:
         raise fail(str(exc), 2) from None
-    sim = Simulator(symbols, rate=rate, speed=speed, source=read_captures(files, sym, shift_ms))
+    sim = Simulator(symbols, rate=rate, speed=speed, source=read_captures(files, sym, shift_ms, snapshots=True),
+                    snapshots=first_snapshots(files, sym))  # fmt: skip
     names = ", ".join(str(f) for f in files)
     context = _tls(tls_cert, tls_key)
     tls = "s" if context else ""

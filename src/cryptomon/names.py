@@ -3,12 +3,16 @@ they land in (see db/migrations) and those tables' columns. Binance's names are 
 
 from __future__ import annotations
 
-from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, TRADE
+from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, DEPTH, TRADE
 
 # ---- topic roles (topics.conf) = raw tables (migrations)
 TRADES, BOOK_TICKER, DEADLETTER = "trades", "book_ticker", "deadletter"
 INGEST_STATE = "ingest_state"  # topic role only: the ingestion's durable resume points and open gaps
-ROUTE = {TRADE: TRADES, AGG_TRADE: TRADES, BOOK_TICKER_EVENT: BOOK_TICKER}  # event kind -> topic role / table
+# the order book: Binance's diffs and the snapshots the ingestion fetched, one topic (the book stage's input)
+BOOK_DEPTH = "depth"
+# event kind -> topic role (for trades and bookTickers also the raw table)
+ROUTE = {TRADE: TRADES, AGG_TRADE: TRADES, BOOK_TICKER_EVENT: BOOK_TICKER, DEPTH: BOOK_DEPTH}
+ORDER_BOOK_SNAPSHOTS = "order_book_snapshots"  # the book stage's table: the top levels of each book
 
 # ---- raw tables' columns, in the order of the worker's rows (worker/rows.py)
 TABLE_COLUMNS = {

@@ -143,6 +143,18 @@ class Settings(BaseSettings):
         "makes sense against the simulator with a higher limit).",
     )
     backfill_concurrency: int = Field(4, ge=1, le=64, description="Gaps backfilled at the same time.")
+    depth: Literal["100ms", "1000ms", "off"] = Field(
+        "off",
+        description="The order book: follow `<symbol>@depth@100ms` (`100ms`) or `<symbol>@depth` (`1000ms`) into "
+        "topic binance.depth, with the REST snapshots that sync it; `off`: no depth stream.",
+    )
+    depth_snapshot_limit: int = Field(
+        1000,
+        ge=1,
+        le=5000,
+        description="Levels a side asked of /api/v3/depth to sync a book (weight 5 up to 100, 25 up to 500, 50 up "
+        "to 1,000, 250 up to 5,000): levels deeper than the snapshot are known only once they change.",
+    )
     state_interval: float = Field(
         5.0, gt=0, description="Seconds between two saves of where each stream stands (topic binance.ingest_state)."
     )

@@ -35,6 +35,8 @@ from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time,
 from cryptomon.errors import BadData
 
 Level = tuple[str, str]  # (price, quantity) as Binance wrote them
+_DIFF_FIELDS = frozenset({"e", "E", "s", "U", "u", "b", "a"})
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,13 @@ class DepthDiff:
         """A validated diff, or BadData saying which field is wrong (hostile input never gets further)."""
         if not isinstance(data, dict) or data.get("e") != DEPTH:
             raise BadData("bad_depth", f"not a depthUpdate: {short_repr(data)}")
+        if len(data) > limits.MAX_PAYLOAD_FIELDS:
+            raise BadData("bad_depth", f"{len(data)} fields (at most {limits.MAX_PAYLOAD_FIELDS})")
+        for name, value in data.items():  # fields Binance may add are kept, so they are bounded as elsewhere
+            if name not in _DIFF_FIELDS and not (
+                isinstance(value, _SCALARS) and len(str(value)) <= limits.MAX_UNKNOWN_STRING
+            ):
+                raise BadData("bad_depth", f"field {short_repr(name)}: {short_repr(value)}")
         s = data.get("s")
         if not isinstance(s, str) or not SYMBOL.fullmatch(s) or (symbol is not None and s != symbol):
             raise BadData("bad_depth", f"symbol {short_repr(s)} (stream's {symbol})")

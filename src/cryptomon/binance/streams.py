@@ -18,8 +18,20 @@ def streams_of(symbol: str, kinds: Iterable[str] = KINDS) -> list[str]:
     return [stream_name(symbol, kind) for kind in kinds]
 
 
-def stream_names(symbols: Iterable[str]) -> list[str]:
-    return [name for symbol in symbols for name in streams_of(symbol)]
+def stream_names(symbols: Iterable[str], kinds: Iterable[str] = KINDS) -> list[str]:
+    kinds = tuple(kinds)
+    return [name for symbol in symbols for name in streams_of(symbol, kinds)]
+
+
+def depth_stream(speed: str) -> str | None:
+    """The diff-depth stream kind for CRYPTOMON_DEPTH: `depth@100ms`, `depth` (1000 ms), None when off."""
+    return {"100ms": "depth@100ms", "1000ms": "depth"}.get(speed)
+
+
+def followed_kinds(speed: str) -> tuple[str, ...]:
+    """The stream kinds followed per symbol: trade, aggTrade, bookTicker and, unless off, the diff depth."""
+    depth = depth_stream(speed)
+    return (*KINDS, depth) if depth else KINDS
 
 
 def split_stream(stream: str) -> tuple[str, str]:

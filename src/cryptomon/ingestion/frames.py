@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import orjson
 
 from cryptomon.binance import limits
-from cryptomon.binance.schema import SEQ_FIELD, Event, short_repr, validate_payload
+from cryptomon.binance.orderbook import DepthDiff
+from cryptomon.binance.schema import DEPTH, DEPTH_SNAPSHOT, SEQ_FIELD, Event, short_repr, validate_payload
 from cryptomon.binance.streams import split_stream
 from cryptomon.errors import BadData
 from cryptomon.names import ROUTE
@@ -28,11 +29,15 @@ class Control:
     event: str
 
 
-def parse_frame(raw: bytes | str, symbols: frozenset[str], latest_ms: int | None = None) -> Event | Control:
+def parse_frame(
+    raw: bytes | str, symbols: frozenset[str], latest_ms: int | None = None, depth_stream: str | None = None
+) -> Event | Control:
     """Parse one combined-stream frame. Raises BadData for anything that cannot be routed. `latest_ms`: the
-    latest acceptable event time (the ingestion time plus the clock skew allowed)."""
-    if len(raw) > limits.MAX_MARKET_FRAME_BYTES:
-        raise BadData("frame_too_large", f"a frame of {len(raw)} bytes (at most {limits.MAX_MARKET_FRAME_BYTES})")
+    latest acceptable event time (the ingestion time plus the clock skew allowed); `depth_stream`: the
+    depth stream followed (`depth@100ms`, `depth`), None when the book is off."""
+    bound = limits.MAX_DEPTH_FRAME_BYTES if depth_stream else limits.MAX_MARKET_FRAME_BYTES
+    if len(raw) > bound:
+        raise BadData("frame_too_large", f"a frame of {len(raw)} bytes (at most {bound})")
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -52,8 +57,14 @@ def parse_frame(raw: bytes | str, symbols: frozenset[str], latest_ms: int | None
     if not isinstance(stream, str) or "@" not in stream:
         raise BadData("unknown_stream", f"stream {short_repr(stream)}")
     symbol, kind = split_stream(stream)
+    if kind == depth_stream and symbol in symbols:
+        diff = DepthDiff.from_payload(data, symbol, latest_ms)
+        assert isinstance(data, dict)  # from_payload raised otherwise
+        return Event(DEPTH, symbol, diff.final_id, data)
     if kind not in ROUTE or symbol not in symbols:
         raise BadData("unknown_stream", f"stream {short_repr(stream)} is not subscribed")
+    if len(raw) > limits.MAX_MARKET_FRAME_BYTES:
+        raise BadData("frame_too_large", f"a frame of {len(raw)} bytes (at most {limits.MAX_MARKET_FRAME_BYTES})")
     validate_payload(kind, data, symbol, latest_ms)
     assert isinstance(data, dict)  # validate_payload raised otherwise
     return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
@@ -68,6 +79,15 @@ def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
     elif "backfilled" in data:  # only cryptomon says so: not a field a frame can bring in
         del data["backfilled"]
     return orjson.dumps(data)
+
+
+def encode_snapshot(symbol: str, body: dict, limit: int, ingestion_ms: int) -> bytes:
+    """The depth topic's record of an /api/v3/depth answer the ingestion used: Binance's body (lastUpdateId,
+    bids, asks) with the symbol, the depth asked and the ingestion timestamp."""
+    return orjson.dumps(
+        {"e": DEPTH_SNAPSHOT, "s": symbol, "lastUpdateId": body["lastUpdateId"], "bids": body["bids"],
+         "asks": body["asks"], "limit": limit, "ingestion_timestamp": ingestion_ms}
+    )  # fmt: skip
 
 
 def dead_letter_value(raw: str | bytes, reason: str, detail: str, ingestion_ms: int) -> bytes:

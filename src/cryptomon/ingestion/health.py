@@ -81,6 +81,7 @@ class IngestHealth:
     produce_retries: int
     seconds_since_last_ack: float | None
     produce_latency: LatencyHistogram  # a copy: produce() -> acknowledged, every delivery since start
+    depth: dict | None  # the snapshot fetcher's counts (SnapshotFetcher.health); None when the book is off
 
     def body(self) -> dict:
         """The /health JSON."""
@@ -123,6 +124,7 @@ class IngestHealth:
             "kafka_last_error": self.kafka_last_error,
             "disk": self.disk,
             "disk_full_pauses": self.disk_full_pauses,
+            "depth": self.depth,
             "tasks": self.tasks,
             "task_restarts": self.task_restarts,
             "kafka": {
@@ -185,6 +187,18 @@ class IngestCollector:
             ("seconds_since_last_ack", "Age of the last acknowledged delivery", _or_nan(h.seconds_since_last_ack)),
         ):  # fmt: skip
             yield GaugeMetricFamily(f"cryptomon_ingest_{name}", doc, value=gauge)
+        if h.depth is not None:
+            for name, doc, key in (
+                ("depth_snapshots_fetched", "Depth snapshots fetched from /api/v3/depth", "fetched"),
+                ("depth_snapshots_used", "Depth snapshots that bridged their diffs, sent to binance.depth", "used"),
+                ("depth_snapshots_too_old", "Depth snapshots older than the first diff waiting (fetched again)", "too_old"),
+                ("depth_snapshot_failures", "Depth snapshot requests that failed (tried again)", "failures"),
+                ("depth_snapshot_weight", "REST weight spent on depth snapshots", "weight_spent"),
+                ("depth_gaps", "Depth diffs that did not follow the last one: books resynced", "gaps"),
+            ):  # fmt: skip
+                yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=h.depth[key])
+            yield GaugeMetricFamily("cryptomon_ingest_depth_books_waiting", "Books waiting for a snapshot",
+                                    value=h.depth["waiting"])  # fmt: skip
         yield h.produce_latency.metric(
             "cryptomon_ingest_produce_latency_seconds", "Time from produce to the broker's acknowledgement (acks=all)"
         )

@@ -107,10 +107,11 @@ class RestClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def get(self, path: str, params: dict[str, Any]) -> Any:
-        """The JSON of GET path?params, once the budget allows it. Raises RateLimited, RestError,
+    async def get(self, path: str, params: dict[str, Any], weight: int | None = None) -> Any:
+        """The JSON of GET path?params, once the budget allows it (`weight`: the request's, when it depends
+        on the parameters, as /api/v3/depth's on `limit`). Raises RateLimited, RestError,
         aiohttp.ClientError or asyncio.TimeoutError; never sends inside a Retry-After."""
-        weight = limits.WEIGHTS.get(path, 1)
+        weight = limits.WEIGHTS.get(path, 1) if weight is None else weight
         while (wait := self.budget.reserve(weight, self.clock())) > 0:  # noqa: ASYNC110 - waits on the clock
             await asyncio.sleep(min(wait, 5.0))
         self.requests += 1

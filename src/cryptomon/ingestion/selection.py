@@ -50,9 +50,10 @@ def mine(symbols: Iterable[str], instance: int, instances: int) -> list[str]:
     return [s for s in symbols if owner(s, instances) == instance]
 
 
-def shard(symbols: Iterable[str], per_connection: int) -> list[tuple[str, ...]]:
-    """Symbols grouped so that each group's streams fit one connection; stable for a given list (a symbol
-    keeps its connection as long as the symbols before it do not change)."""
-    per = max(1, per_connection // len(KINDS))
+def shard(symbols: Iterable[str], per_connection: int, per_symbol: int = len(KINDS)) -> list[tuple[str, ...]]:
+    """Symbols grouped so that each group's streams (`per_symbol` each, all on one connection) fit one
+    connection; stable for a given list (a symbol keeps its connection as long as the symbols before it do
+    not change)."""
+    per = max(1, per_connection // per_symbol)
     ordered = sorted(symbols)
     return [tuple(ordered[i : i + per]) for i in range(0, len(ordered), per)]

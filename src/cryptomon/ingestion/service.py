@@ -15,14 +15,16 @@ import aiohttp
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
-from cryptomon.binance.schema import BOOK_TICKER_EVENT, Event
-from cryptomon.binance.streams import streams_of
+from cryptomon.binance.orderbook import DepthSnapshot
+from cryptomon.binance.schema import BOOK_TICKER_EVENT, DEPTH, DEPTH_SNAPSHOT, Event
+from cryptomon.binance.streams import depth_stream, followed_kinds, streams_of
 from cryptomon.diskguard import DiskGuard
 from cryptomon.errors import BadData, Unavailable
 from cryptomon.ingestion import selection, state
 from cryptomon.ingestion.backfill import Backfiller
 from cryptomon.ingestion.connection import ConnectionGate, ConnOptions, Rotate, StreamConnection
-from cryptomon.ingestion.frames import Control, dead_letter_value, encode, is_reply, parse_frame
+from cryptomon.ingestion.depth import FORWARD, DepthFeed, SnapshotFetcher
+from cryptomon.ingestion.frames import Control, dead_letter_value, encode, encode_snapshot, is_reply, parse_frame
 from cryptomon.ingestion.health import IngestCollector, IngestHealth, IngestStats, RestReading
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.rest_client import RestBudget, RestClient, RestError
@@ -30,7 +32,7 @@ from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.ingestion.sequences import DUPLICATE, LATE, RecentIds, SequenceTracker
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_TICKER, DEADLETTER, INGEST_STATE, ROUTE, TRADES
+from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEADLETTER, INGEST_STATE, ROUTE, TRADES
 from cryptomon.observability import HealthServer, allowed_hosts
 from cryptomon.settings import Settings
 from cryptomon.tasks import TaskKeeper
@@ -48,7 +50,11 @@ class Ingestor:
         self.dynamic = any(selection.is_pattern(spec) for spec in settings.symbols)
         self.symbols: frozenset[str] = frozenset()
         self.accepting: frozenset[str] = frozenset()  # symbols + those just removed (their connection rotates)
-        self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER)}
+        self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER, BOOK_DEPTH)}
+        self.depth_stream = depth_stream(settings.depth)  # None: the book is off
+        self.kinds = followed_kinds(settings.depth)  # the streams of each symbol, all on one connection
+        self.depth = DepthFeed()
+        self.snapshots: SnapshotFetcher | None = None
         self.deadletter_topic = topic_name(DEADLETTER)
         self.security = librdkafka_security(settings)
         self.sink = KafkaSink(
@@ -98,7 +104,7 @@ class Ingestor:
     def _handle(self, raw: str | bytes, ingestion_ms: int) -> None:
         st = self.stats
         try:
-            ev = parse_frame(raw, self.accepting, ingestion_ms + self.skew_ms)
+            ev = parse_frame(raw, self.accepting, ingestion_ms + self.skew_ms, self.depth_stream)
         except BadData as bad:
             if bad.reason == "bad_envelope" and is_reply(raw):
                 return  # {"result": .., "id": ..}: an answer to a live request, not data
@@ -107,7 +113,14 @@ class Ingestor:
         if isinstance(ev, Control):
             log.warning("exchange sent %s: reconnecting now", ev.event)
             raise Rotate(ev.event)
-        if ev.kind == BOOK_TICKER_EVENT:
+        if ev.kind == DEPTH:
+            waiting = len(self.depth.need)
+            if self.depth.observe(ev.symbol, ev.data["U"], ev.seq) is not FORWARD:
+                st.duplicates += 1
+                return
+            if len(self.depth.need) > waiting and self.snapshots:
+                self.snapshots.wake.set()
+        elif ev.kind == BOOK_TICKER_EVENT:
             recent = self.recent_book.get(ev.symbol)
             if recent is None:
                 recent = self.recent_book[ev.symbol] = RecentIds()
@@ -129,6 +142,12 @@ class Ingestor:
 
     def _backfilled(self, ev: Event, ingestion_ms: int) -> None:
         self._produce(ev, ingestion_ms, backfilled=True)
+
+    def _snapshot(self, snapshot: DepthSnapshot, body: dict) -> None:
+        """A snapshot that bridges the diffs sent: into the depth topic after them (same key, same partition)."""
+        value = encode_snapshot(snapshot.symbol, body, self.settings.depth_snapshot_limit, time.time_ns() // 1_000_000)
+        self.sink.produce(self.topics[BOOK_DEPTH], snapshot.symbol.encode(), value)
+        self.stats.produced[DEPTH_SNAPSHOT] += 1
 
     def dead_letter(self, raw: str | bytes, reason: str, detail: str, ingestion_ms: int) -> None:
         self.stats.dead_letters[reason] += 1
@@ -153,6 +172,10 @@ class Ingestor:
                     self.keeper.start("backfill", self.backfill.run),
                     self.keeper.start("state", self.publisher.run),
                 ]
+                if self.depth_stream:
+                    self.snapshots = SnapshotFetcher(self.depth, self.rest, self.settings.depth_snapshot_limit,
+                                                     self._snapshot, self.dead_letter)  # fmt: skip
+                    tasks.append(self.keeper.start("depth-snapshots", self.snapshots.run))
                 if self.dynamic:
                     tasks.append(self.keeper.start("symbol-refresh", self._refresh_loop))
                 await self.stopping.wait()
@@ -237,11 +260,12 @@ class Ingestor:
                      sorted(removed)[:10])  # fmt: skip
         self.symbols = frozenset(symbols)
         self.accepting = self.symbols | removed
-        groups = selection.shard(symbols, self.settings.ws_streams_per_connection)
+        self.depth.forget(removed)
+        groups = selection.shard(symbols, self.settings.ws_streams_per_connection, len(self.kinds))
         log.info("following %d symbols (instance %d of %d) over %d connections", len(symbols), self.instance,
                  self.instances, len(groups))  # fmt: skip
         for i, group in enumerate(groups):
-            streams = [s for sym in group for s in streams_of(sym)]
+            streams = [s for sym in group for s in streams_of(sym, self.kinds)]
             if i < len(self.connections):
                 self.connections[i].set_streams(streams)
                 continue
@@ -254,7 +278,7 @@ class Ingestor:
         self.connections = self.connections[: len(groups)]
 
     def _reconnected(self, conn: StreamConnection) -> None:
-        self.stats.book_ticker_gaps += len(conn.streams) // 3  # bookTicker has no history to backfill
+        self.stats.book_ticker_gaps += len(conn.streams) // len(self.kinds)  # bookTicker has no history to backfill
 
     async def _poll_loop(self) -> None:
         """Serve the producer's delivery callbacks even when no frame arrives."""
@@ -331,6 +355,7 @@ class Ingestor:
             produce_retries=self.sink.retried,
             seconds_since_last_ack=None if self.sink.last_ack_at is None else round(now - self.sink.last_ack_at, 3),
             produce_latency=self.sink.latency.snapshot(),
+            depth=self.snapshots.health() if self.snapshots else None,
         )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, KINDS, TRADE
+from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, DEPTH_SNAPSHOT, KINDS, TRADE
 from cryptomon.binance.streams import split_stream, stream_name
 from cryptomon.errors import ConfigError
 from cryptomon.simulator.enforcement import RequestWeights
@@ -73,6 +73,7 @@ class Simulator:
         history: int | None = None,
         book_updates: float = 0.0,
         speed: float = 0.0,
+        snapshots: dict[str, dict] | None = None,
     ):
         # the instruments exchangeInfo lists; the TRADING ones among them generate the market
         self.instruments = instruments or {s: instrument(s) for s in symbols}
@@ -84,7 +85,8 @@ class Simulator:
         per_symbol = history or max(1_000, min(100_000, HISTORY_BUDGET // max(1, len(self.instruments))))
         self.market = Market(tuple(self.instruments), seed=seed, history=per_symbol, instruments=self.instruments)
         self.source = source
-        self.history: Market | ReplayHistory = ReplayHistory() if source is not None else self.market
+        # a replay serves what it replayed, and the depth snapshots recorded (`snapshots`: the first of each symbol)
+        self.history: Market | ReplayHistory = ReplayHistory(snapshots) if source is not None else self.market
         self.phases: list[Phase] = list(SCENARIOS[scenario])
         self.conditions = Conditions()
         self.max_steps = max_steps
@@ -226,6 +228,8 @@ class Simulator:
             elif n % 512 == 0:
                 await asyncio.sleep(0)
             self.history.add(symbol, kind, payload)
+            if kind == DEPTH_SNAPSHOT:  # a REST answer the recorder fetched: served at /api/v3/depth, not streamed
+                continue
             self.stats.generated[(symbol, kind)] += 1
             await self._emit(symbol, kind, payload)
         self.done.set()
@@ -311,7 +315,7 @@ class Simulator:
         listens to: each depth event carries the levels that changed since the last one (U..u update ids),
         so a client that applies them to a /api/v3/depth snapshot keeps the simulator's book."""
         tick = 0
-        while True:
+        while self.source is None:  # a replay's depth is the recorded one
             await asyncio.sleep(0.1)
             tick += 1
             now_ms = time.time_ns() // 1_000_000

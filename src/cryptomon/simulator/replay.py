@@ -155,14 +155,16 @@ def read_csv(path: Path, symbol: str | None = None) -> Iterator[Item]:
                 )
 
 
-def read_captures(paths: list[Path], symbol: str | None = None, shift_ms: int = 0) -> Iterator[Timed]:
+def read_captures(
+    paths: list[Path], symbol: str | None = None, shift_ms: int = 0, snapshots: bool = False
+) -> Iterator[Timed]:
     """Several captures merged by receive time (CSV dumps by trade time), event times (`E`, `T`) moved by
-    `shift_ms`."""
+    `shift_ms`; with `snapshots`, the depth snapshots recorded in them too (read_timed)."""
 
     def timed(path: Path) -> Iterator[Timed]:
         if path.suffix.lower() == ".csv":
             return ((d["T"], sym, kind, d) for sym, kind, d in read_csv(path, symbol))
-        return read_timed(path)
+        return read_timed(path, snapshots)
 
     for received, sym, kind, data in heapq.merge(*(timed(p) for p in paths), key=lambda x: x[0] or 0):
         if shift_ms and isinstance(data, dict):
@@ -196,14 +198,18 @@ def shift_to_now(first_ms: int | None, now_ms: int) -> int:
 class ReplayHistory:
     """What was replayed so far, served by the REST endpoints (backfill) like the live market's history."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_snapshots: dict[str, dict] | None = None) -> None:
         self.trades: dict[str, list[dict]] = {}
         self.aggs: dict[str, list[dict]] = {}
         self.symbols: set[str] = set()
+        self.first_snapshots = first_snapshots or {}
+        self.snapshots: dict[str, dict] = {}  # the latest recorded depth snapshot the replay has reached
 
     def add(self, symbol: str, kind: str, payload: dict) -> None:
         self.symbols.add(symbol)
-        if kind == "trade":
+        if kind == DEPTH_SNAPSHOT:
+            self.snapshots[symbol] = payload
+        elif kind == "trade":
             self.trades.setdefault(symbol, []).append(payload)
         elif kind == "aggTrade":
             self.aggs.setdefault(symbol, []).append(payload)
@@ -239,6 +245,27 @@ class ReplayHistory:
             {k: a[k] for k in ("a", "p", "q", "f", "l", "T", "m")} | {"M": a.get("M", True)}
             for a in self._from(self.aggs.get(symbol, []), "a", from_id, limit)
         ]
+
+    def depth(self, symbol: str, limit: int) -> dict | None:
+        """/api/v3/depth as it was recorded: the latest snapshot the replay has reached, or before the replay
+        reaches the first one, that one (a client syncing then buffers the diffs until they bridge it), cut
+        to `limit` levels a side; None when the capture recorded none for the symbol."""
+        body = self.snapshots.get(symbol) or self.first_snapshots.get(symbol)
+        if body is None:
+            return None
+        return {"lastUpdateId": body["lastUpdateId"], "bids": body["bids"][:limit], "asks": body["asks"][:limit]}
+
+
+def first_snapshots(paths: list[Path], symbol: str | None = None) -> dict[str, dict]:
+    """The first depth snapshot recorded per symbol in the captures."""
+    found: dict[str, dict] = {}
+    for path in paths:
+        if path.suffix.lower() == ".csv":
+            continue
+        for _, sym, kind, body in read_timed(path, snapshots=True):
+            if kind == DEPTH_SNAPSHOT and (symbol is None or sym == symbol):
+                found.setdefault(sym, body)
+    return found
 
 
 def capture_symbols(paths: list[Path], symbol: str | None = None) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from cryptomon.errors import BadData
 from cryptomon.simulator.enforcement import RequestWeights
 from cryptomon.simulator.instruments import Instrument, exchange_info
 from cryptomon.simulator.market import Market
+from cryptomon.simulator.replay import ReplayHistory
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEPTH_LIMITS = range(1, 5001)
@@ -237,6 +238,11 @@ class RestApi:
         limit = min(5000, self._int(q, "limit", 100))
         if limit < 1:
             raise ApiError(limits.ERR_ILLEGAL_CHARS, "Illegal characters found in parameter 'limit'.")
+        if isinstance(self.sim.history, ReplayHistory):
+            recorded = self.sim.history.depth(symbol, limit)
+            if recorded is None:
+                raise ApiError(limits.ERR_UNKNOWN, f"no depth snapshot of {symbol} was recorded", 503)
+            return _json(recorded)
         st = self.sim.market.state[symbol]
         bids, asks = self.sim.market.depth_levels(symbol, limit)
         return _json({"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})

@@ -1,0 +1,156 @@
+"""The ingestion's side of the order book. It keeps no book: the diffs go to `binance.depth` as Binance
+sent them and the book stage rebuilds every book from that topic. The ingestion only follows where each
+symbol's diff stream stands, to know when a book needs a snapshot (the symbol's first diff, or a diff
+whose `U` does not follow the last `u`: a diff was lost, e.g. in a reconnect) and whether a snapshot it
+fetched can bridge the diffs sent since (Binance's rule: `lastUpdateId` at or above the first `U`
+buffered, else fetch another). A snapshot that can goes into the same topic, keyed by the symbol, after
+the diffs already sent: any reader of the topic syncs the same book at the same place.
+
+Snapshots are paced by the process's one REST budget (shared with the backfill), at the weight Binance
+charges for the depth asked (`limits.depth_weight`), so 400 symbols starting at once are fetched within
+the budget, never in a burst of 429s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import aiohttp
+import orjson
+
+from cryptomon.binance import limits
+from cryptomon.binance.orderbook import DepthSnapshot
+from cryptomon.errors import BadData
+from cryptomon.ingestion.rest_client import RateLimited, RestClient, RestError
+
+log = logging.getLogger(__name__)
+
+FORWARD, DUPLICATE = "forward", "duplicate"
+USE, TOO_OLD, UNNEEDED = "use", "too_old", "unneeded"
+
+
+class DepthFeed:
+    """Per symbol: the last `u` forwarded, and, while it needs a snapshot, the first `U` since (pure)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.need: dict[str, int] = {}  # symbol -> first U since its book needs a snapshot, oldest need first
+        self.gaps = 0  # diffs whose U did not follow the last u: books resynced
+        self.duplicates = 0
+
+    def observe(self, symbol: str, first_id: int, final_id: int) -> str:
+        last = self.last.get(symbol)
+        if last is not None and final_id <= last:
+            self.duplicates += 1
+            return DUPLICATE  # sent already (a replay of the connection, a repeat): the topic has it
+        if last is None or first_id > last + 1:
+            if last is not None:
+                self.gaps += 1
+                log.warning("%s: depth diff %d..%d after %d: lost diffs, the book resyncs", symbol, first_id,
+                            final_id, last)  # fmt: skip
+            self.need.pop(symbol, None)  # a gap while waiting: the snapshot must reach the diffs after it
+            self.need[symbol] = first_id
+        self.last[symbol] = final_id
+        return FORWARD
+
+    def verdict(self, symbol: str, last_update_id: int) -> str:
+        """What a snapshot fetched for `symbol` is worth now."""
+        first = self.need.get(symbol)
+        if first is None:
+            return UNNEEDED
+        if last_update_id < first:
+            return TOO_OLD
+        del self.need[symbol]
+        return USE
+
+    def forget(self, symbols: Iterable[str]) -> None:
+        """Symbols no longer followed."""
+        for s in symbols:
+            self.last.pop(s, None)
+            self.need.pop(s, None)
+
+
+class SnapshotFetcher:
+    """Fetches the snapshot of each symbol that needs one, oldest need first, and hands those that bridge
+    their diffs to `produce`; counts what it spent."""
+
+    def __init__(
+        self,
+        feed: DepthFeed,
+        rest: RestClient,
+        limit: int,
+        produce: Callable[[DepthSnapshot, dict], None],
+        dead_letter: Callable[[bytes, str, str, int], None],
+        retry_seconds: float = 1.0,
+    ):
+        self.feed, self.rest, self.limit = feed, rest, limit
+        self.produce, self.dead_letter = produce, dead_letter
+        self.retry_seconds = retry_seconds
+        self.wake = asyncio.Event()
+        self.fetched = 0
+        self.used = 0  # snapshots that bridged their diffs and went to the topic
+        self.too_old = 0
+        self.failures = 0
+        self.weight_spent = 0
+
+    async def run(self) -> None:
+        while True:
+            if not self.feed.need:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            symbol = next(iter(self.feed.need))
+            await self.fetch(symbol)
+
+    async def fetch(self, symbol: str) -> None:
+        """One attempt for `symbol`; a failure waits and leaves the need in place (it is tried again)."""
+        weight = limits.depth_weight(self.limit)
+        try:
+            body = await self.rest.get("/api/v3/depth", {"symbol": symbol, "limit": self.limit}, weight=weight)
+        except RateLimited as exc:  # the budget holds every request until Retry-After: just wait it out
+            self.failures += 1
+            await asyncio.sleep(min(exc.retry_after, 5.0))
+            return
+        except (RestError, aiohttp.ClientError, TimeoutError) as exc:
+            self.failures += 1
+            log.warning("depth snapshot of %s failed (%s): again in %.0fs", symbol, exc, self.retry_seconds)
+            self._requeue(symbol)
+            await asyncio.sleep(self.retry_seconds)
+            return
+        finally:
+            self.weight_spent += weight
+        self.fetched += 1
+        try:
+            snapshot = DepthSnapshot.from_rest(symbol, body)
+        except BadData as bad:
+            self.failures += 1
+            self.dead_letter(orjson.dumps(body), bad.reason, f"{symbol}: {bad.detail}", time.time_ns() // 1_000_000)
+            self._requeue(symbol)
+            await asyncio.sleep(self.retry_seconds)
+            return
+        verdict = self.feed.verdict(symbol, snapshot.last_update_id)
+        if verdict == USE:
+            self.used += 1
+            self.produce(snapshot, body)
+        elif verdict == TOO_OLD:  # Binance's step 3: below the first buffered U, get another
+            self.too_old += 1
+            self._requeue(symbol)
+
+    def _requeue(self, symbol: str) -> None:
+        """Behind the other symbols waiting, so that one failing symbol does not hold the rest back."""
+        if symbol in self.feed.need:
+            self.feed.need[symbol] = self.feed.need.pop(symbol)
+
+    def health(self) -> dict:
+        return {
+            "waiting": len(self.feed.need),
+            "fetched": self.fetched,
+            "used": self.used,
+            "too_old": self.too_old,
+            "failures": self.failures,
+            "weight_spent": self.weight_spent,
+            "gaps": self.feed.gaps,
+        }
