@@ -271,6 +271,14 @@ def worker() -> None:
     worker_main(get_settings())
 
 
+@app.command("book")
+def book() -> None:
+    """binance.depth -> order books -> order_book_snapshots (health and metrics on CRYPTOMON_BOOK_HEALTH_PORT)."""
+    from cryptomon.book.service import main as book_main
+
+    book_main(get_settings())
+
+
 @app.command("spark")
 def spark_job(
     available_now: bool = typer.Option(

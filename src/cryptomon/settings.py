@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         description="The order book: follow `<symbol>@depth@100ms` (`100ms`) or `<symbol>@depth` (`1000ms`) into "
         "topic binance.depth, with the REST snapshots that sync it; `off`: no depth stream.",
     )
+    depth_resync_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Every book gets a new snapshot this often (spread over the interval; 0: only at start and "
+        "after a gap), so that a book stage starting without a checkpoint meets one; 400 books at weight 50 an "
+        "hour is 333 weight a minute.",
+    )
     depth_snapshot_limit: int = Field(
         1000,
         ge=1,
@@ -183,6 +190,28 @@ class Settings(BaseSettings):
     # ---- worker
     worker_group: str = Field("binance-buffer", description="Kafka consumer group of the worker.")
     worker_health_port: int = Field(8082, ge=0, le=65535, description="Worker's /health and /metrics port.")
+    book_group: str = Field("cryptomon-book", description="Kafka consumer group of the book stage.")
+    book_health_port: int = Field(8084, ge=0, le=65535, description="Book stage's /health and /metrics port.")
+    book_levels: int = Field(20, ge=1, le=5000, description="Levels a side in each order_book_snapshots row.")
+    book_snapshot_seconds: int = Field(
+        1,
+        ge=1,
+        le=3600,
+        description="Interval of event time per order_book_snapshots row: a book that changed in it gets one row, "
+        "the book after its last diff in the interval.",
+    )
+    book_checkpoint_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between two checkpoints of the book stage (every book's levels and the offsets read, "
+        "in the transaction of the rows): a restart replays at most that much.",
+    )
+    book_start_lookback_seconds: int = Field(
+        4200,
+        ge=0,
+        description="Where a book stage with no checkpoint starts reading binance.depth: this far back, so that "
+        "it meets a snapshot of every book (the ingestion sends one per book every CRYPTOMON_DEPTH_RESYNC_SECONDS).",
+    )
     flush_max_rows: int = Field(500, ge=1, le=100_000, description="Flush a partition's buffer at this many messages.")
     flush_max_seconds: float = Field(
         2.0, gt=0, description="Flush a buffer at the latest this long after its first message."

@@ -163,6 +163,16 @@ class Pipeline:
             ),
             Child("spark", ["spark"], env, logs / "spark.log"),
         ]
+        if settings.depth != "off":  # the order book: its stage beside the worker
+            self.children.append(
+                Child(
+                    "book",
+                    ["book"],
+                    env,
+                    logs / "book.log",
+                    f"http://{health}:{settings.book_health_port}/health" if settings.book_health_port else None,
+                )
+            )
         if settings.dashboard_port:
             self.children.append(
                 Child(

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 
 from sortedcontainers import SortedDict
@@ -101,27 +101,26 @@ def _levels(raw: object, name: str) -> tuple[Level, ...]:
             isinstance(qty, str) and QUANTITY.fullmatch(qty)
         ):
             raise BadData("bad_depth", f"{name}: level {short_repr(level)}")
-        if not Decimal(price):
+        if _zero(price):
             raise BadData("bad_depth", f"{name}: a level at price 0")
         out.append((price, qty))
     return tuple(out)
 
 
-def _zero(qty: str) -> bool:
-    try:
-        return not Decimal(qty)
-    except InvalidOperation:  # validated before: cannot happen
-        return False
+def _zero(value: str) -> bool:
+    """A validated decimal string (digits, at most one point) is zero when it has no other digit."""
+    return not value.strip("0.")
 
 
 class OrderBook:
     """Both sides of one symbol's book as of `last_update_id`; best levels first."""
 
-    __slots__ = ("asks", "bids", "known_ask", "known_bid", "last_update_id", "symbol")
+    __slots__ = ("asks", "bids", "known_ask", "known_bid", "last_event_ms", "last_update_id", "symbol")
 
     def __init__(self, snapshot: DepthSnapshot):
         self.symbol = snapshot.symbol
         self.last_update_id = snapshot.last_update_id
+        self.last_event_ms: int | None = None  # E of the last diff applied (None: the snapshot as it came)
         self.bids: SortedDict = SortedDict(lambda p: -p)  # price -> (price string, quantity string)
         self.asks: SortedDict = SortedDict()
         self._set(self.bids, snapshot.bids)
@@ -143,6 +142,21 @@ class OrderBook:
         self._set(self.bids, diff.bids)
         self._set(self.asks, diff.asks)
         self.last_update_id = diff.final_id
+        self.last_event_ms = diff.event_ms
+
+    def levels(self) -> tuple[list[Level], list[Level]]:
+        """Every level of each side, best first."""
+        return list(self.bids.values()), list(self.asks.values())
+
+    @classmethod
+    def restored(cls, snapshot: DepthSnapshot, last_event_ms: int | None, known_bid: str | None,
+                 known_ask: str | None) -> OrderBook:  # fmt: skip
+        """A book as it was checkpointed (its levels as a snapshot, and how deep the original one went)."""
+        book = cls(snapshot)
+        book.last_event_ms = last_event_ms
+        book.known_bid = Decimal(known_bid) if known_bid is not None else None
+        book.known_ask = Decimal(known_ask) if known_ask is not None else None
+        return book
 
     def best_bid(self) -> Level | None:
         return self.bids.peekitem(0)[1] if self.bids else None
@@ -188,6 +202,11 @@ class DepthSync:
     def stale(self) -> bool:
         """A book is readable but not being kept: its last good state, until the next sync."""
         return self.book is not None and not self.synced
+
+    def restore(self, book: OrderBook) -> None:
+        """Continue a checkpointed book: synced at its id, the diffs it holds ignored when they come again."""
+        self.book, self.synced = book, True
+        self.buffer.clear()
 
     def first_buffered_id(self) -> int | None:
         return self.buffer[0].first_id if self.buffer else None

@@ -66,6 +66,14 @@ class DepthFeed:
         del self.need[symbol]
         return USE
 
+    def refresh(self, symbol: str) -> bool:
+        """Ask for a new snapshot of a book that has none waiting: one newer than the last diff sent (so that
+        a book stage reading from here on meets one); False when it is waiting already or has no diff yet."""
+        if symbol in self.need or symbol not in self.last:
+            return False
+        self.need[symbol] = self.last[symbol] + 1
+        return True
+
     def forget(self, symbols: Iterable[str]) -> None:
         """Symbols no longer followed."""
         for s in symbols:
@@ -95,6 +103,7 @@ class SnapshotFetcher:
         self.too_old = 0
         self.failures = 0
         self.weight_spent = 0
+        self.refreshes = 0  # periodic new snapshots asked (resync_loop)
 
     async def run(self) -> None:
         while True:
@@ -104,6 +113,18 @@ class SnapshotFetcher:
                 continue
             symbol = next(iter(self.feed.need))
             await self.fetch(symbol)
+
+    async def resync_loop(self, every_seconds: float) -> None:
+        """Each book a new snapshot every `every_seconds`, one book at a time, spread over the interval."""
+        turn = 0
+        while True:
+            symbols = sorted(self.feed.last)
+            await asyncio.sleep(every_seconds / max(1, len(symbols)))
+            if symbols:
+                turn = (turn + 1) % len(symbols)
+                if self.feed.refresh(symbols[turn]):
+                    self.refreshes += 1
+                    self.wake.set()
 
     async def fetch(self, symbol: str) -> None:
         """One attempt for `symbol`; a failure waits and leaves the need in place (it is tried again)."""
@@ -153,4 +174,5 @@ class SnapshotFetcher:
             "failures": self.failures,
             "weight_spent": self.weight_spent,
             "gaps": self.feed.gaps,
+            "refreshes": self.refreshes,
         }

@@ -176,6 +176,10 @@ class Ingestor:
                     self.snapshots = SnapshotFetcher(self.depth, self.rest, self.settings.depth_snapshot_limit,
                                                      self._snapshot, self.dead_letter)  # fmt: skip
                     tasks.append(self.keeper.start("depth-snapshots", self.snapshots.run))
+                    if self.settings.depth_resync_seconds:
+                        every = float(self.settings.depth_resync_seconds)
+                        snapshots = self.snapshots
+                        tasks.append(self.keeper.start("depth-resync", lambda: snapshots.resync_loop(every)))
                 if self.dynamic:
                     tasks.append(self.keeper.start("symbol-refresh", self._refresh_loop))
                 await self.stopping.wait()

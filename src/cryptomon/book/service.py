@@ -1,0 +1,249 @@
+"""`cryptomon book`: binance.depth (+ binance.book_ticker for the check) -> order books -> TimescaleDB's
+order_book_snapshots. A consumer group like the worker's: several book stages share the symbols by
+partition (the `range` assignor gives one stage the same partitions of both topics, and a symbol's records
+are in the same partition of each). Where it stands is kept in the database, in the transaction of the
+rows (book/store.py), not in Kafka's committed offsets: a restart, however it stopped, loads the books of
+its last checkpoint, reads again from there and writes the same rows (no-ops), none missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import orjson
+from confluent_kafka import OFFSET_END, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from cryptomon.backoff import Backoff
+from cryptomon.book.keeper import BookKeeper, BookRow
+from cryptomon.book.store import BookStore, DeadLetterRow
+from cryptomon.errors import BadData, Unavailable
+from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.security import librdkafka_security
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_DEPTH, BOOK_TICKER
+from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.5  # rows written at least this often
+MAX_PENDING_ROWS = 50_000  # rows held while the database is away; beyond it consumption pauses
+
+
+class BookService:
+    def __init__(self, settings: Settings, health_port: int | None = None):
+        self.settings = settings
+        self.group = settings.book_group
+        self.depth_topic, self.ticker_topic = topic_name(BOOK_DEPTH), topic_name(BOOK_TICKER)
+        self.keeper = BookKeeper(self.depth_topic, settings.book_levels, settings.book_snapshot_seconds * 1000)
+        self.store = BookStore(settings.pg_dsn, self.group)
+        self.skew_ms = settings.max_clock_skew_ms
+        self.rows: list[BookRow] = []
+        self.letters: list[DeadLetterRow] = []
+        self.stop_event = threading.Event()
+        self.assigned: list[TopicPartition] = []
+        self.paused = False
+        self.db_ok = False
+        self.last_flush = self.last_checkpoint = time.monotonic()
+        self.rows_written = 0
+        self.dead_letters = 0
+        self.checkpoints = 0
+        self.db_failures = 0
+        self.consumer = Consumer(
+            consumer_config(
+                settings.kafka_bootstrap,
+                self.group,
+                extra={
+                    **librdkafka_security(settings),
+                    # partition p of binance.depth and of binance.book_ticker hold the same symbols: one stage
+                    "partition.assignment.strategy": "range",
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 2_000,
+                    "fetch.wait.max.ms": 50,
+                    "client.id": "cryptomon-book",
+                },
+            )
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        port = settings.book_health_port if health_port is None else health_port
+        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
+        self.health_server = (
+            HealthServer(settings.health_host, port, self.health, self.registry, hosts) if port else None
+        )
+
+    # ---------------------------------------------------------------- assignment
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Each partition from this group's checkpoint (its books restored), or, never read by the group,
+        from CRYPTOMON_BOOK_START_LOOKBACK_SECONDS ago."""
+        parts = sorted({p.partition for p in partitions})
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                states, positions = self.store.load(parts)
+                break
+            except Unavailable as exc:  # no checkpoint read, no record read: the order of things must hold
+                log.warning("cannot read the book checkpoint (%s): retrying", exc)
+                time.sleep(backoff.next_delay())
+        self.keeper.restore([s for s in states if s.partition in parts],
+                            {p: mark for (t, p), (_, mark) in positions.items() if t == self.depth_topic})  # fmt: skip
+        since = int((time.time() - self.settings.book_start_lookback_seconds) * 1000)
+        fresh = [
+            TopicPartition(p.topic, p.partition, since) for p in partitions if (p.topic, p.partition) not in positions
+        ]
+        starts = {(p.topic, p.partition): p.offset for p in consumer.offsets_for_times(fresh, 10.0)} if fresh else {}
+        out = []
+        for p in partitions:
+            key = (p.topic, p.partition)
+            offset = positions[key][0] if key in positions else starts.get(key, OFFSET_END)
+            out.append(TopicPartition(p.topic, p.partition, offset if offset >= 0 else OFFSET_END))
+        self.assigned = out
+        log.info(
+            "assigned %s; %d books restored",
+            ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in out),
+            len(states),
+        )
+        consumer.assign(out)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before another stage takes these partitions: everything written, a checkpoint, the books dropped."""
+        self._write(checkpoint=True, until_written=True)
+        for p in {p.partition for p in partitions}:
+            self.keeper.forget_partition(p)
+        consumer.unassign()
+        self.assigned = []
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        if self.health_server:
+            self.health_server.start()
+        self.consumer.subscribe([self.depth_topic, self.ticker_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)  # fmt: skip
+        try:
+            while not self.stop_event.is_set():
+                messages = self.consumer.consume(500, timeout=0.2)
+                for msg in messages:
+                    self._handle(msg)
+                now = time.monotonic()
+                if now - self.last_flush >= FLUSH_SECONDS:
+                    self._write(checkpoint=now - self.last_checkpoint >= self.settings.book_checkpoint_seconds)
+        finally:
+            self._write(checkpoint=True, until_written=True, give_up_after=30.0)
+            self.consumer.close()
+            self.store.close()
+            if self.health_server:
+                self.health_server.stop()
+
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka: %s", err)
+            return
+        topic, part, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        try:
+            value = orjson.loads(msg.value() or b"")
+            if not isinstance(value, dict):
+                raise BadData("bad_record", f"a JSON {type(value).__name__}")
+            if topic == self.depth_topic:
+                kind, ts = msg.timestamp()
+                latest = ts + self.skew_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
+                self.rows += self.keeper.on_depth(value, part, offset, latest)
+            else:
+                self.keeper.on_ticker(value, topic, part, offset)
+        except (BadData, orjson.JSONDecodeError) as exc:
+            reason = exc.reason if isinstance(exc, BadData) else "not_json"
+            self.keeper.next_offsets[(topic, part)] = offset + 1
+            self.dead_letters += 1
+            log.warning("dead letter from %s[%d]@%d: %s", topic, part, offset, exc)
+            self.letters.append((topic, part, offset, msg.key(), msg.value() or b"", f"{reason}: {exc}"[:1000]))
+
+    def _write(self, checkpoint: bool = False, until_written: bool = False, give_up_after: float = 3600.0) -> None:
+        """Rows, dead letters and (when due) a checkpoint, in one transaction; while the database is away
+        they are kept (consumption paused when they grow) and tried again."""
+        backoff, started = Backoff(0.5, 10.0), time.monotonic()
+        while True:
+            self.last_flush = time.monotonic()
+            point = self.keeper.checkpoint() if checkpoint else None
+            try:
+                self.store.write(self.rows, self.letters, point)
+            except Unavailable as exc:
+                self.db_ok = False
+                self.db_failures += 1
+                log.warning("cannot write to the database (%s): %d rows kept", exc, len(self.rows))
+                if len(self.rows) > MAX_PENDING_ROWS and not self.paused and self.assigned:
+                    self.consumer.pause(self.assigned)
+                    self.paused = True
+                if not until_written or time.monotonic() - started > give_up_after:
+                    return
+                time.sleep(backoff.next_delay())
+                continue
+            self.db_ok = True
+            self.rows_written += len(self.rows)
+            self.rows, self.letters = [], []
+            if point is not None:
+                self.checkpoints += 1
+                self.last_checkpoint = time.monotonic()
+                offsets = [TopicPartition(t, p, o) for (t, p), (o, _) in point.positions.items()]
+                if offsets:  # for lag tools; the database holds the truth
+                    try:
+                        self.consumer.commit(offsets=offsets, asynchronous=True)
+                    except Exception as exc:
+                        log.debug("offset commit: %s", exc)
+            if self.paused:
+                self.consumer.resume(self.assigned)
+                self.paused = False
+            return
+
+    # ---------------------------------------------------------------- health
+
+    def health(self) -> tuple[bool, dict]:
+        books = self.keeper.health()
+        body = {
+            "database_ok": self.db_ok,
+            "assigned": [f"{p.topic}[{p.partition}]" for p in self.assigned],
+            "books": books,
+            "books_synced": sum(1 for b in books.values() if b["synced"]),
+            "rows_written": self.rows_written,
+            "rows_pending": len(self.rows),
+            "dead_letters": self.dead_letters,
+            "checkpoints": self.checkpoints,
+            "seconds_since_checkpoint": round(time.monotonic() - self.last_checkpoint, 1),
+            "mismatches": sum(b["mismatches"] for b in books.values()),
+        }
+        return self.db_ok and not self.paused, body
+
+    def collect(self):
+        books = self.keeper.health()
+        per_symbol = {
+            "synced": ("1 while the symbol's book is synced", lambda b: int(b["synced"])),
+            "resyncs": ("Resyncs of the symbol's book (gaps)", lambda b: b["resyncs"]),
+            "checks": ("Book tops compared with bookTicker", lambda b: b["checks"]),
+            "mismatches": ("Book tops that differed from bookTicker", lambda b: b["mismatches"]),
+        }
+        for name, (doc, get) in per_symbol.items():
+            family = GaugeMetricFamily(f"cryptomon_book_{name}", doc, labels=["symbol"])
+            for sym, b in books.items():
+                family.add_metric([sym], get(b))
+            yield family
+        for name, doc, value in (
+            ("rows_written", "order_book_snapshots rows written", self.rows_written),
+            ("dead_letters", "Records set aside into dead_letters", self.dead_letters),
+            ("checkpoints", "Checkpoints written", self.checkpoints),
+            ("db_failures", "Writes the database refused (kept, tried again)", self.db_failures),
+        ):
+            yield CounterMetricFamily(f"cryptomon_book_{name}", doc, value=value)
+
+
+def main(settings: Settings) -> None:
+    service = BookService(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop_event.set())
+    service.run()
