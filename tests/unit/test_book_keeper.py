@@ -62,9 +62,12 @@ def oracle_rows(values, levels=20):
 
 
 def as_oracle(row):
-    dec = lambda xs: [Decimal(x) for x in xs]  # noqa: E731
-    return (row.symbol, row.snapshot_ms // 1000), (row.snapshot_ms, row.last_update_id,
-             list(zip(dec(row.bid_prices), dec(row.bid_qtys))), list(zip(dec(row.ask_prices), dec(row.ask_qtys))))  # fmt: skip
+    def levels(prices, qtys):
+        return [(Decimal(p), Decimal(q)) for p, q in zip(prices, qtys, strict=True)]
+
+    key = (row.symbol, row.snapshot_ms // 1000)
+    return key, (row.snapshot_ms, row.last_update_id, levels(row.bid_prices, row.bid_qtys),
+                 levels(row.ask_prices, row.ask_qtys))  # fmt: skip
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from cryptomon.binance import limits
 from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time, is_id, short_repr
@@ -112,6 +112,57 @@ def _zero(value: str) -> bool:
     return not value.strip("0.")
 
 
+class Side:
+    """One side of a book: its levels by exact price, and the prices in order. A diff mostly changes the
+    quantity of a level the book holds (a dict assignment); only a new or removed level touches the order."""
+
+    __slots__ = ("bids", "levels", "order")
+
+    def __init__(self, bids: bool):
+        self.bids = bids  # best = highest price; asks: lowest
+        self.levels: dict[Decimal, Level] = {}
+        self.order = SortedList()
+
+    def set(self, levels: Iterable[Level]) -> None:
+        book, order = self.levels, self.order
+        for price, qty in levels:
+            key = Decimal(price)
+            if _zero(qty):
+                if book.pop(key, None) is not None:  # removing a level the book does not hold "is normal"
+                    order.remove(key)
+            else:
+                if key not in book:
+                    order.add(key)
+                book[key] = (price, qty)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def best(self) -> Level | None:
+        if not self.order:
+            return None
+        return self.levels[self.order[-1] if self.bids else self.order[0]]
+
+    def best_price(self) -> Decimal | None:
+        if not self.order:
+            return None
+        return self.order[-1] if self.bids else self.order[0]
+
+    def deepest_price(self) -> Decimal | None:
+        if not self.order:
+            return None
+        return self.order[0] if self.bids else self.order[-1]
+
+    def top(self, n: int | None = None) -> list[Level]:
+        """The best n levels (all of them for None), best first."""
+        order = self.order
+        if self.bids:
+            keys = reversed(order) if n is None else reversed(order[-n:] if n < len(order) else order)
+        else:
+            keys = iter(order) if n is None else iter(order[:n])
+        return [self.levels[k] for k in keys]
+
+
 class OrderBook:
     """Both sides of one symbol's book as of `last_update_id`; best levels first."""
 
@@ -121,32 +172,23 @@ class OrderBook:
         self.symbol = snapshot.symbol
         self.last_update_id = snapshot.last_update_id
         self.last_event_ms: int | None = None  # E of the last diff applied (None: the snapshot as it came)
-        self.bids: SortedDict = SortedDict(lambda p: -p)  # price -> (price string, quantity string)
-        self.asks: SortedDict = SortedDict()
-        self._set(self.bids, snapshot.bids)
-        self._set(self.asks, snapshot.asks)
+        self.bids = Side(bids=True)
+        self.asks = Side(bids=False)
+        self.bids.set(snapshot.bids)
+        self.asks.set(snapshot.asks)
         # how deep the snapshot went: beyond it a level is known only once it changed
-        self.known_bid = self.bids.peekitem(-1)[0] if self.bids else None
-        self.known_ask = self.asks.peekitem(-1)[0] if self.asks else None
-
-    @staticmethod
-    def _set(side: SortedDict, levels: Iterable[Level]) -> None:
-        for price, qty in levels:
-            key = Decimal(price)
-            if _zero(qty):
-                side.pop(key, None)  # "can happen and is normal" for a level the book does not hold
-            else:
-                side[key] = (price, qty)
+        self.known_bid = self.bids.deepest_price()
+        self.known_ask = self.asks.deepest_price()
 
     def apply(self, diff: DepthDiff) -> None:
-        self._set(self.bids, diff.bids)
-        self._set(self.asks, diff.asks)
+        self.bids.set(diff.bids)
+        self.asks.set(diff.asks)
         self.last_update_id = diff.final_id
         self.last_event_ms = diff.event_ms
 
     def levels(self) -> tuple[list[Level], list[Level]]:
         """Every level of each side, best first."""
-        return list(self.bids.values()), list(self.asks.values())
+        return self.bids.top(), self.asks.top()
 
     @classmethod
     def restored(cls, snapshot: DepthSnapshot, last_event_ms: int | None, known_bid: str | None,
@@ -159,17 +201,18 @@ class OrderBook:
         return book
 
     def best_bid(self) -> Level | None:
-        return self.bids.peekitem(0)[1] if self.bids else None
+        return self.bids.best()
 
     def best_ask(self) -> Level | None:
-        return self.asks.peekitem(0)[1] if self.asks else None
+        return self.asks.best()
 
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
         """The best n levels of each side, best first."""
-        return list(self.bids.values()[:n]), list(self.asks.values()[:n])
+        return self.bids.top(n), self.asks.top(n)
 
     def crossed(self) -> bool:
-        return bool(self.bids and self.asks and self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0])
+        bid, ask = self.bids.best_price(), self.asks.best_price()
+        return bid is not None and ask is not None and bid >= ask
 
 
 class Step(Enum):

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cryptomon.backoff import Backoff
-from cryptomon.book.keeper import BookKeeper, BookRow
+from cryptomon.book.keeper import BookKeeper, BookRow, Checkpoint
 from cryptomon.book.store import BookStore, DeadLetterRow
 from cryptomon.errors import BadData, Unavailable
 from cryptomon.kafka.clients import consumer_config
@@ -171,7 +171,7 @@ class BookService:
         backoff, started = Backoff(0.5, 10.0), time.monotonic()
         while True:
             self.last_flush = time.monotonic()
-            point = self.keeper.checkpoint() if checkpoint else None
+            point = self._checkpoint() if checkpoint else None
             try:
                 self.store.write(self.rows, self.letters, point)
             except Unavailable as exc:
@@ -201,6 +201,16 @@ class BookService:
                 self.consumer.resume(self.assigned)
                 self.paused = False
             return
+
+    def _checkpoint(self) -> Checkpoint:
+        """The keeper's checkpoint, and where the consumer stands in partitions that brought no record yet
+        (a restart must not skip what comes into them meanwhile)."""
+        point = self.keeper.checkpoint()
+        if self.assigned:
+            for tp in self.consumer.position(self.assigned):
+                if tp.offset >= 0 and (tp.topic, tp.partition) not in point.positions:
+                    point.positions[(tp.topic, tp.partition)] = (tp.offset, 0)
+        return point
 
     # ---------------------------------------------------------------- health
 
