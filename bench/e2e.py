@@ -83,6 +83,7 @@ class Load:
     sim: list[str]  # `feed sim` arguments
     faults: str = "stall"  # "stall": one 30 s stall + slow REST; "disconnects": every connection dropped twice
     symbols: str | None = None  # CRYPTOMON_SYMBOLS (None: the default three)
+    symbols_count: int = 3
     settle_seconds: float = 150  # how long the market goes on after the run for backfills and repairs
     name: str = ""
 
@@ -112,13 +113,16 @@ def whole_market_load(size: int = 400) -> Load:
         ],
         faults="disconnects",
         symbols="*USDT",
+        symbols_count=size,
         settle_seconds=300,
         name=f"whole market ({size} symbols)",
     )
 
 
-def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, nodes: int = 1) -> dict:
-    port, worker_health, ingest_health = 39446, 39447, 39448
+def run_rate(
+    load: Load, seconds: float, logs: Path, sample_every: float = 1.0, nodes: int = 1, depth: bool = False
+) -> dict:
+    port, worker_health, ingest_health, book_health = 39446, 39447, 39448, 39449
     rate = load.rate
     with bench_stack(kafka_nodes=nodes) as s:
         extra = {"CRYPTOMON_SYMBOLS": load.symbols} if load.symbols else {}
@@ -131,6 +135,9 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
             CRYPTOMON_SPARK_UI_PORT=0,
             CRYPTOMON_WORKER_GROUP=f"bench-e2e-{uuid.uuid4().hex[:6]}",
             CRYPTOMON_SPARK_CHECKPOINT_DIR=logs / f"ckpt-{rate}",
+            CRYPTOMON_DEPTH="100ms" if depth else "off",
+            CRYPTOMON_BOOK_HEALTH_PORT=book_health,
+            CRYPTOMON_BOOK_START_LOOKBACK_SECONDS=0,
             **extra,
         )
         cli = [sys.executable, "-m", "cryptomon"]
@@ -155,7 +162,12 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
             logs / f"{rate}-sim.log",
         )
         wait(lambda: _get(f"http://127.0.0.1:{port}/sim/stats"), 30, "the simulator", interval=0.2)
+        if depth:
+            procs["book"] = spawn([*cli, "book"], env, logs / f"{rate}-book.log")
+            wait(lambda: (_get(f"http://127.0.0.1:{book_health}/health") or {}).get("assigned"), 60, "the book stage")
         procs["ingest"] = spawn([*cli, "ingest"], env, logs / f"{rate}-ingest.log")
+        ingest_started = time.monotonic()
+        books_synced_after, start_depth = None, None
         brokers = kafka_nodes(s)
         services = {**{b.name: b.pid() for b in brokers}, "postgres": TimescaleDB(s).pid()}
         pids = {**{n: p.pid for n, p in procs.items()}, **services}
@@ -193,6 +205,11 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
             body = _get(f"http://127.0.0.1:{worker_health}/health")
             if body:
                 lag.append(body.get("consumer_lag_total", 0))
+            if depth and books_synced_after is None:
+                book = _get(f"http://127.0.0.1:{book_health}/health") or {}
+                if book.get("books_synced", 0) >= load.symbols_count:
+                    books_synced_after = round(time.monotonic() - ingest_started, 1)
+                    start_depth = (_get(f"http://127.0.0.1:{ingest_health}/health") or {}).get("depth") or {}
         elapsed = time.monotonic() - t0
         cpu = {n: round((tree_usage(p)[0] - cpu0[n]) / elapsed, 2) for n, p in pids.items()}
         ended_wall = time.time()
@@ -204,7 +221,13 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
                  load.settle_seconds, "the windows with backfilled trades to equal their raw rows",
                  interval=1.0)  # fmt: skip
         stats = _pause_feed(port)  # the market stops; everything it generated must arrive
-        produce = ((_get(f"http://127.0.0.1:{ingest_health}/health") or {}).get("kafka") or {}).get("produce_latency")
+        ingest_body = _get(f"http://127.0.0.1:{ingest_health}/health") or {}
+        produce = (ingest_body.get("kafka") or {}).get("produce_latency")
+        book_result = None
+        if depth:
+            sim_depth = httpx.get(f"http://127.0.0.1:{port}/sim/stats", timeout=60).json()["depth_sent"]
+            book_result = _book_result(s, ingest_body, book_health, sim_depth, started_wall + 5, time.time(),
+                                       books_synced_after, start_depth)  # fmt: skip
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
             expected = {
                 "trades": stats.get("trade", 0) + stats.get("aggTrade", 0),
@@ -246,9 +269,9 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
                 (since, until, since, until),
             ).fetchone()[0]
             kafka_disk = {b.name: _bytes_under(b.data_dir) for b in brokers}
-        for name in ("feed", "ingest", "worker", "spark"):
+        for name in procs:
             procs[name].terminate()
-        for name in ("feed", "ingest", "worker", "spark"):
+        for name in procs:
             procs[name].wait(90)
     measured_rate = round(rows_in_run / (until - since))
     met = (
@@ -269,6 +292,7 @@ def run_rate(load: Load, seconds: float, logs: Path, sample_every: float = 1.0, 
         "measured_events_per_second": measured_rate,
         "offered_events_per_second": offered_rate,
         "kafka_nodes": nodes,
+        "book": book_result,
         "produce_latency": produce,  # the ingestion's produce() -> acks=all acknowledgement, whole run
         "raw_row_latency": raw,
         "metric_after_window_close": metric,
@@ -393,6 +417,37 @@ def _backfilled_windows(conn, since: float) -> int:
     ).fetchone()[0]  # fmt: skip
 
 
+def _book_result(s, ingest: dict, book_health: int, sim_depth: int, since: float, until: float,
+                 synced_after: float | None, start_depth: dict | None) -> dict:  # fmt: skip
+    """The order book's figures: diffs sent by the exchange against those in Kafka, the books' start (time
+    until every book synced, snapshot weight spent by then, 429s), the row latency (the last diff of a
+    second, E, to its row written) and the check."""
+    book = _get(f"http://127.0.0.1:{book_health}/health") or {}
+    with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
+        latency = percentiles(
+            conn,
+            "SELECT extract(epoch FROM inserted_at - snapshot_time) * 1000 AS ms FROM order_book_snapshots"
+            f" WHERE snapshot_time BETWEEN to_timestamp({since}) AND to_timestamp({until})",
+        )
+        rows = conn.execute("SELECT count(*) FROM order_book_snapshots").fetchone()[0]
+    d = ingest.get("depth") or {}
+    return {
+        "diffs_sent_by_exchange": sim_depth,
+        "diffs_produced": (ingest.get("messages_produced") or {}).get("depthUpdate", 0),
+        "snapshots_used": d.get("used"),
+        "snapshot_weight_spent": d.get("weight_spent"),
+        "rate_limited_429": (ingest.get("rest") or {}).get("rate_limited_429"),
+        "books_synced_after_s": synced_after,
+        "snapshot_weight_at_sync": (start_depth or {}).get("weight_spent"),
+        "books_synced": book.get("books_synced"),
+        "rows": rows,
+        "row_latency": latency,
+        "checks": sum(b.get("checks", 0) for b in (book.get("books") or {}).values()),
+        "mismatches": book.get("mismatches"),
+        "resyncs": sum(b.get("resyncs", 0) for b in (book.get("books") or {}).values()),
+    }
+
+
 def _bytes_under(folder: Path) -> int:
     """What a Kafka node's log directory holds on disk (segments, indexes, the metadata log)."""
     return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
@@ -477,6 +532,8 @@ def main() -> None:
                     help="Binance's whole spot market (400 symbols) for 10 minutes with two forced disconnects")  # fmt: skip
     ap.add_argument("--kafka-nodes", type=int, default=1,
                     help="Kafka as a cluster of this many nodes, topics replicated min(3, nodes) times")  # fmt: skip
+    ap.add_argument("--depth", action="store_true",
+                    help="the order book on: depth@100ms of every symbol into binance.depth and cryptomon book")  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.soak:
@@ -493,19 +550,29 @@ def main() -> None:
         loads = [whole_market_load(size)]
     else:
         loads = [rate_load(rate) for rate in rates]
-    results = [run_rate(load, seconds, logs, every, args.kafka_nodes) for load in loads]
+    results = [run_rate(load, seconds, logs, every, args.kafka_nodes, args.depth) for load in loads]
     at_5000 = next((r for r in results if r["target_events_per_second"] == 5000), None)
     at_20000 = next((r for r in results if r["target_events_per_second"] == 20000), None)
     goals = {"5000_events_per_s_sustained_raw_p99<=1s_metrics<=15s": at_5000["goal_met"] if at_5000 else None,
              "20000_events_per_s_metric_p99<=15s_exact": at_20000["goal_met"] if at_20000 else None}  # fmt: skip
     if args.whole_market:
         goals = {"whole_market_exact_accounting": results[0]["accounting"]["exact"]}
+    if args.depth and (book := results[0]["book"]):
+        goals.update({
+            "book_stage<=0.25_core": results[0]["cpu_cores"].get("book", 99) <= 0.25,
+            "book_row_p99<=2s": (book["row_latency"]["p99_ms"] or 1e9) <= 2000,
+            # a dropped connection loses the frames in flight (the book resyncs): not all, but nearly all
+            "diffs_in_kafka>=99%_of_sent": book["diffs_produced"] >= 0.99 * book["diffs_sent_by_exchange"],
+            "book_check_no_mismatch": book["mismatches"] == 0 and book["checks"] > 0,
+        })  # fmt: skip
     if args.soak:
         goals.update(soak_goals(results[0]))
     bounds = {"rss_bounds_mb": SOAK_RSS_BOUND_MB, "rss_bounds_note": SOAK_RSS_BOUNDS_NOTE} if args.soak else {}
     emit(
         {
-            "benchmark": ("market" if args.whole_market else "e2e") + ("_cluster" if args.kafka_nodes > 1 else ""),
+            "benchmark": ("market" if args.whole_market else "e2e")
+            + ("_cluster" if args.kafka_nodes > 1 else "")
+            + ("_depth" if args.depth else ""),
             "quick": args.quick,
             "soak": args.soak,
             "machine": machine(),

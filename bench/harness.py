@@ -13,9 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_cluster")
+BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_cluster", "market_depth")
 # benchmarks that are a mode of another script
-SCRIPTS = {"market": ("e2e", ["--whole-market"]), "market_cluster": ("e2e", ["--whole-market", "--kafka-nodes", "3"])}
+SCRIPTS = {
+    "market": ("e2e", ["--whole-market"]),
+    "market_cluster": ("e2e", ["--whole-market", "--kafka-nodes", "3"]),
+    "market_depth": ("e2e", ["--whole-market", "--depth"]),
+}
 
 
 def run(name: str, quick: bool, out_dir: Path, extra: list[str] = (), out_name: str | None = None) -> dict:
@@ -331,6 +335,36 @@ def render_cluster(single: dict, cluster: dict) -> list[str]:
     ]
 
 
+def render_depth(m: dict) -> list[str]:
+    """The whole market with the order book on: the book stage's cost and latency, the books' start."""
+    x = m["runs"][0]
+    b = x.get("book")
+    if not b:
+        return []
+    lat = b["row_latency"]
+    return [
+        "## The whole market with the order book",
+        "",
+        "The whole-market run with `CRYPTOMON_DEPTH=100ms`: the 400 symbols' `@depth@100ms` on their "
+        "connections, `binance.depth`, and `cryptomon book` writing `order_book_snapshots`. Row latency is "
+        "the last diff of a second (its event time) to its row written; the books' start is the time from "
+        "the ingestion's start until every book synced.",
+        "",
+        "| book stage CPU (cores) | book stage peak RSS | row latency p50 / p99 | diffs sent / in Kafka | "
+        "books synced after | snapshot weight then | 429s | bookTicker checks / mismatches | resyncs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {x['cpu_cores'].get('book', 0):g} | {x['peak_rss_mb'].get('book', 0)} MiB | {fmt(lat['p50_ms'], ' ms')} / "
+        f"{fmt(lat['p99_ms'], ' ms')} | {b['diffs_sent_by_exchange']:,} / {b['diffs_produced']:,} | "
+        f"{fmt(b['books_synced_after_s'], ' s')} | {fmt(b['snapshot_weight_at_sync'])} | {fmt(b['rate_limited_429'])} | "
+        f"{b['checks']:,} / {fmt(b['mismatches'])} | {fmt(b['resyncs'])} |",
+        "",
+        "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
+        "| --- |" + " --- |" * len(x["cpu_cores"]),
+        "| CPU (cores) | " + " | ".join(f"{v:g}" for v in x["cpu_cores"].values()) + " |",
+        "",
+    ]
+
+
 def render(report: dict) -> str:
     r = report["results"]
     m = report["machine"]
@@ -438,6 +472,8 @@ def render(report: dict) -> str:
         lines += render_market(mk) + goal_lines(mk)
         if (mc := r.get("market_cluster")) and not mc.get("failed"):
             lines += render_cluster(mk, mc) + goal_lines(mc)
+    if (md := r.get("market_depth")) and not md.get("failed"):
+        lines += render_depth(md) + goal_lines(md)
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]

@@ -54,6 +54,7 @@ class Stats:
     reordered: int = 0
     connections: int = 0
     drops: int = 0
+    depth_sent: int = 0  # depth diffs delivered to >= 1 client
 
 
 class Simulator:
@@ -325,8 +326,8 @@ class Simulator:
                     continue
                 if kind == "depth@100ms" or (kind == "depth" and tick % 10 == 0):
                     payload = self._depth_update(symbol, now_ms)
-                    if payload:
-                        await self._broadcast(stream, payload)
+                    if payload and await self._broadcast(stream, payload):
+                        self.stats.depth_sent += 1
                 elif kind == "kline_1m" and tick % int(KLINE_PUSH_S * 10) == 0:
                     event = self.market.kline_event(symbol, now_ms)
                     if event:
@@ -391,6 +392,7 @@ class Simulator:
             "connections": self.stats.connections,
             "connected": len(self.connections),
             "drops": self.stats.drops,
+            "depth_sent": self.stats.depth_sent,
             "malformed_sent": self.stats.malformed_sent,
             "duplicates_sent": self.stats.duplicates_sent,
             "reordered": self.stats.reordered,
