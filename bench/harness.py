@@ -263,6 +263,17 @@ def render_breakdown(runs: list[dict]) -> list[str]:
     ]
 
 
+def process_table(x: dict) -> list[str]:
+    """CPU and peak RSS per process tree of a run, one column each."""
+    return [
+        "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
+        "| --- |" + " --- |" * len(x["cpu_cores"]),
+        "| CPU (cores) | " + " | ".join(f"{v:g}" for v in x["cpu_cores"].values()) + " |",
+        "| peak RSS (MiB) | " + " | ".join(str(v) for v in x["peak_rss_mb"].values()) + " |",
+        "",
+    ]
+
+
 def render_market(m: dict) -> list[str]:
     x = m["runs"][0]
     raw, met, acc, rep = x["raw_row_latency"], x["metric_after_window_close"], x["accounting"], x.get("repair") or {}
@@ -285,11 +296,7 @@ def render_market(m: dict) -> list[str]:
         f"{rep.get('backfilled_windows', '–')} / {rep.get('repaired_windows', '–')}, "
         f"{fmt(rep.get('p99_ms') and round(rep['p99_ms'] / 1000, 1), ' s')} | {accounting(acc)} ({acc['stored']}) |",
         "",
-        "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
-        "| --- |" + " --- |" * len(x["cpu_cores"]),
-        "| CPU (cores) | " + " | ".join(f"{v:g}" for v in x["cpu_cores"].values()) + " |",
-        "| peak RSS (MiB) | " + " | ".join(str(v) for v in x["peak_rss_mb"].values()) + " |",
-        "",
+        *process_table(x),
         *render_breakdown(m["runs"]),
     ]
     return lines
@@ -358,10 +365,7 @@ def render_depth(m: dict) -> list[str]:
         f"{fmt(b['books_synced_after_s'], ' s')} | {fmt(b['snapshot_weight_at_sync'])} | {fmt(b['rate_limited_429'])} | "
         f"{b['checks']:,} / {fmt(b['mismatches'])} | {fmt(b['resyncs'])} |",
         "",
-        "| process tree | " + " | ".join(x["cpu_cores"]) + " |",
-        "| --- |" + " --- |" * len(x["cpu_cores"]),
-        "| CPU (cores) | " + " | ".join(f"{v:g}" for v in x["cpu_cores"].values()) + " |",
-        "",
+        *process_table(x),
     ]
 
 

@@ -22,7 +22,7 @@ from cryptomon.backoff import Backoff
 from cryptomon.book.keeper import BookKeeper, BookRow, Checkpoint
 from cryptomon.book.store import BookStore, DeadLetterRow
 from cryptomon.errors import BadData, Unavailable
-from cryptomon.kafka.clients import consumer_config
+from cryptomon.kafka.clients import STAGE_CONSUMER, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_DEPTH, BOOK_TICKER
@@ -62,9 +62,7 @@ class BookService:
                     **librdkafka_security(settings),
                     # partition p of binance.depth and of binance.book_ticker hold the same symbols: one stage
                     "partition.assignment.strategy": "range",
-                    "session.timeout.ms": 10_000,
-                    "heartbeat.interval.ms": 2_000,
-                    "fetch.wait.max.ms": 50,
+                    **STAGE_CONSUMER,
                     "client.id": "cryptomon-book",
                 },
             )

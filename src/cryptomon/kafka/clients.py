@@ -26,6 +26,11 @@ def consumer_config(bootstrap: str, group: str | None = None, extra: Mapping[str
     }
 
 
+# a stage's consumer that died without leaving (kill -9, power loss) holds its partitions until its session
+# expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
+STAGE_CONSUMER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000, "fetch.wait.max.ms": 50}
+
+
 def read_to_end(
     bootstrap: str,
     topic: str,

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cryptomon.backoff import Backoff
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
-from cryptomon.kafka.clients import cluster_view, consumer_config
+from cryptomon.kafka.clients import STAGE_CONSUMER, cluster_view, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
@@ -84,11 +84,7 @@ class Worker:
                     **librdkafka_security(settings),
                     "enable.auto.offset.store": False,
                     "partition.assignment.strategy": "cooperative-sticky",
-                    # a worker that died without leaving (kill -9, power loss) holds its partitions until its
-                    # session expires: 10 s instead of librdkafka's 45 s, so that a restart resumes sooner
-                    "session.timeout.ms": 10_000,
-                    "heartbeat.interval.ms": 2_000,
-                    "fetch.wait.max.ms": 50,
+                    **STAGE_CONSUMER,
                     "statistics.interval.ms": 2000,
                     "stats_cb": self._on_stats,
                     "client.id": "cryptomon-worker",
