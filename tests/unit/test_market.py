@@ -1,6 +1,8 @@
 import itertools
 import statistics
 
+import pytest
+
 from cryptomon.binance.schema import validate_payload
 from cryptomon.simulator.market import Conditions, Market, fmt
 
@@ -69,3 +71,40 @@ def test_rest_history_matches_the_stream():
 def test_fmt_is_exact():
     assert fmt(9_700_001_000_000) == "97000.01000000"
     assert fmt(1) == "0.00000001"
+
+
+@pytest.mark.parametrize(("symbol", "spread"), [("BTCUSDT", 1.0), ("PEPEUSDT", 40.0)])
+def test_the_depth_stream_keeps_a_client_s_book_equal_to_the_simulator_s(symbol, spread):
+    """A client that syncs by Binance's rules from a snapshot taken between two diffs holds, after every
+    diff, the book a new snapshot shows, and its best levels are the latest bookTicker's (wide spreads
+    move the best levels many ticks at once: the levels of every book in between are in the diff)."""
+    m = Market((symbol,), seed=7)
+    cond = Conditions(spread=spread)
+    u = 0
+    client = None
+    ticker = None
+    for n in range(400):
+        for kind, payload in m.step(symbol, 1_723_161_255_000 + n * 10, cond):
+            if kind == "bookTicker":
+                ticker = payload
+        if n == 3:  # the snapshot comes between two diffs
+            bids, asks = m.depth_levels(symbol, 1000)
+            client = ({p: q for p, q in bids}, {p: q for p, q in asks}, m.state[symbol].last_update_id)
+        if n % 5 == 4:  # a diff every 5 steps
+            bids, asks = m.depth_diff(symbol)
+            u = m.state[symbol].last_update_id
+            if client is None or u <= client[2]:
+                continue
+            for side, levels in ((client[0], bids), (client[1], asks)):
+                for p, q in levels:
+                    if float(q) == 0:
+                        side.pop(p, None)
+                    else:
+                        side[p] = q
+            now_b, now_a = m.depth_levels(symbol, 1000)
+            assert client[0] == dict(map(tuple, now_b)) and client[1] == dict(map(tuple, now_a)), n
+            best_bid = max(client[0], key=float)
+            best_ask = min(client[1], key=float)
+            assert (best_bid, client[0][best_bid], best_ask, client[1][best_ask]) == (
+                ticker["b"], ticker["B"], ticker["a"], ticker["A"])  # fmt: skip
+    assert u > 100

@@ -37,7 +37,6 @@ MALFORMED = [
     b'{"stream":"%(sym)s@bookTicker","data":{"u":1,"s":"%(SYM)s","b":"1.0","B":"1.0"}}',  # missing ask
     b"[1,2,3]",
 ]
-DEPTH_LEVELS = 20  # levels per side the depth streams keep their subscribers in step with
 KLINE_PUSH_S = 2.0  # Binance pushes kline updates every 2 s
 HISTORY_BUDGET = 2_000_000  # trades (and aggTrades) kept over all symbols, unless --history says otherwise
 
@@ -107,7 +106,7 @@ class Simulator:
         self._held: tuple[str, str, dict] | None = None
         self._tasks: list[asyncio.Task] = []
         self._symbol_cycle = itertools.cycle(self.symbols)
-        self._depth_sent: dict[str, tuple[dict[str, str], dict[str, str], int]] = {}  # per symbol
+        self._depth_sent: dict[str, int] = {}  # per symbol: the u of its last depthUpdate
         self.ready_frames: int | None = None  # firehose mode: frames pre-generated
 
     # ---------------------------------------------------------------- subscriptions
@@ -334,21 +333,16 @@ class Simulator:
                         await self._broadcast(stream, event)
 
     def _depth_update(self, symbol: str, now_ms: int) -> dict | None:
+        """The symbol's next depthUpdate: every level changed since the last one (U..u: the update ids in
+        between), None when its book has not changed."""
         st = self.market.state[symbol]
-        bids, asks = self.market.depth_levels(symbol, DEPTH_LEVELS)
-        new_b, new_a = dict((p, q) for p, q in bids), dict((p, q) for p, q in asks)
-        old_b, old_a, last_u = self._depth_sent.get(symbol, ({}, {}, 0))
+        last_u = self._depth_sent.get(symbol, 0)
         if last_u == st.last_update_id:
             return None
-        self._depth_sent[symbol] = (new_b, new_a, st.last_update_id)
-
-        def diff(old: dict[str, str], new: dict[str, str]) -> list[list[str]]:
-            return [[p, q] for p, q in new.items() if old.get(p) != q] + [
-                [p, "0.00000000"] for p in old if p not in new
-            ]
-
+        self._depth_sent[symbol] = st.last_update_id
+        bids, asks = self.market.depth_diff(symbol)
         return {"e": "depthUpdate", "E": now_ms, "s": symbol, "U": last_u + 1 if last_u else st.last_update_id,
-                "u": st.last_update_id, "b": diff(old_b, new_b), "a": diff(old_a, new_a)}  # fmt: skip
+                "u": st.last_update_id, "b": bids, "a": asks}  # fmt: skip
 
     # ---------------------------------------------------------------- faults
 

@@ -114,6 +114,11 @@ class SymbolState:
     ask_qty: int = 0
     klines: deque[Kline] = field(default_factory=lambda: deque(maxlen=KLINES_KEPT))
     last_trade_time: int = 0
+    # while someone follows the depth stream: the best bid and ask (price, quantity) of every book the
+    # symbol had since the last diff, so that the next diff holds every level that changed in between
+    depth_watched: bool = False
+    visited: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=10_000))
+    depth_sent_once: bool = False
 
     @property
     def symbol(self) -> str:
@@ -190,6 +195,8 @@ class Market:
         st = self.state[symbol]
         inst = st.inst
         rng = self.rng
+        if st.depth_watched and st.bid:
+            st.visited.append((st.bid, st.bid_qty, st.ask, st.ask_qty))
         spread_ticks = max(1, round(rng.uniform(1.0, 2.0) * cond.spread))
         st.bid = st.price - (spread_ticks // 2) * inst.tick
         st.ask = st.bid + spread_ticks * inst.tick
@@ -320,18 +327,45 @@ class Market:
                 "askQty": fmt(st.ask_qty)}  # fmt: skip
 
     def depth_levels(self, symbol: str, limit: int) -> tuple[list[list[str]], list[list[str]]]:
-        """The top `limit` levels of each side: the best bid and ask with the bookTicker's quantities, and
-        below them a level at every tick whose quantity depends only on its price (so a snapshot and the
-        diff stream agree on every level)."""
+        """The book's top `limit` levels of each side (it holds BOOK_LEVELS): the best bid and ask with the
+        bookTicker's quantities, and below them a level at every tick whose quantity depends only on its
+        price."""
         st = self.state[symbol]
+        st.depth_watched = True  # a client syncing from this snapshot needs the diffs of every book after it
+        bids, asks = self._window(st, st.bid, st.bid_qty, st.ask, st.ask_qty)
+        return ([[fmt(p), fmt(q)] for p, q in list(bids.items())[:limit]],
+                [[fmt(p), fmt(q)] for p, q in list(asks.items())[:limit]])  # fmt: skip
+
+    def _window(self, st: SymbolState, bid: int, bid_qty: int, ask: int, ask_qty: int) -> tuple[dict, dict]:
+        """The book with that best bid and ask: BOOK_LEVELS levels a side, best first, price -> quantity."""
         tick = st.inst.tick
-        bids = [[fmt(st.bid), fmt(st.bid_qty)]]
-        asks = [[fmt(st.ask), fmt(st.ask_qty)]]
-        for i in range(1, limit):
-            if st.bid - i * tick > 0:
-                bids.append([fmt(st.bid - i * tick), fmt(self._level_qty(st, st.bid - i * tick))])
-            asks.append([fmt(st.ask + i * tick), fmt(self._level_qty(st, st.ask + i * tick))])
+        bids, asks = {bid: bid_qty}, {ask: ask_qty}
+        for i in range(1, BOOK_LEVELS):
+            if bid - i * tick > 0:
+                bids[bid - i * tick] = self._level_qty(st, bid - i * tick)
+            asks[ask + i * tick] = self._level_qty(st, ask + i * tick)
         return bids, asks
+
+    def depth_diff(self, symbol: str) -> tuple[list[list[str]], list[list[str]]]:
+        """Every level that changed since the last call, as Binance's diffs hold them: the quantity it has
+        now, 0 for one the book no longer holds (the levels of a book visited in between count too). Below
+        the best, a level's quantity depends on its price alone, so only the prices that entered or left
+        the book and the best levels can have changed."""
+        st = self.state[symbol]
+        visited, st.visited = st.visited, deque(maxlen=10_000)
+        st.depth_watched = True
+        tick = st.inst.tick
+        now_b, now_a = self._window(st, st.bid, st.bid_qty, st.ask, st.ask_qty)
+        first, st.depth_sent_once = not st.depth_sent_once, True
+        touched_b: set[int] = set(now_b) if first else {st.bid}
+        touched_a: set[int] = set(now_a) if first else {st.ask}
+        for bid, _, ask, _ in visited:
+            touched_b |= {bid - i * tick for i in range(BOOK_LEVELS) if bid - i * tick > 0} ^ now_b.keys()
+            touched_a |= {ask + i * tick for i in range(BOOK_LEVELS)} ^ now_a.keys()
+            touched_b.add(bid)
+            touched_a.add(ask)
+        return ([[fmt(p), fmt(now_b.get(p, 0))] for p in sorted(touched_b, reverse=True)],
+                [[fmt(p), fmt(now_a.get(p, 0))] for p in sorted(touched_a)])  # fmt: skip
 
     @staticmethod
     def _level_qty(st: SymbolState, price: int) -> int:
@@ -339,6 +373,9 @@ class Market:
         return max(
             st.inst.step, int((0.2 + (h % 1000) / 200) * st.inst.book_qty * SCALE) // st.inst.step * st.inst.step
         )
+
+
+BOOK_LEVELS = 20  # levels a side the simulator's books hold (its depth stream and snapshots cover all of them)
 
 
 def trade_payload(symbol: str, tid: int, price: int, qty: int, time: int, buyer_maker: bool) -> dict:
