@@ -182,3 +182,16 @@ def test_the_check_waits_for_a_later_ticker_and_counts_a_mismatch():
     (m,) = c.on_ticker(15, *top)  # checked against 12, whose bid is 99
     assert (m.update_id, m.ticker_id, m.ticker[0]) == (13, 12, ("99", "1")) and c.mismatches == 1
     assert c.on_book(7, *top) is None and c.unchecked == 1  # before any bookTicker kept
+
+
+def test_a_top_is_checked_only_against_a_bookticker_of_its_own_connection_session():
+    """Both streams of a symbol come over one connection: bookTickers lost with a connection would make an
+    older one look like the latest, so a top of the new session is not checked against the old one's."""
+    c = TopOfBookCheck()
+    c.on_ticker(8, ("100", "1"), ("101", "2"), session=1)
+    # reconnected (session 2): the bookTickers 9..11 were lost with session 1, the book moved on at 11
+    assert c.on_book(11, ("99", "1"), ("101", "2"), session=2) is None
+    assert c.on_ticker(14, ("99", "1"), ("101", "2"), session=2) == []
+    assert (c.checks, c.mismatches, c.unchecked) == (0, 0, 1)  # not a false mismatch against 8
+    assert c.on_book(15, ("99", "1"), ("101", "2"), session=2) is None and c.checks == 0  # waits for > 15
+    assert c.on_ticker(16, ("99", "1"), ("101", "2"), session=2) == [] and c.checks == 1

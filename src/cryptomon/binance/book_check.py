@@ -4,7 +4,10 @@ best bid and ask equal those of the latest bookTicker whose `u` is at or below t
 
 The two streams come interleaved in any order (on one connection, but each from its own source), so a
 book's top at `u` is held until a bookTicker above `u` has come: then the latest one at or below `u` is
-known. Pure: the caller feeds both streams and reads the counts and the mismatches.
+known. A bookTicker lost with its connection (both streams of a symbol come over one) would make an older
+one look like the latest, so each record may carry the connection session it came over (the ingestion's
+`session`): a top is checked only against a bookTicker of its own session. Pure: the caller feeds both
+streams and reads the counts and the mismatches.
 """
 
 from __future__ import annotations
@@ -38,27 +41,31 @@ class TopOfBookCheck:
     def __init__(self) -> None:
         self._ids: deque[int] = deque(maxlen=HISTORY)
         self._tops: deque[tuple[Level, Level]] = deque(maxlen=HISTORY)
-        self._pending: deque[tuple[int, Level | None, Level | None]] = deque(maxlen=PENDING)
+        self._sessions: deque[int | None] = deque(maxlen=HISTORY)
+        self._pending: deque[tuple[int, Level | None, Level | None, int | None]] = deque(maxlen=PENDING)
         self.checks = 0
         self.mismatches = 0
         self.unchecked = 0  # tops whose bookTicker had left the history (or came before any)
 
-    def on_ticker(self, update_id: int, bid: Level, ask: Level) -> list[Mismatch]:
+    def on_ticker(self, update_id: int, bid: Level, ask: Level, session: int | None = None) -> list[Mismatch]:
         if self._ids and update_id <= self._ids[-1]:
             return []  # a repeat or an older one: the stream's ids only grow
         self._ids.append(update_id)
         self._tops.append((bid, ask))
+        self._sessions.append(session)
         found = []
         while self._pending and self._pending[0][0] < update_id:
             if (m := self._check(*self._pending.popleft())) is not None:
                 found.append(m)
         return found
 
-    def on_book(self, update_id: int, bid: Level | None, ask: Level | None) -> Mismatch | None:
-        """The book's best levels after the diff ending at `update_id`."""
+    def on_book(
+        self, update_id: int, bid: Level | None, ask: Level | None, session: int | None = None
+    ) -> Mismatch | None:
+        """The book's best levels after the diff ending at `update_id` (that came over `session`)."""
         if self._ids and self._ids[-1] > update_id:
-            return self._check(update_id, bid, ask)
-        self._pending.append((update_id, bid, ask))
+            return self._check(update_id, bid, ask, session)
+        self._pending.append((update_id, bid, ask, session))
         return None
 
     @property
@@ -70,9 +77,9 @@ class TopOfBookCheck:
         """The book resyncs: tops of the old one are not checked."""
         self._pending.clear()
 
-    def _check(self, update_id: int, bid: Level | None, ask: Level | None) -> Mismatch | None:
+    def _check(self, update_id: int, bid: Level | None, ask: Level | None, session: int | None) -> Mismatch | None:
         i = bisect_right(self._ids, update_id) - 1
-        if i < 0:
+        if i < 0 or self._sessions[i] != session:  # gone from the history, or of another connection
             self.unchecked += 1
             return None
         t_bid, t_ask = self._tops[i]

@@ -47,7 +47,7 @@ _KNOWN = {
     AGG_TRADE: frozenset({"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}),
     BOOK_TICKER_EVENT: frozenset({"u", "s", "b", "B", "a", "A"}),
 }
-ADDED_FIELDS = frozenset({"ingestion_timestamp", "backfilled"})
+ADDED_FIELDS = frozenset({"ingestion_timestamp", "backfilled", "session"})
 _SCALARS = (str, int, float, bool, type(None))
 
 

@@ -68,6 +68,7 @@ class SymbolBook:
     check: TopOfBookCheck
     partition: int
     pending: bool = False  # the book changed in its current interval: a row is due
+    session: int | None = None  # the connection session of the symbol's last diff (the check's)
     needed_from: int | None = None  # offset of the first diff buffered while waiting for a snapshot
     mismatches: list[Mismatch] = field(default_factory=list)  # the last few, for /health
 
@@ -115,6 +116,7 @@ class BookKeeper:
             return self._after(book, book.sync.on_snapshot(snapshot), offset, [])
         diff = DepthDiff.from_payload(value, latest_ms=latest_ms)
         book = self._book(diff.symbol, partition)
+        book.session = value.get("session") if type(value.get("session")) is int else None
         clock = self.clocks.setdefault(partition, PartitionClock())
         rows: list[BookRow] = []
         current = book.sync.book
@@ -155,7 +157,8 @@ class BookKeeper:
                 log.info("%s: book synced at update %d", sync.symbol, sync.book.last_update_id if sync.book else -1)
             assert sync.book is not None
             self._mark(book, sync.book)
-            if m := book.check.on_book(sync.book.last_update_id, sync.book.best_bid(), sync.book.best_ask()):
+            ob = sync.book
+            if m := book.check.on_book(ob.last_update_id, ob.best_bid(), ob.best_ask(), book.session):
                 self._mismatch(book, m)
         return rows
 
@@ -174,7 +177,8 @@ class BookKeeper:
         if book is None:
             return
         validate_payload(BOOK_TICKER_EVENT, value)
-        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"])):
+        session = value.get("session") if type(value.get("session")) is int else None
+        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"]), session):
             self._mismatch(book, m)
 
     def _mismatch(self, book: SymbolBook, m: Mismatch) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from cryptomon.errors import Unavailable
 from cryptomon.ratelimit import Window
 
 log = logging.getLogger(__name__)
+# connection sessions: unique per process (its start, in ms, times 1,000) and connection
+_SESSIONS = itertools.count(time.time_ns() // 1_000_000 * 1000 + 1)
 
 # pace new connections below Binance's 300 per 5 minutes (leaves room for a restart of the process)
 CONNECTIONS_PER_WINDOW = limits.MAX_CONNECTIONS_PER_5_MINUTES * 4 // 5
@@ -98,7 +101,7 @@ class StreamConnection:
         name: str,
         base_url: str,
         streams: list[str],
-        handle: Callable[[str | bytes], None],
+        handle: Callable[[str | bytes, int], None],
         gate: ConnectionGate,
         disk: DiskGuard,
         options: ConnOptions,
@@ -107,7 +110,8 @@ class StreamConnection:
         self.name = name
         self.base_url = base_url
         self.streams = list(streams)
-        self.handle = handle  # may raise Rotate (serverShutdown)
+        self.handle = handle  # (frame, session); may raise Rotate (serverShutdown)
+        self.session = 0
         self.gate = gate
         self.disk = disk
         self.options = options
@@ -193,6 +197,7 @@ class StreamConnection:
     async def _session(self, handover: tuple | None = None) -> None:
         """One connection: consume until it closes, goes silent, or must be rotated."""
         ws, first = handover if handover else (await self._connect(), None)
+        self.session = next(_SESSIONS)  # frames of one session come in order, none lost in between
         self._handover = self._disk_low = None
         self._restream.clear()
         async with ws:
@@ -227,7 +232,7 @@ class StreamConnection:
         st = self.stats
         st.last_message = time.monotonic()
         st.frames += 1
-        self.handle(raw)
+        self.handle(raw, self.session)
 
     async def _read(self, ws: ClientConnection) -> None:
         frame = self._frame

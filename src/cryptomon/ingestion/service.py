@@ -87,12 +87,13 @@ class Ingestor:
 
     # ---------------------------------------------------------------- hot path
 
-    def handle(self, raw: str | bytes) -> None:
-        """One frame: routed to Kafka, dropped as a duplicate, or dead-lettered; never an exception for the
-        connection (except Rotate, which asks it to reconnect) however the frame was made."""
+    def handle(self, raw: str | bytes, session: int | None = None) -> None:
+        """One frame (that came over the connection session `session`): routed to Kafka, dropped as a
+        duplicate, or dead-lettered; never an exception for the connection (except Rotate, which asks it to
+        reconnect) however the frame was made."""
         ingestion_ms = time.time_ns() // 1_000_000
         try:
-            self._handle(raw, ingestion_ms)
+            self._handle(raw, ingestion_ms, session)
         except Rotate:
             raise
         except BadData as bad:
@@ -101,7 +102,7 @@ class Ingestor:
             log.exception("frame could not be handled: dead letter")
             self.dead_letter(raw, "internal_error", repr(exc), ingestion_ms)
 
-    def _handle(self, raw: str | bytes, ingestion_ms: int) -> None:
+    def _handle(self, raw: str | bytes, ingestion_ms: int, session: int | None = None) -> None:
         st = self.stats
         try:
             ev = parse_frame(raw, self.accepting, ingestion_ms + self.skew_ms, self.depth_stream)
@@ -134,10 +135,12 @@ class Ingestor:
                 return
             if verdict is LATE:
                 st.late += 1
-        self._produce(ev, ingestion_ms)
+        # a depth diff and a bookTicker say which connection session they came over (the book's check)
+        self._produce(ev, ingestion_ms, session=session if ev.kind in (DEPTH, BOOK_TICKER_EVENT) else None)
 
-    def _produce(self, ev: Event, ingestion_ms: int, backfilled: bool = False) -> None:
-        self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), encode(ev, ingestion_ms, backfilled))
+    def _produce(self, ev: Event, ingestion_ms: int, backfilled: bool = False, session: int | None = None) -> None:
+        value = encode(ev, ingestion_ms, backfilled, session)
+        self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), value)
         self.stats.produced[ev.kind] += 1
 
     def _backfilled(self, ev: Event, ingestion_ms: int) -> None:
