@@ -534,6 +534,7 @@ def main() -> None:
                     help="Kafka as a cluster of this many nodes, topics replicated min(3, nodes) times")  # fmt: skip
     ap.add_argument("--depth", action="store_true",
                     help="the order book on: depth@100ms of every symbol into binance.depth and cryptomon book")  # fmt: skip
+    ap.add_argument("--symbols", type=int, help="whole market: this many of its symbols (default 400; quick 50)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.soak:
@@ -547,6 +548,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     if args.whole_market:
         size, seconds = (50, args.seconds or 90.0) if args.quick else (400, args.seconds or 600.0)
+        size = args.symbols or size
         loads = [whole_market_load(size)]
     else:
         loads = [rate_load(rate) for rate in rates]

@@ -286,3 +286,22 @@ def test_a_recorded_feed_is_replayed_over_wss_with_the_frames_as_recorded(tmp_pa
 
         wait_for(listening, 30, what="the replay server")
         assert asyncio.run(read()) == frames
+
+
+def test_ccxt_unmodified_but_its_hosts_loads_the_markets(exchange):
+    """ccxt.binance() as a user points it elsewhere: every api.binance.com, fapi.binance.com and
+    dapi.binance.com URL on the simulator, no option changed. Its default load_markets reads the spot,
+    USDⓈ-M and COIN-M exchangeInfo; the simulator's futures markets are empty."""
+    import ccxt
+
+    urls = {
+        key: url.replace("https://api.binance.com", f"http://{exchange}")
+        .replace("https://fapi.binance.com", f"http://{exchange}")
+        .replace("https://dapi.binance.com", f"http://{exchange}")
+        for key, url in ccxt.binance().urls["api"].items()
+        if isinstance(url, str)
+    }
+    ex = ccxt.binance({"urls": {"api": urls}})
+    markets = ex.load_markets()
+    assert {m["type"] for m in markets.values()} == {"spot"} and len(markets) >= 20
+    assert ex.fetch_order_book("BTC/USDT", limit=5)["bids"]

@@ -98,3 +98,50 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
         assert sync.book.last_update_id == oracle.id
         bids, asks = sync.book.top(20)
         assert (as_decimals(bids), as_decimals(asks)) == oracle.top(20)
+
+
+def test_cryptofeed_s_raw_recording_replays_its_rest_snapshots_and_the_books_rebuild(stack):
+    """BINANCE-ee25be.0, cryptofeed's raw recording (3 spot symbols, depth, aggTrade and kline, and a REST
+    depth snapshot each, `<url> -> <ts>: <body>`): feed replay serves those snapshots, the ingestion syncs
+    the three books on them, and the books rebuilt from binance.depth alone equal the files' own."""
+    capture = [real_capture("BINANCE-ee25be.0")]
+    symbols = ("BTCUSDT", "ETHUSDT", "DOTUSDT")
+    port = free_port()
+    env = exchange_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_DEPTH="100ms", **FUTURE_SKEW)
+    t0 = time.time_ns() // 1_000_000
+    shift = shift_to_now(first_event_ms(capture), t0)
+    files: dict[str, list[dict]] = defaultdict(list)
+    recorded: dict[str, dict] = {}
+    for _, sym, kind, d in read_captures(capture, shift_ms=shift, snapshots=True):
+        if kind.startswith("depth@"):
+            files[sym].append(d)
+        elif kind == DEPTH_SNAPSHOT:
+            recorded[sym] = d
+    assert set(recorded) == set(symbols)
+    health = env["CRYPTOMON_INGEST_HEALTH_PORT"]
+    replay = replay_args(capture, port, "--rate", "0", "--shift-minutes", str(shift // 60_000))
+    with running("replay-cryptofeed", replay, env), running("ingest-cryptofeed", ["ingest"], env):
+        wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 120, "the replay to finish")
+        wait_json(f"http://127.0.0.1:{health}/health", lambda b: (b.get("depth") or {}).get("used") == 3,
+                  60, "a snapshot of each book used")  # fmt: skip
+        messages, _ = read_to_end(stack.kafka_bootstrap, topic_name(BOOK_DEPTH), "test-depth-cf")
+    records: dict[str, list[dict]] = defaultdict(list)
+    for m in messages:
+        v = orjson.loads(m.value())
+        if v.get("s") in symbols and v.get("ingestion_timestamp", 0) >= t0:
+            records[v["s"]].append(v)
+    for s in symbols:
+        assert [(v["U"], v["u"]) for v in records[s] if v["e"] == DEPTH] == [(d["U"], d["u"]) for d in files[s]]
+        sync = DepthSync(s)
+        for v in records[s]:
+            if v["e"] == DEPTH_SNAPSHOT:
+                assert v["lastUpdateId"] == recorded[s]["lastUpdateId"]
+                sync.on_snapshot(DepthSnapshot.from_rest(s, v))
+            else:
+                sync.on_diff(DepthDiff.from_payload(v, s))
+        oracle = NaiveBook(recorded[s])
+        for d in files[s]:
+            oracle.apply(d)
+        assert sync.synced and sync.resyncs == 0 and sync.book.last_update_id == oracle.id
+        bids, asks = sync.book.top(20)
+        assert (as_decimals(bids), as_decimals(asks)) == oracle.top(20)

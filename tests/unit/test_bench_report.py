@@ -37,6 +37,14 @@ def test_every_headline_figure_is_in_the_report():
     market = r["market"]["runs"][0]
     assert f"| {harness.fmt(market['measured_events_per_second'])} | {market['symbols_stored']} |" in text
     assert f"Highest sustained: **{r['spark']['highest_sustained_events_per_second']:,} events/s**" in text
+    for name in ("market_depth", "market_cluster"):  # one broker and three, the same load, the book on
+        run = r[name]["runs"][0]
+        assert (
+            f"| {harness.fmt(run['measured_events_per_second'])} | {harness.fmt(run['produce_latency']['p50_ms'], ' ms')}"
+            in text
+        )
+    book = r["market_depth"]["runs"][0]["book"]
+    assert f"{book['diffs_sent_by_exchange']:,} / {book['diffs_produced']:,}" in text
     live = r["sim"]["live"]
     assert f"| simulator, live market | {live['received_per_second']['trade']:,.0f} |" in text
     assert f"{r['sim']['baseline_firehose']['frames_per_second']:,.0f}" in text

@@ -91,6 +91,10 @@ class RestApi:
             ("/api/v3/ticker/bookTicker", self.book_ticker),
         ):
             r.add_get(path, handler)
+        # what unmodified clients read before anything else: ccxt's load_markets asks the USDⓈ-M and COIN-M
+        # futures APIs too. The simulator is a spot exchange: its futures markets are empty, not a 404.
+        r.add_get("/fapi/v1/exchangeInfo", lambda request: self.futures_exchange_info("U_MARGINED"))
+        r.add_get("/dapi/v1/exchangeInfo", lambda request: self.futures_exchange_info("COIN_MARGINED"))
         r.add_post("/sim/rest", self.set_faults)
 
     # ---------------------------------------------------------------- middleware
@@ -231,6 +235,11 @@ class RestApi:
         if names is not None:
             instruments = {s: instruments[s] for s in names}
         return _json(exchange_info(instruments, _now_ms(), self.weights.limit))
+
+    async def futures_exchange_info(self, futures_type: str) -> web.Response:
+        return _json({"timezone": "UTC", "serverTime": _now_ms(), "futuresType": futures_type,
+                      "rateLimits": exchange_info({}, _now_ms(), self.weights.limit)["rateLimits"],
+                      "exchangeFilters": [], "assets": [], "symbols": []})  # fmt: skip
 
     async def depth(self, request: web.Request) -> web.Response:
         q = request.query
