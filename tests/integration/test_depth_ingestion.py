@@ -28,19 +28,31 @@ pytestmark = pytest.mark.integration
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_agrees_with(stack):
-    captures = [real_capture("btcusdt_20240808.gz"), real_capture("ethusdt_20240808.gz")]
-    port = free_port()
-    env = exchange_env(stack, port, CRYPTOMON_SYMBOLS=",".join(SYMBOLS), CRYPTOMON_DEPTH="100ms", **FUTURE_SKEW)
-    t0 = time.time_ns() // 1_000_000
-    shift = shift_to_now(first_event_ms(captures), t0)  # what --shift-to-now does
-    files: dict[str, list[dict]] = defaultdict(list)  # each symbol's diffs in the files, in order
+def depth_in_files(captures: list, shift: int) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Each symbol's diffs in the captures, in order (event times shifted as the replay shifts them), and
+    the depth snapshot recorded for it."""
+    files: dict[str, list[dict]] = defaultdict(list)
     recorded: dict[str, dict] = {}
     for _, sym, kind, d in read_captures(captures, shift_ms=shift, snapshots=True):
         if kind.startswith("depth@"):
             files[sym].append(d)
         elif kind == DEPTH_SNAPSHOT:
             recorded[sym] = d
+    return files, recorded
+
+
+def feed_ticker(check: TopOfBookCheck, ticker: dict) -> list:
+    """A bookTicker record into the check; the mismatches it resolved."""
+    return check.on_ticker(ticker["u"], (ticker["b"], ticker["B"]), (ticker["a"], ticker["A"]))
+
+
+def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_agrees_with(stack):
+    captures = [real_capture("btcusdt_20240808.gz"), real_capture("ethusdt_20240808.gz")]
+    port = free_port()
+    env = exchange_env(stack, port, CRYPTOMON_SYMBOLS=",".join(SYMBOLS), CRYPTOMON_DEPTH="100ms", **FUTURE_SKEW)
+    t0 = time.time_ns() // 1_000_000
+    shift = shift_to_now(first_event_ms(captures), t0)  # what --shift-to-now does
+    files, recorded = depth_in_files(captures, shift)
     health = env["CRYPTOMON_INGEST_HEALTH_PORT"]
 
     def since_t0(role: str) -> dict[str, list[dict]]:
@@ -78,7 +90,7 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
                 step = sync.on_snapshot(DepthSnapshot.from_rest(s, v))
             else:
                 while ticker is not None and ticker["u"] <= v["u"]:
-                    mismatches += check.on_ticker(ticker["u"], (ticker["b"], ticker["B"]), (ticker["a"], ticker["A"]))
+                    mismatches += feed_ticker(check, ticker)
                     ticker = next(pending, None)
                 step = sync.on_diff(DepthDiff.from_payload(v, s))
             if step in (Step.APPLIED, Step.SYNCED):
@@ -86,7 +98,7 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
                 if m := check.on_book(book.last_update_id, book.best_bid(), book.best_ask()):
                     mismatches.append(m)
         while ticker is not None:
-            mismatches += check.on_ticker(ticker["u"], (ticker["b"], ticker["B"]), (ticker["a"], ticker["A"]))
+            mismatches += feed_ticker(check, ticker)
             ticker = next(pending, None)
         assert sync.synced and sync.resyncs == 0 and mismatches == []
         # every top checked (the diffs buffered before the snapshot came are checked as one, at the sync)
@@ -110,13 +122,7 @@ def test_cryptofeed_s_raw_recording_replays_its_rest_snapshots_and_the_books_reb
     env = exchange_env(stack, port, CRYPTOMON_SYMBOLS=",".join(symbols), CRYPTOMON_DEPTH="100ms", **FUTURE_SKEW)
     t0 = time.time_ns() // 1_000_000
     shift = shift_to_now(first_event_ms(capture), t0)
-    files: dict[str, list[dict]] = defaultdict(list)
-    recorded: dict[str, dict] = {}
-    for _, sym, kind, d in read_captures(capture, shift_ms=shift, snapshots=True):
-        if kind.startswith("depth@"):
-            files[sym].append(d)
-        elif kind == DEPTH_SNAPSHOT:
-            recorded[sym] = d
+    files, recorded = depth_in_files(capture, shift)
     assert set(recorded) == set(symbols)
     health = env["CRYPTOMON_INGEST_HEALTH_PORT"]
     replay = replay_args(capture, port, "--rate", "0", "--shift-minutes", str(shift // 60_000))

@@ -31,7 +31,7 @@ from enum import Enum
 from sortedcontainers import SortedList
 
 from cryptomon.binance import limits
-from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time, is_id, short_repr
+from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time, is_id, is_zero, short_repr
 from cryptomon.errors import BadData
 
 Level = tuple[str, str]  # (price, quantity) as Binance wrote them
@@ -101,15 +101,10 @@ def _levels(raw: object, name: str) -> tuple[Level, ...]:
             isinstance(qty, str) and QUANTITY.fullmatch(qty)
         ):
             raise BadData("bad_depth", f"{name}: level {short_repr(level)}")
-        if _zero(price):
+        if is_zero(price):
             raise BadData("bad_depth", f"{name}: a level at price 0")
         out.append((price, qty))
     return tuple(out)
-
-
-def _zero(value: str) -> bool:
-    """A validated decimal string (digits, at most one point) is zero when it has no other digit."""
-    return not value.strip("0.")
 
 
 class Side:
@@ -127,7 +122,7 @@ class Side:
         book, order = self.levels, self.order
         for price, qty in levels:
             key = Decimal(price)
-            if _zero(qty):
+            if is_zero(qty):
                 if book.pop(key, None) is not None:  # removing a level the book does not hold "is normal"
                     order.remove(key)
             else:

@@ -82,7 +82,7 @@ def validate_payload(kind: str, data: object, symbol: str | None = None, latest_
         if pattern.fullmatch(data[name]) is None:  # not match: "$" also matches before a final newline
             _bad_decimal(kind, name, data[name], pattern)
     for name in _POSITIVE[kind]:
-        if not data[name].strip("0."):
+        if is_zero(data[name]):
             raise BadData("not_positive", f"{kind} field {name!r}={data[name]!r} is zero")
     for name in _IDS[kind]:
         if not 0 <= data[name] <= limits.MAX_ID:
@@ -98,6 +98,11 @@ def validate_payload(kind: str, data: object, symbol: str | None = None, latest_
         ):
             _bad_unknown(kind, name, value)
     return s
+
+
+def is_zero(decimal: str) -> bool:
+    """A decimal string the contract accepted (digits, at most one point) is zero when it has no other digit."""
+    return not decimal.strip("0.")
 
 
 def is_id(value: object) -> TypeGuard[int]:

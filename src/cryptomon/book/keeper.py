@@ -116,7 +116,7 @@ class BookKeeper:
             return self._after(book, book.sync.on_snapshot(snapshot), offset, [])
         diff = DepthDiff.from_payload(value, latest_ms=latest_ms)
         book = self._book(diff.symbol, partition)
-        book.session = value.get("session") if type(value.get("session")) is int else None
+        book.session = _session(value)
         clock = self.clocks.setdefault(partition, PartitionClock())
         rows: list[BookRow] = []
         current = book.sync.book
@@ -177,8 +177,7 @@ class BookKeeper:
         if book is None:
             return
         validate_payload(BOOK_TICKER_EVENT, value)
-        session = value.get("session") if type(value.get("session")) is int else None
-        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"]), session):
+        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"]), _session(value)):
             self._mismatch(book, m)
 
     def _mismatch(self, book: SymbolBook, m: Mismatch) -> None:
@@ -252,3 +251,9 @@ class BookKeeper:
             }
             for sym, b in sorted(self.books.items())
         }
+
+
+def _session(value: dict) -> int | None:
+    """The connection session the ingestion stamped a record with (None: not one of its records)."""
+    session = value.get("session")
+    return session if type(session) is int else None

@@ -72,11 +72,10 @@ def read_timed(path: Path, snapshots: bool = False) -> Iterator[Timed]:
             try:
                 if rest_line := _REST_LINE.match(line):
                     received = int(float(rest_line[2]) * 1000)
-                    query = parse_qs(urlsplit(rest_line[1].decode()).query)
+                    url = urlsplit(rest_line[1].decode())
+                    query = parse_qs(url.query)
                     body = orjson.loads(rest_line[3])
-                    item = (
-                        _snapshot(body, query.get("symbol", [None])[0]) if "/depth" in rest_line[1].decode() else None
-                    )
+                    item = _snapshot(body, query.get("symbol", [None])[0]) if url.path.endswith("/depth") else None
                 elif line.startswith(b"{"):  # JSON lines (feed record)
                     msg = orjson.loads(line)
                     item = _frame(msg)
