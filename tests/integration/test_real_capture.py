@@ -54,16 +54,16 @@ def test_real_btc_and_eth_frames_through_the_whole_pipeline(stack, tmp_path, cap
                     books[sym].append(d["u"])
             wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 120, "the replay to finish")
 
-            def stored():
+            def stored():  # this run's rows: the tests before replayed the same captures, with other timestamps
                 with psycopg.connect(stack.pg_dsn) as conn:
                     t = conn.execute(
                         "SELECT symbol, count(*), count(DISTINCT trade_id), min(trade_id), max(trade_id) FROM trades "
                         "WHERE event_type = 'trade' AND symbol IN ('BTCUSDT', 'ETHUSDT') AND trade_id > 1000000000 "
-                        "AND inserted_at >= %s GROUP BY 1 ORDER BY 1", (t0,)
+                        "AND ingestion_ts >= %s GROUP BY 1 ORDER BY 1", (t0,)
                     ).fetchall()  # fmt: skip
                     b = conn.execute(
                         "SELECT symbol, count(*), count(DISTINCT update_id) FROM book_ticker WHERE symbol IN "
-                        "('BTCUSDT', 'ETHUSDT') AND update_id > 30000000000 AND inserted_at >= %s GROUP BY 1 "
+                        "('BTCUSDT', 'ETHUSDT') AND update_id > 30000000000 AND ingestion_ts >= %s GROUP BY 1 "
                         "ORDER BY 1", (t0,)
                     ).fetchall()  # fmt: skip
                 return t, b
