@@ -10,9 +10,13 @@ TRADES, BOOK_TICKER, DEADLETTER = "trades", "book_ticker", "deadletter"
 INGEST_STATE = "ingest_state"  # topic role only: the ingestion's durable resume points and open gaps
 # the order book: Binance's diffs and the snapshots the ingestion fetched, one topic (the book stage's input)
 BOOK_DEPTH = "depth"
+DEPTH_REQUESTS = "depth_requests"  # topic role only: the book stage's requests for a snapshot (kafka/depth_requests.py)
 # event kind -> topic role (for trades and bookTickers also the raw table)
 ROUTE = {TRADE: TRADES, AGG_TRADE: TRADES, BOOK_TICKER_EVENT: BOOK_TICKER, DEPTH: BOOK_DEPTH}
 ORDER_BOOK_SNAPSHOTS = "order_book_snapshots"  # the book stage's table: the top levels of each book
+# Kafka header of a depth diff or bookTicker: the ingestion's connection session it came over (decimal ASCII),
+# for the book's check; a header, so that the record's value stays Binance's payload
+SESSION_HEADER = "cryptomon-session"
 
 # ---- raw tables' columns, in the order of the worker's rows (worker/rows.py)
 TABLE_COLUMNS = {

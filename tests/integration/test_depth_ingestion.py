@@ -18,7 +18,7 @@ from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Ste
 from cryptomon.binance.schema import DEPTH, DEPTH_SNAPSHOT
 from cryptomon.kafka.clients import read_to_end
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_DEPTH, BOOK_TICKER
+from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, SESSION_HEADER
 from cryptomon.simulator.replay import first_event_ms, read_captures, shift_to_now
 from cryptomon.supervisor import replay_args
 from tests.helpers import FUTURE_SKEW, exchange_env, free_port, real_capture, running, wait_for, wait_json
@@ -55,6 +55,8 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
     files, recorded = depth_in_files(captures, shift)
     health = env["CRYPTOMON_INGEST_HEALTH_PORT"]
 
+    sessions: dict[tuple[str, str], set] = defaultdict(set)  # (symbol, "e") -> the session headers seen
+
     def since_t0(role: str) -> dict[str, list[dict]]:
         """This run's records of a topic, per symbol, in their partition's order."""
         messages, _ = read_to_end(stack.kafka_bootstrap, topic_name(role), "test-depth")
@@ -62,6 +64,7 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
         for m in messages:
             v = orjson.loads(m.value())
             if v.get("s") in SYMBOLS and v.get("ingestion_timestamp", 0) >= t0:
+                sessions[(v["s"], v.get("e", "bookTicker"))].add(dict(m.headers() or ()).get(SESSION_HEADER))
                 out[v["s"]].append(v)
         return out
 
@@ -81,6 +84,9 @@ def test_real_depth_through_the_ingestion_rebuilds_books_binance_s_bookticker_ag
         assert [(v["U"], v["u"]) for v in records if v["e"] == DEPTH] == [(d["U"], d["u"]) for d in files[s]]
         (snapshot,) = [v for v in records if v["e"] == DEPTH_SNAPSHOT]
         assert snapshot["lastUpdateId"] == recorded[s]["lastUpdateId"] and snapshot["bids"] == recorded[s]["bids"]
+        # the diffs and bookTickers came over one connection session, and say so in a header (not the value)
+        (session,) = sessions[(s, DEPTH)] | sessions[(s, "bookTicker")]
+        assert session.isdigit() and sessions[(s, DEPTH_SNAPSHOT)] == {None}
         # the book rebuilt from the topic alone, the bookTickers coming in update-id order beside it
         sync, check, mismatches, tops = DepthSync(s), TopOfBookCheck(), [], 0
         pending = iter(tickers[s])

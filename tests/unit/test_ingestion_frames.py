@@ -38,15 +38,12 @@ def test_encode_adds_the_ingestion_timestamp_and_keeps_the_payload():
     out = orjson.loads(encode(ev, 1732400000999))
     assert out == {**TRADE, "ingestion_timestamp": 1732400000999}
     assert orjson.loads(encode(ev, 5, backfilled=True))["backfilled"] is True
-    assert orjson.loads(encode(ev, 5, session=42))["session"] == 42
 
 
 def test_a_frame_cannot_bring_in_the_fields_cryptomon_adds():
-    forged = {**BOOK, "backfilled": True, "session": 7}
+    forged = {**BOOK, "backfilled": True}
     ev = parse_frame(frame("btcusdt@bookTicker", forged), SYMBOLS)
-    out = orjson.loads(encode(ev, 5))
-    assert "backfilled" not in out and "session" not in out
-    assert orjson.loads(encode(ev, 5, session=9))["session"] == 9
+    assert "backfilled" not in orjson.loads(encode(ev, 5))
 
 
 @pytest.mark.parametrize(

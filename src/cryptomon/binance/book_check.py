@@ -6,7 +6,7 @@ The two streams come interleaved in any order (on one connection, but each from 
 book's top at `u` is held until a bookTicker above `u` has come: then the latest one at or below `u` is
 known. A bookTicker lost with its connection (both streams of a symbol come over one) would make an older
 one look like the latest, so each record may carry the connection session it came over (the ingestion's
-`session`): a top is checked only against a bookTicker of its own session. Pure: the caller feeds both
+`cryptomon-session` Kafka header): a top is checked only against a bookTicker of its own session. Pure: the caller feeds both
 streams and reads the counts and the mismatches.
 """
 

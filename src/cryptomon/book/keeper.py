@@ -91,6 +91,7 @@ class BookKeeper:
         self.next_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.records = 0
         self.bad_records = 0
+        self.mismatched: list[str] = []  # books resynced on a mismatch, for the stage to ask a snapshot of
 
     def _book(self, symbol: str, partition: int) -> SymbolBook:
         book = self.books.get(symbol)
@@ -103,9 +104,12 @@ class BookKeeper:
 
     # ---------------------------------------------------------------- records
 
-    def on_depth(self, value: dict, partition: int, offset: int, latest_ms: int | None = None) -> list[BookRow]:
+    def on_depth(
+        self, value: dict, partition: int, offset: int, latest_ms: int | None = None, session: int | None = None
+    ) -> list[BookRow]:
         """One record of binance.depth, validated as a diff or a snapshot (BadData, raised before anything
-        changed, otherwise; `latest_ms` bounds a diff's event time). Returns the rows it made due."""
+        changed, otherwise; `latest_ms` bounds a diff's event time; `session`: the connection session the
+        ingestion said it came over). Returns the rows it made due."""
         self.next_offsets[(self.depth_topic, partition)] = offset + 1
         symbol = value.get("s")
         if value.get("e") == DEPTH_SNAPSHOT:
@@ -116,7 +120,7 @@ class BookKeeper:
             return self._after(book, book.sync.on_snapshot(snapshot), offset, [])
         diff = DepthDiff.from_payload(value, latest_ms=latest_ms)
         book = self._book(diff.symbol, partition)
-        book.session = _session(value)
+        book.session = session
         clock = self.clocks.setdefault(partition, PartitionClock())
         rows: list[BookRow] = []
         current = book.sync.book
@@ -170,20 +174,32 @@ class BookKeeper:
             heapq.heappush(self.clocks.setdefault(book.partition, PartitionClock()).due,
                            (self._end(ob.last_event_ms), ob.symbol))  # fmt: skip
 
-    def on_ticker(self, value: dict, topic: str, partition: int, offset: int) -> None:
+    def on_ticker(self, value: dict, topic: str, partition: int, offset: int, session: int | None = None) -> None:
         """One record of binance.book_ticker, validated by the contract (BadData otherwise)."""
         self.next_offsets[(topic, partition)] = offset + 1
         book = self.books.get(value.get("s", ""))
         if book is None:
             return
         validate_payload(BOOK_TICKER_EVENT, value)
-        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"]), _session(value)):
+        for m in book.check.on_ticker(value["u"], (value["b"], value["B"]), (value["a"], value["A"]), session):
             self._mismatch(book, m)
 
     def _mismatch(self, book: SymbolBook, m: Mismatch) -> None:
-        log.error("%s: book at %d has best %s / %s, bookTicker %d says %s / %s", book.sync.symbol, m.update_id,
-                  m.book[0], m.book[1], m.ticker_id, m.ticker[0], m.ticker[1])  # fmt: skip
+        """Binance's own data says the book is wrong: it resyncs (its pending row, of a wrong book, is not
+        written; the stage asks the ingestion for a snapshot)."""
+        log.error("%s: book at %d has best %s / %s, bookTicker %d says %s / %s: resyncing", book.sync.symbol,
+                  m.update_id, m.book[0], m.book[1], m.ticker_id, m.ticker[0], m.ticker[1])  # fmt: skip
         book.mismatches = [*book.mismatches[-4:], m]
+        if book.sync.synced:
+            book.sync.resync()
+            book.check.reset()
+            book.pending = False
+            book.needed_from = None  # the next diff, buffered, sets it
+            self.mismatched.append(book.sync.symbol)
+
+    def waiting(self) -> list[str]:
+        """The books waiting for a snapshot."""
+        return [sym for sym, b in self.books.items() if not b.sync.synced]
 
     def _row(self, book: SymbolBook) -> BookRow:
         ob = book.sync.book
@@ -251,9 +267,3 @@ class BookKeeper:
             }
             for sym, b in sorted(self.books.items())
         }
-
-
-def _session(value: dict) -> int | None:
-    """The connection session the ingestion stamped a record with (None: not one of its records)."""
-    session = value.get("session")
-    return session if type(session) is int else None

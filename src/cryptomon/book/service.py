@@ -20,18 +20,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cryptomon.backoff import Backoff
 from cryptomon.book.keeper import BookKeeper, BookRow, Checkpoint
+from cryptomon.book.snapshot_asks import SnapshotAsker
 from cryptomon.book.store import BookStore, DeadLetterRow
 from cryptomon.errors import BadData, Unavailable
 from cryptomon.kafka.clients import STAGE_CONSUMER, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_DEPTH, BOOK_TICKER
+from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEPTH_REQUESTS, SESSION_HEADER
 from cryptomon.observability import HealthServer, allowed_hosts
 from cryptomon.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5  # rows written at least this often
+ASK_SECONDS = 1.0  # how often the books waiting for a snapshot are looked at (book/snapshot_asks.py)
 MAX_PENDING_ROWS = 50_000  # rows held while the database is away; beyond it consumption pauses
 
 
@@ -67,6 +69,8 @@ class BookService:
                 },
             )
         )
+        self.asker = SnapshotAsker(settings.kafka_bootstrap, topic_name(DEPTH_REQUESTS), librdkafka_security(settings))
+        self.last_ask = time.monotonic()
         self.registry = CollectorRegistry()
         self.registry.register(self)
         port = settings.book_health_port if health_port is None else health_port
@@ -130,11 +134,16 @@ class BookService:
                 for msg in messages:
                     self._handle(msg)
                 now = time.monotonic()
+                if self.keeper.mismatched or now - self.last_ask >= ASK_SECONDS:
+                    self.last_ask = now
+                    mismatched, self.keeper.mismatched = self.keeper.mismatched, []
+                    self.asker.tick(self.keeper.waiting(), mismatched)
                 if now - self.last_flush >= FLUSH_SECONDS:
                     self._write(checkpoint=now - self.last_checkpoint >= self.settings.book_checkpoint_seconds)
         finally:
             self._write(checkpoint=True, until_written=True, give_up_after=30.0)
             self.consumer.close()
+            self.asker.close()
             self.store.close()
             if self.health_server:
                 self.health_server.stop()
@@ -153,9 +162,9 @@ class BookService:
             if topic == self.depth_topic:
                 kind, ts = msg.timestamp()
                 latest = ts + self.skew_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
-                self.rows += self.keeper.on_depth(value, part, offset, latest)
+                self.rows += self.keeper.on_depth(value, part, offset, latest, _session(msg))
             else:
-                self.keeper.on_ticker(value, topic, part, offset)
+                self.keeper.on_ticker(value, topic, part, offset, _session(msg))
         except (BadData, orjson.JSONDecodeError) as exc:
             reason = exc.reason if isinstance(exc, BadData) else "not_json"
             self.keeper.next_offsets[(topic, part)] = offset + 1
@@ -225,6 +234,7 @@ class BookService:
             "checkpoints": self.checkpoints,
             "seconds_since_checkpoint": round(time.monotonic() - self.last_checkpoint, 1),
             "mismatches": sum(b["mismatches"] for b in books.values()),
+            "snapshots_asked": self.asker.sent,
         }
         return self.db_ok and not self.paused, body
 
@@ -255,3 +265,12 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop_event.set())
     service.run()
+
+
+def _session(msg: Message) -> int | None:
+    """The connection session the ingestion stamped a record with (None: not one of its records)."""
+    headers = msg.headers() or ()
+    for name, raw in headers.items() if isinstance(headers, dict) else headers:
+        if name == SESSION_HEADER and isinstance(raw, bytes) and raw.isdigit() and len(raw) <= 20:
+            return int(raw)
+    return None

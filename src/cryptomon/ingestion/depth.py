@@ -122,9 +122,15 @@ class SnapshotFetcher:
             await asyncio.sleep(every_seconds / max(1, len(symbols)))
             if symbols:
                 turn = (turn + 1) % len(symbols)
-                if self.feed.refresh(symbols[turn]):
+                if self.request(symbols[turn]):
                     self.refreshes += 1
-                    self.wake.set()
+
+    def request(self, symbol: str) -> bool:
+        """A new snapshot of `symbol`, newer than its last diff sent (False: one is on its way already)."""
+        if not self.feed.refresh(symbol):
+            return False
+        self.wake.set()
+        return True
 
     async def fetch(self, symbol: str) -> None:
         """One attempt for `symbol`; a failure waits and leaves the need in place (it is tried again)."""

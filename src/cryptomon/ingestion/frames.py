@@ -70,19 +70,14 @@ def parse_frame(
     return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
 
 
-def encode(event: Event, ingestion_ms: int, backfilled: bool = False, session: int | None = None) -> bytes:
-    """The Kafka message value: Binance's payload + ingestion_timestamp (+ backfilled; + session, the
-    connection session a depth diff or bookTicker came over, for the book's check)."""
+def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
+    """The Kafka message value: Binance's payload + ingestion_timestamp (+ backfilled)."""
     data = event.data
     data["ingestion_timestamp"] = ingestion_ms
     if backfilled:
         data["backfilled"] = True
     elif "backfilled" in data:  # only cryptomon says so: not a field a frame can bring in
         del data["backfilled"]
-    if session is not None:
-        data["session"] = session
-    elif "session" in data:  # the same
-        del data["session"]
     return orjson.dumps(data)
 
 

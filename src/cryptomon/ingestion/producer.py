@@ -9,6 +9,7 @@ from typing import cast
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka._types import HeadersType
 
 from cryptomon.kafka.clients import cluster_view
 from cryptomon.latency import LatencyHistogram
@@ -85,15 +86,15 @@ class KafkaSink:
             return
         self.retried += 1
         log.warning("delivery to %s failed (%s): retrying", msg.topic(), err)
-        self.produce(cast(str, msg.topic()), msg.key(), msg.value())
+        self.produce(cast(str, msg.topic()), msg.key(), msg.value(), msg.headers())
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: HeadersType | None = None) -> None:
         """Queue a message; when the local queue is full, serve callbacks until there is room
         (backpressure on the caller instead of dropping)."""
         self.produced += 1
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self.producer.poll(0.05)

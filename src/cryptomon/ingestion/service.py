@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 from confluent_kafka import KafkaException
+from confluent_kafka._types import HeadersType
 from prometheus_client import CollectorRegistry
 
 from cryptomon.binance.orderbook import DepthSnapshot
@@ -30,14 +31,25 @@ from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.rest_client import RestBudget, RestClient, RestError
 from cryptomon.ingestion.resume import last_ids_in_kafka
 from cryptomon.ingestion.sequences import DUPLICATE, LATE, RecentIds, SequenceTracker
+from cryptomon.ingestion.snapshot_requests import SnapshotRequests
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEADLETTER, INGEST_STATE, ROUTE, TRADES
+from cryptomon.names import (
+    BOOK_DEPTH,
+    BOOK_TICKER,
+    DEADLETTER,
+    DEPTH_REQUESTS,
+    INGEST_STATE,
+    ROUTE,
+    SESSION_HEADER,
+    TRADES,
+)
 from cryptomon.observability import HealthServer, allowed_hosts
 from cryptomon.settings import Settings
 from cryptomon.tasks import TaskKeeper
 
 log = logging.getLogger(__name__)
+SESSIONED = frozenset((DEPTH, BOOK_TICKER_EVENT))  # the kinds whose records say their connection session
 
 
 class Ingestor:
@@ -55,6 +67,7 @@ class Ingestor:
         self.kinds = followed_kinds(settings.depth)  # the streams of each symbol, all on one connection
         self.depth = DepthFeed()
         self.snapshots: SnapshotFetcher | None = None
+        self.requests: SnapshotRequests | None = None
         self.deadletter_topic = topic_name(DEADLETTER)
         self.security = librdkafka_security(settings)
         self.sink = KafkaSink(
@@ -136,11 +149,16 @@ class Ingestor:
             if verdict is LATE:
                 st.late += 1
         # a depth diff and a bookTicker say which connection session they came over (the book's check)
-        self._produce(ev, ingestion_ms, session=session if ev.kind in (DEPTH, BOOK_TICKER_EVENT) else None)
+        headers: HeadersType | None = None
+        if session is not None and ev.kind in SESSIONED:
+            headers = [(SESSION_HEADER, b"%d" % session)]
+        self._produce(ev, ingestion_ms, headers=headers)
 
-    def _produce(self, ev: Event, ingestion_ms: int, backfilled: bool = False, session: int | None = None) -> None:
-        value = encode(ev, ingestion_ms, backfilled, session)
-        self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), value)
+    def _produce(
+        self, ev: Event, ingestion_ms: int, backfilled: bool = False, headers: HeadersType | None = None
+    ) -> None:
+        value = encode(ev, ingestion_ms, backfilled)
+        self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), value, headers)
         self.stats.produced[ev.kind] += 1
 
     def _backfilled(self, ev: Event, ingestion_ms: int) -> None:
@@ -179,6 +197,11 @@ class Ingestor:
                     self.snapshots = SnapshotFetcher(self.depth, self.rest, self.settings.depth_snapshot_limit,
                                                      self._snapshot, self.dead_letter)  # fmt: skip
                     tasks.append(self.keeper.start("depth-snapshots", self.snapshots.run))
+                    self.requests = SnapshotRequests(self.snapshots, self.dead_letter)
+                    requests, topic = self.requests, topic_name(DEPTH_REQUESTS)
+                    bootstrap = self.settings.kafka_bootstrap
+                    tasks.append(self.keeper.start("depth-requests",
+                                                   lambda: requests.run(bootstrap, topic, self.security)))  # fmt: skip
                     if self.settings.depth_resync_seconds:
                         every = float(self.settings.depth_resync_seconds)
                         snapshots = self.snapshots
@@ -362,7 +385,9 @@ class Ingestor:
             produce_retries=self.sink.retried,
             seconds_since_last_ack=None if self.sink.last_ack_at is None else round(now - self.sink.last_ack_at, 3),
             produce_latency=self.sink.latency.snapshot(),
-            depth=self.snapshots.health() if self.snapshots else None,
+            depth={**self.snapshots.health(), "requests": self.requests.health() if self.requests else {}}
+            if self.snapshots
+            else None,
         )
 
 

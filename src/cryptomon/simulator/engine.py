@@ -20,6 +20,7 @@ from aiohttp import web
 from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, DEPTH_SNAPSHOT, KINDS, TRADE
 from cryptomon.binance.streams import split_stream, stream_name
 from cryptomon.errors import ConfigError
+from cryptomon.simulator.depth_faults import DEPTH_FAULTS, DepthFaults
 from cryptomon.simulator.enforcement import RequestWeights
 from cryptomon.simulator.instruments import Instrument, instrument
 from cryptomon.simulator.market import Conditions, Market
@@ -99,6 +100,7 @@ class Simulator:
         self.subscribers: dict[str, set[Connection]] = {}
         self.stats = Stats()
         self.pending_faults: Counter = Counter()
+        self.depth_faults = DepthFaults()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running
         self.first_client = asyncio.Event()
@@ -325,8 +327,13 @@ class Simulator:
                     continue
                 if kind == "depth@100ms" or (kind == "depth" and tick % 10 == 0):
                     payload = self._depth_update(symbol, now_ms)
-                    if payload and await self._broadcast(stream, payload):
-                        self.stats.depth_sent += 1
+                    if not payload:
+                        continue
+                    corrupt = self.depth_faults.pending[("depth_corrupt", symbol)]
+                    best_bid = self.market.depth_levels(symbol, 1)[0][0] if corrupt else None
+                    for diff in self.depth_faults.diffs_to_send(symbol, payload, best_bid):
+                        if await self._broadcast(stream, diff):
+                            self.stats.depth_sent += 1
                 elif kind == "kline_1m" and tick % int(KLINE_PUSH_S * 10) == 0:
                     event = self.market.kline_event(symbol, now_ms)
                     if event:
@@ -390,6 +397,7 @@ class Simulator:
             "malformed_sent": self.stats.malformed_sent,
             "duplicates_sent": self.stats.duplicates_sent,
             "reordered": self.stats.reordered,
+            "depth_faults": dict(self.depth_faults.applied),
             "refused": dict(self.protocol.refused),
             "rest": {
                 "requests": self.rest.requests,
@@ -410,10 +418,18 @@ class Simulator:
         return web.json_response({"stalled": len(self.connections)})
 
     async def inject_handler(self, request: web.Request) -> web.Response:
-        kind = request.query.get("kind", "")
+        kind, count = request.query.get("kind", ""), int(request.query.get("count", "1"))
+        if kind in DEPTH_FAULTS:
+            symbol = request.query.get("symbol", "").upper()
+            if symbol not in self.market.state:
+                raise web.HTTPBadRequest(text=f"a depth fault needs the symbol= of a simulated book: {symbol!r}")
+            st = self.market.state[symbol]
+            bids, asks = self.market.depth_levels(symbol, 5000)
+            self.depth_faults.arm(kind, symbol, count, {"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})
+            return web.json_response({"pending": {f"{f}:{s}": n for (f, s), n in self.depth_faults.pending.items()}})
         if kind not in ("malformed", "duplicate", "reorder"):
-            raise web.HTTPBadRequest(text="kind must be malformed, duplicate or reorder")
-        self.pending_faults[kind] += int(request.query.get("count", "1"))
+            raise web.HTTPBadRequest(text=f"kind must be malformed, duplicate, reorder or one of {DEPTH_FAULTS}")
+        self.pending_faults[kind] += count
         return web.json_response({"pending": dict(self.pending_faults)})
 
     async def conditions_handler(self, request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cryptomon.binance import limits
 from cryptomon.errors import BadData
+from cryptomon.simulator.depth_faults import DepthFaults
 from cryptomon.simulator.enforcement import RequestWeights
 from cryptomon.simulator.instruments import Instrument, exchange_info
 from cryptomon.simulator.market import Market
@@ -47,10 +48,12 @@ class History(Protocol):
 
 
 class Exchange(Protocol):
-    """What the API serves (the simulator): its instruments, its market and the trade history."""
+    """What the API serves (the simulator): its instruments, its market, the trade history and the faults
+    armed for its books' snapshots."""
 
     instruments: dict[str, Instrument]
     market: Market
+    depth_faults: DepthFaults
 
     @property
     def history(self) -> History: ...
@@ -59,9 +62,9 @@ class Exchange(Protocol):
 class ApiError(BadData):
     """A REST request the simulator refuses: HTTP `status` with Binance's `{"code": …, "msg": …}` body."""
 
-    def __init__(self, code: int, msg: str, status: int = 400):
+    def __init__(self, code: int, msg: str, status: int = 400, retry_after: int | None = None):
         super().__init__("bad_request", msg)
-        self.code, self.msg, self.status = code, msg, status
+        self.code, self.msg, self.status, self.retry_after = code, msg, status, retry_after
 
 
 class RestApi:
@@ -126,6 +129,8 @@ class RestApi:
         try:
             response = await handler(request)
         except ApiError as exc:
+            if exc.retry_after is not None:
+                headers["Retry-After"] = str(exc.retry_after)
             return _error(exc, headers)
         except web.HTTPException as exc:  # an unknown path or method: still Binance's JSON
             return _error(ApiError(limits.ERR_UNKNOWN, exc.reason, exc.status), headers)
@@ -252,6 +257,11 @@ class RestApi:
             if recorded is None:
                 raise ApiError(limits.ERR_UNKNOWN, f"no depth snapshot of {symbol} was recorded", 503)
             return _json(recorded)
+        faults = self.sim.depth_faults
+        if faults.refuse_snapshot(symbol):  # as Binance answers above the weight limit
+            raise ApiError(limits.ERR_TOO_MANY_REQUESTS, "Too much request weight used (an injected fault).", 429, 1)
+        if old := faults.old_snapshot(symbol):
+            return _json({**old, "bids": old["bids"][:limit], "asks": old["asks"][:limit]})
         st = self.sim.market.state[symbol]
         bids, asks = self.sim.market.depth_levels(symbol, limit)
         return _json({"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})
