@@ -200,6 +200,25 @@ class Settings(BaseSettings):
         description="Interval of event time per order_book_snapshots row: a book that changed in it gets one row, "
         "the book after its last diff in the interval.",
     )
+    book_metrics_seconds: int = Field(
+        30,
+        ge=1,
+        le=86_400,
+        description="Window of event time per book_metrics row (mid, microprice, spread, depth within 10 bps "
+        "and 1 %, imbalance, bookTicker checks), grown by each order_book_snapshots row in it.",
+    )
+    liquidity_band: Literal["10bps", "1pct"] = Field(
+        "1pct",
+        description="Depth band the liquidity alert watches (book_metrics.liquidity_drop): within 1 % or 10 bps "
+        "of the mid, both sides.",
+    )
+    liquidity_drop_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="A window's depth in the band below this fraction of its median over the previous 30 minutes "
+        "of windows sets liquidity_drop.",
+    )
     book_checkpoint_seconds: float = Field(
         30.0,
         gt=0,

@@ -1,8 +1,8 @@
 """`cryptomon book` on real data: the real BTCUSDT and ETHUSDT captures through feed replay -> ingest
 (CRYPTOMON_DEPTH=100ms) -> binance.depth -> cryptomon book -> TimescaleDB, the book stage killed with
 kill -9 mid-run and started again. Every row of order_book_snapshots equals the book an independent
-reconstruction from the files has after the last diff of that symbol's second, none is missing, and the
-bookTicker check saw no mismatch."""
+reconstruction from the files has after the last diff of that symbol's second, none is missing, every
+book_metrics window equals a computation from the files, and the bookTicker check saw no mismatch."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ import psycopg
 import pytest
 
 from cryptomon.binance.schema import DEPTH_SNAPSHOT
+from cryptomon.book.metrics import Window
+from cryptomon.book.store import METRIC_COLUMNS
 from cryptomon.simulator.replay import first_event_ms, read_captures, shift_to_now
 from cryptomon.supervisor import replay_args
 from tests.helpers import FUTURE_SKEW, env_for, exchange_env, free_port, real_capture, running, wait_for, wait_json
 from tests.unit.test_book_keeper import oracle_rows
+from tests.unit.test_book_metrics import WINDOW_MS, as_sums, oracle_samples
 
 pytestmark = pytest.mark.integration
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -36,6 +39,16 @@ def stored(dsn: str, since_ms: int) -> dict:
         assert (sym, ms // 1000) not in out, "two rows for one symbol and second"
         out[(sym, ms // 1000)] = (ms, uid, list(zip(bp, bq, strict=True)), list(zip(ap, aq, strict=True)))
     return out
+
+
+def stored_windows(dsn: str, since_ms: int) -> list[Window]:
+    cols = ", ".join(("(extract(epoch FROM window_start) * 1000)::bigint", *METRIC_COLUMNS[1:]))
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT {cols} FROM book_metrics WHERE window_start >= to_timestamp(%s / 1000.0) AND symbol = ANY(%s)",
+            (since_ms, list(SYMBOLS)),
+        ).fetchall()
+    return [Window.from_row(r) for r in rows]
 
 
 def test_real_books_stored_exactly_through_a_kill_of_the_book_stage(stack):
@@ -84,3 +97,11 @@ def test_real_books_stored_exactly_through_a_kill_of_the_book_stage(stack):
     for s in SYMBOLS:  # the books synced within the first seconds of the capture
         assert first_second[s] - min(sec for sym, sec in want if sym == s) <= 2
         assert body["books"][s]["mismatches"] == 0 and body["books"][s]["checks"] > 200
+    # book_metrics: every window after the first and before the last equal to the computation from the files
+    windows = {(w.symbol, w.start_ms): as_sums(w) for w in stored_windows(stack.pg_dsn, shift)}
+    want_windows = {
+        k: {f: v for f, v in w.items() if v}
+        for k, w in oracle_samples(values).items()
+        if k[1] > first_second[k[0]] * 1000 and k[1] + WINDOW_MS <= (last[k[0]] - 1) * 1000
+    }
+    assert len(want_windows) >= 2 * 9 and {k: windows.get(k) for k in want_windows} == want_windows

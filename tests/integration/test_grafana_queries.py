@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 import pytest
 
+from cryptomon.book.metrics import Window
+from cryptomon.book.store import BookStore
 from cryptomon.dashboards.definitions import ALERT_RULES, DASHBOARDS
 from cryptomon.dashboards.macros import expand
 from tests.helpers import risk_scenario
@@ -26,7 +29,29 @@ def scenario(stack, tmp_path_factory):
     load_raw(stack, events, risky + calm)
     run_spark_available_now(stack, tmp_path_factory.mktemp("ckpt"))
     start = datetime.fromtimestamp(base / 1000, UTC)
+    write_book_windows(stack.pg_dsn, risky[0], calm[0], base)
     return {"risky": risky[0], "calm": calm[0], "start": start, "end": start + timedelta(minutes=17)}
+
+
+LIQUIDITY_DROP_AT = 14 * MINUTE  # the risky symbol's book thins out in one window, 14 minutes in
+
+
+def write_book_windows(dsn: str, risky: str, calm: str, base: int) -> None:
+    """17 minutes of book_metrics windows for both symbols, through the book stage's store."""
+    windows = []
+    for sym in (risky, calm):
+        for i, start in enumerate(range(base, base + 17 * MINUTE, 30_000)):
+            w = Window(sym, start, last_update_id=1000 + i, samples=30, mid=Decimal(100), microprice=Decimal(100),
+                       spread_sum=Decimal("0.3"), spread_bps_sum=Decimal(30), spread_max=Decimal("0.02"),
+                       depth_10bps_samples=30, bid_10bps_sum=Decimal(30_000), ask_10bps_sum=Decimal(27_000),
+                       imbalance_10bps_sum=Decimal("1.5"), checks=300)  # fmt: skip
+            w.liquidity_drop = sym == risky and start == base + LIQUIDITY_DROP_AT
+            windows.append(w)
+    store = BookStore(dsn, "test-grafana")
+    try:
+        store.write([], [], None, windows)
+    finally:
+        store.close()
 
 
 def run(dsn, sql):
@@ -53,7 +78,7 @@ def test_every_panel_query_returns_its_columns_with_data(stack, scenario, panel)
 def test_risk_panels_count_exactly_the_scenario_flags(stack, scenario):
     """Repeating the panel for the calm symbol alone (as the repeated row does) shows no flag."""
     by_key = {p.key: p for d in DASHBOARDS for p in d.panels}
-    for key in ("volatility_alerts", "volume_spikes", "spread_warnings"):
+    for key in ("volatility_alerts", "volume_spikes", "spread_warnings", "liquidity_drops"):
         counts = {}
         for sym in ("risky", "calm"):
             sql = expand(by_key[key].sql, scenario["start"], scenario["end"], {"symbol": [scenario[sym]]})
@@ -73,8 +98,10 @@ def evaluate(stack, rule, at: datetime) -> dict[str, float]:
 
 
 def test_alert_queries_fire_on_the_scenario_and_not_on_calm(stack, scenario):
-    volatility, spread = ALERT_RULES
+    volatility, spread, liquidity = ALERT_RULES
     t = scenario["start"]
+    fired = evaluate(stack, liquidity, t + timedelta(milliseconds=LIQUIDITY_DROP_AT + 45_000))
+    assert fired[scenario["risky"]] > 0 and fired[scenario["calm"]] == 0
     burst_end = t + timedelta(minutes=12, seconds=30)
     blowout_end = t + timedelta(minutes=15, seconds=45)
     fired = evaluate(stack, volatility, burst_end)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from cryptomon.alerts.rules import email_for, render_summary, transitions
 from cryptomon.dashboards.definitions import ALERT_RULES
 
-VOL, SPREAD = ALERT_RULES
+VOL, SPREAD, LIQUIDITY = ALERT_RULES
 AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
@@ -41,6 +41,10 @@ def test_the_email_names_rule_symbol_and_state():
     body = msg.get_content()
     assert render_summary(SPREAD, "BNBUSDT") in body and "BNBUSDT exceeded" in body
     assert "flagged windows in the last 120 s: 3" in body and "http://127.0.0.1:8050/" in body
+
+    [t] = transitions(ALERT_RULES, {}, {("LiquidityDrop", "ETHUSDT"): 1.0})
+    body = email_for(t, AT, "cryptomon@localhost", ["a@example.com"], "http://127.0.0.1:8050/").get_content()
+    assert render_summary(LIQUIDITY, "ETHUSDT") in body and "Book depth of ETHUSDT fell" in body
 
 
 def test_the_resolved_email():

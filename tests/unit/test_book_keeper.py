@@ -34,14 +34,11 @@ def records():
     return out
 
 
-def oracle_rows(values, levels=20):
-    """Per symbol and second of E after its snapshot: the book after the last diff of that second."""
-    books, rows, seen, last = {}, {}, defaultdict(list), {}  # last: symbol -> E of the last diff applied
-
-    def close(sym):  # the book as it stands is its second's row
-        book = books[sym]
-        rows[(sym, last[sym] // 1000)] = (last[sym], book.id, *book.top(levels))
-
+def walk_books(values, close) -> tuple[dict, dict]:
+    """The independent reconstruction, record by record: `close(sym, book, last_ms)` with each symbol's
+    book after the last diff of each second of E but its last. Returns the books and, per symbol, the E of
+    its last diff applied."""
+    books, seen, last = {}, defaultdict(list), {}
     for v in values:
         sym = v["s"]
         if v["e"] == DEPTH_SNAPSHOT:  # the diffs that came before it, from the one it bridges
@@ -53,11 +50,22 @@ def oracle_rows(values, levels=20):
             applied = [v] if book is not None and v["u"] > book.id else []
         for d in applied:
             if sym in last and last[sym] // 1000 != d["E"] // 1000:
-                close(sym)
+                close(sym, book, last[sym])
             book.apply(d)
             last[sym] = d["E"]
-    for sym in last:
-        close(sym)
+    return books, last
+
+
+def oracle_rows(values, levels=20):
+    """Per symbol and second of E after its snapshot: the book after the last diff of that second."""
+    rows = {}
+
+    def close(sym, book, last_ms):  # the book as it stands is its second's row
+        rows[(sym, last_ms // 1000)] = (last_ms, book.id, *book.top(levels))
+
+    books, last = walk_books(values, close)
+    for sym, last_ms in last.items():
+        close(sym, books[sym], last_ms)
     return rows
 
 

@@ -74,7 +74,7 @@ def test_alerting_file_has_the_documented_fields():
     assert a["apiVersion"] == 1
     [group] = a["groups"]
     assert group["interval"] == "30s" and group["folder"]
-    assert [r["title"] for r in group["rules"]] == ["VolatilityAlert", "SpreadWarning"]
+    assert [r["title"] for r in group["rules"]] == ["VolatilityAlert", "SpreadWarning", "LiquidityDrop"]
     for rule in group["rules"]:
         assert {"uid", "title", "condition", "data", "noDataState", "execErrState", "for"} <= set(rule)
         assert rule["noDataState"] in ("NoData", "Alerting", "OK", "KeepLast")

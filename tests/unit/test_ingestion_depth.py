@@ -95,6 +95,7 @@ def test_the_fetcher_pays_the_depth_weight_refetches_a_snapshot_too_old_and_send
 
     asyncio.run(go())
     assert [w for *_, w in rest.asked] == [50] * 4 and fetcher.weight_spent == 200
+    assert fetcher.health()["weight_by_symbol"] == {"BTCUSDT": 200} and fetcher.health()["waiting_symbols"] == []
     assert (fetcher.failures, fetcher.too_old, fetcher.used) == (2, 1, 1)
     assert [s.last_update_id for s, _ in sent] == [11] and feed.need == {}
     assert letters[0][1] == "bad_depth_snapshot"

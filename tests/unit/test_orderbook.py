@@ -24,6 +24,8 @@ class NaiveBook:
         self.sides = {"b": {}, "a": {}}
         for side, key in (("b", "bids"), ("a", "asks")):
             self.apply_side(side, snapshot[key])
+        # how deep the snapshot reached (lowest bid, highest ask): beyond it only levels that changed are known
+        self.deepest = (min(self.sides["b"], default=None), max(self.sides["a"], default=None))
 
     def apply_side(self, side, levels):
         for price, qty, *_ in levels:

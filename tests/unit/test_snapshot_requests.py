@@ -8,7 +8,7 @@ import orjson
 from cryptomon.book.keeper import BookKeeper
 from cryptomon.book.snapshot_asks import AskPlan
 from cryptomon.ingestion.depth import DepthFeed, SnapshotFetcher
-from cryptomon.ingestion.snapshot_requests import ASKED, BAD, COOLDOWN, NOT_FOLLOWED, WAITING, SnapshotRequests
+from cryptomon.ingestion.snapshot_requests import ASKED, BAD, DEFERRED, NOT_FOLLOWED, WAITING, SnapshotRequests
 from cryptomon.kafka.depth_requests import MISMATCH, request_value
 
 
@@ -34,15 +34,21 @@ def test_the_ingestion_honours_a_request_for_a_followed_book_once_per_cooldown()
     value = request_value("BTCUSDT", MISMATCH, 1)
     assert req.handle(value) == ASKED and feed.need == {"BTCUSDT": 6} and fetcher.wake.is_set()
     clock[0] += 5
-    assert req.handle(value) == COOLDOWN
+    assert req.handle(value) == DEFERRED and req.handle(value) == DEFERRED  # asked once, at the cooldown's end
+    req.tick()
+    assert req.deferred == {"BTCUSDT": 110.0}
+    feed.verdict("BTCUSDT", 6)  # the first snapshot came: no need
+    clock[0] += 5
+    req.tick()
+    assert req.deferred == {} and feed.need == {"BTCUSDT": 6}  # the deferred request asked for another
     clock[0] += 10
-    assert req.handle(value) == WAITING  # still waiting for the first: no second fetch
+    assert req.handle(value) == WAITING  # still waiting for that one: no third fetch
     assert req.handle(request_value("ETHUSDT", MISMATCH, 1)) == NOT_FOLLOWED
     for raw in (b"x" * 300, b"[1]", orjson.dumps({"s": "btc usdt", "reason": "waiting"}),
                 orjson.dumps({"s": "BTCUSDT", "reason": "please"}), None):  # fmt: skip
         assert req.handle(raw) == BAD
     assert len(letters) == 5 and all(reason == "bad_depth_request" for _, reason, _, _ in letters)
-    assert dict(req.outcomes) == {ASKED: 1, COOLDOWN: 1, WAITING: 1, NOT_FOLLOWED: 1, BAD: 5}
+    assert dict(req.outcomes) == {ASKED: 2, DEFERRED: 2, WAITING: 1, NOT_FOLLOWED: 1, BAD: 5}
 
 
 def test_a_mismatch_resyncs_the_book_and_drops_its_pending_row():

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from cryptomon.binance.book_check import Mismatch, TopOfBookCheck
 from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Level, OrderBook, Step
 from cryptomon.binance.schema import BOOK_TICKER_EVENT, DEPTH_SNAPSHOT, SYMBOL, short_repr, validate_payload
+from cryptomon.book.metrics import LiquidityWatch, Window, sample
 from cryptomon.errors import BadData
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class SymbolBook:
     pending: bool = False  # the book changed in its current interval: a row is due
     session: int | None = None  # the connection session of the symbol's last diff (the check's)
     needed_from: int | None = None  # offset of the first diff buffered while waiting for a snapshot
+    checks_seen: int = 0  # the check's counts at the last sample (a window counts those since)
+    mismatches_seen: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)  # the last few, for /health
 
 
@@ -82,11 +85,22 @@ class PartitionClock:
 
 
 class BookKeeper:
-    def __init__(self, depth_topic: str, levels: int = 20, interval_ms: int = 1000):
+    def __init__(
+        self,
+        depth_topic: str,
+        levels: int = 20,
+        interval_ms: int = 1000,
+        window_ms: int = 30_000,
+        liquidity: LiquidityWatch | None = None,
+    ):
         self.depth_topic = depth_topic
         self.levels = levels
         self.interval_ms = interval_ms
+        self.window_ms = window_ms
+        self.liquidity = liquidity or LiquidityWatch()
         self.books: dict[str, SymbolBook] = {}
+        self.windows: dict[str, Window] = {}  # symbol -> its latest book_metrics window
+        self.changed: dict[tuple[str, int], Window] = {}  # windows to write
         self.clocks: dict[int, PartitionClock] = {}
         self.next_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.records = 0
@@ -205,9 +219,48 @@ class BookKeeper:
         ob = book.sync.book
         assert ob is not None and ob.last_event_ms is not None
         book.pending = False
+        self._sample(book, ob, ob.last_event_ms)
         bids, asks = ob.top(self.levels)
         return BookRow(ob.last_event_ms, ob.symbol, ob.last_update_id, [p for p, _ in bids], [q for _, q in bids],
                        [p for p, _ in asks], [q for _, q in asks])  # fmt: skip
+
+    def _sample(self, book: SymbolBook, ob: OrderBook, event_ms: int) -> None:
+        """The row's book, a sample of its window's metrics (one already in the window: ignored)."""
+        check = book.check
+        checks, mismatches = check.checks - book.checks_seen, check.mismatches - book.mismatches_seen
+        book.checks_seen, book.mismatches_seen = check.checks, check.mismatches
+        start = event_ms // self.window_ms * self.window_ms
+        window = self.windows.get(ob.symbol)
+        if window is not None and (start < window.start_ms or ob.last_update_id <= window.last_update_id):
+            return  # a replay of what the window holds
+        if (s := sample(ob)) is None:
+            return
+        if window is None or start > window.start_ms:
+            if window is not None:
+                self.liquidity.closed(window)
+            window = self.windows[ob.symbol] = Window(ob.symbol, start)
+        window.add(s, ob.last_update_id, checks, mismatches)
+        window.liquidity_drop = self.liquidity.flag(window)
+        self.changed[(ob.symbol, start)] = window
+
+    def take_windows(self) -> list[Window]:
+        """The windows that changed since the last call (to write)."""
+        out, self.changed = list(self.changed.values()), {}
+        return out
+
+    def restore_windows(self, windows: list[Window]) -> None:
+        """The windows as written: each symbol's latest goes on (the samples it holds are not added again),
+        the ones before it are the liquidity history."""
+        by_symbol: dict[str, list[Window]] = {}
+        for w in sorted(windows, key=lambda w: w.start_ms):
+            by_symbol.setdefault(w.symbol, []).append(w)
+        for symbol, ws in by_symbol.items():
+            if (mine := self.windows.get(symbol)) is not None and mine.start_ms >= ws[-1].start_ms:
+                continue  # this stage holds a later one already
+            self.liquidity.history.pop(symbol, None)
+            for w in ws[:-1]:
+                self.liquidity.closed(w)
+            self.windows[symbol] = ws[-1]
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -253,6 +306,7 @@ class BookKeeper:
         """A partition of binance.depth went to another consumer: its books are its now."""
         for sym in [s for s, b in self.books.items() if b.partition == partition]:
             del self.books[sym]
+            self.windows.pop(sym, None)
         self.clocks.pop(partition, None)
 
     def health(self) -> dict:

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from decimal import Decimal
 
 import orjson
 from confluent_kafka import OFFSET_END, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
@@ -20,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cryptomon.backoff import Backoff
 from cryptomon.book.keeper import BookKeeper, BookRow, Checkpoint
+from cryptomon.book.metrics import LIQUIDITY_HISTORY, LiquidityWatch, Window
 from cryptomon.book.snapshot_asks import SnapshotAsker
 from cryptomon.book.store import BookStore, DeadLetterRow
 from cryptomon.errors import BadData, Unavailable
@@ -42,7 +44,10 @@ class BookService:
         self.settings = settings
         self.group = settings.book_group
         self.depth_topic, self.ticker_topic = topic_name(BOOK_DEPTH), topic_name(BOOK_TICKER)
-        self.keeper = BookKeeper(self.depth_topic, settings.book_levels, settings.book_snapshot_seconds * 1000)
+        liquidity = LiquidityWatch(settings.liquidity_band, Decimal(str(settings.liquidity_drop_fraction)))
+        self.keeper = BookKeeper(self.depth_topic, settings.book_levels, settings.book_snapshot_seconds * 1000,
+                                 settings.book_metrics_seconds * 1000, liquidity)  # fmt: skip
+        self.windows: dict[tuple[str, int], Window] = {}  # book_metrics windows to write
         self.store = BookStore(settings.pg_dsn, self.group)
         self.skew_ms = settings.max_clock_skew_ms
         self.rows: list[BookRow] = []
@@ -53,6 +58,7 @@ class BookService:
         self.db_ok = False
         self.last_flush = self.last_checkpoint = time.monotonic()
         self.rows_written = 0
+        self.windows_written = 0  # book_metrics upserts
         self.dead_letters = 0
         self.checkpoints = 0
         self.db_failures = 0
@@ -93,9 +99,11 @@ class BookService:
             except Unavailable as exc:  # no checkpoint read, no record read: the order of things must hold
                 log.warning("cannot read the book checkpoint (%s): retrying", exc)
                 time.sleep(backoff.next_delay())
-        self.keeper.restore([s for s in states if s.partition in parts],
-                            {p: mark for (t, p), (_, mark) in positions.items() if t == self.depth_topic})  # fmt: skip
+        marks = {p: mark for (t, p), (_, mark) in positions.items() if t == self.depth_topic}
+        self.keeper.restore([s for s in states if s.partition in parts], marks)
         since = int((time.time() - self.settings.book_start_lookback_seconds) * 1000)
+        start = min([since, *(m for m in marks.values() if m > 0)])  # the earliest event time to be read again
+        self._restore_windows(start - (LIQUIDITY_HISTORY + 1) * self.keeper.window_ms)
         fresh = [
             TopicPartition(p.topic, p.partition, since) for p in partitions if (p.topic, p.partition) not in positions
         ]
@@ -112,6 +120,17 @@ class BookService:
             len(states),
         )
         consumer.assign(out)
+
+    def _restore_windows(self, since_ms: int) -> None:
+        """The metric windows the records to be read may add to, as written (retried while the database is away)."""
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                self.keeper.restore_windows(self.store.load_windows(since_ms, LIQUIDITY_HISTORY + 1))
+                return
+            except Unavailable as exc:
+                log.warning("cannot read the book metric windows (%s): retrying", exc)
+                time.sleep(backoff.next_delay())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before another stage takes these partitions: everything written, a checkpoint, the books dropped."""
@@ -179,8 +198,9 @@ class BookService:
         while True:
             self.last_flush = time.monotonic()
             point = self._checkpoint() if checkpoint else None
+            self.windows.update({(w.symbol, w.start_ms): w for w in self.keeper.take_windows()})
             try:
-                self.store.write(self.rows, self.letters, point)
+                self.store.write(self.rows, self.letters, point, list(self.windows.values()))
             except Unavailable as exc:
                 self.db_ok = False
                 self.db_failures += 1
@@ -194,7 +214,8 @@ class BookService:
                 continue
             self.db_ok = True
             self.rows_written += len(self.rows)
-            self.rows, self.letters = [], []
+            self.windows_written += len(self.windows)
+            self.rows, self.letters, self.windows = [], [], {}
             if point is not None:
                 self.checkpoints += 1
                 self.last_checkpoint = time.monotonic()
@@ -230,6 +251,7 @@ class BookService:
             "books_synced": sum(1 for b in books.values() if b["synced"]),
             "rows_written": self.rows_written,
             "rows_pending": len(self.rows),
+            "metric_windows_written": self.windows_written,
             "dead_letters": self.dead_letters,
             "checkpoints": self.checkpoints,
             "seconds_since_checkpoint": round(time.monotonic() - self.last_checkpoint, 1),

@@ -1,5 +1,5 @@
-"""The book stage's writes: rows, dead letters and checkpoints, in one transaction each time, so that the
-rows written and the place a restart resumes from never disagree."""
+"""The book stage's writes: rows, metric windows, dead letters and checkpoints, in one transaction each
+time, so that the rows written and the place a restart resumes from never disagree."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cryptomon.book.keeper import BookRow, BookState, Checkpoint
+from cryptomon.book.metrics import Window
 from cryptomon.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,23 @@ ROW_SQL = (
     "INSERT INTO order_book_snapshots (snapshot_time, symbol, last_update_id, bid_prices, bid_qtys, ask_prices, "
     "ask_qtys) VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s::numeric[], %s::numeric[], "
     "%s::numeric[], %s::numeric[]) ON CONFLICT DO NOTHING"
+)
+METRIC_COLUMNS = (
+    "window_start", "symbol", "last_update_id", "samples", "mid", "microprice", "spread_sum", "spread_bps_sum",
+    "spread_max", "depth_10bps_samples", "bid_depth_10bps_sum", "ask_depth_10bps_sum", "imbalance_10bps_sum",
+    "depth_1pct_samples", "bid_depth_1pct_sum", "ask_depth_1pct_sum", "checks", "mismatches", "liquidity_drop",
+)  # fmt: skip
+# a window only moves forward: a replay's older state of it never overwrites a newer one
+METRICS_SQL = (
+    f"INSERT INTO book_metrics ({', '.join(METRIC_COLUMNS)}) VALUES (timestamptz 'epoch' + %s * interval "
+    f"'1 millisecond', {', '.join(['%s'] * (len(METRIC_COLUMNS) - 1))}) ON CONFLICT (symbol, window_start) DO UPDATE "
+    f"SET {', '.join(f'{c} = EXCLUDED.{c}' for c in METRIC_COLUMNS[2:])}, updated_at = now() "
+    "WHERE book_metrics.last_update_id < EXCLUDED.last_update_id"
+)
+WINDOWS_SQL = (  # each symbol's latest windows, as Window.from_row reads them
+    f"SELECT {', '.join(('(extract(epoch FROM window_start) * 1000)::bigint', *METRIC_COLUMNS[1:]))} FROM "
+    "(SELECT *, row_number() OVER (PARTITION BY symbol ORDER BY window_start DESC) AS nth FROM book_metrics "
+    "WHERE window_start >= timestamptz 'epoch' + %s * interval '1 millisecond') AS w WHERE nth <= %s"
 )
 DEAD_LETTER_SQL = (
     "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, error) "
@@ -60,6 +78,7 @@ class BookStore:
         rows: Sequence[BookRow],
         letters: Sequence[DeadLetterRow],
         checkpoint: Checkpoint | None = None,
+        windows: Sequence[Window] = (),
     ) -> None:
         """Raises Unavailable when the database cannot take it (nothing is written then)."""
         try:
@@ -67,6 +86,8 @@ class BookStore:
             with conn.transaction(), conn.cursor() as cur:
                 if rows:
                     cur.executemany(ROW_SQL, rows)
+                if windows:
+                    cur.executemany(METRICS_SQL, [w.row() for w in windows])
                 if letters:
                     cur.executemany(DEAD_LETTER_SQL, letters)
                 if checkpoint is not None:
@@ -108,6 +129,17 @@ class BookStore:
             self.close()
             raise Unavailable(f"database: {exc}") from None
         return states, positions
+
+    def load_windows(self, since_ms: int, per_symbol: int) -> list[Window]:
+        """Each symbol's latest `per_symbol` book_metrics windows that start at or after `since_ms`."""
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(WINDOWS_SQL, (since_ms, per_symbol)).fetchall()
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise Unavailable(f"database: {exc}") from None
+        return [Window.from_row(r) for r in rows]
 
     def close(self) -> None:
         if self.conn is not None:

@@ -1,9 +1,9 @@
 """The panels of the two dashboards and the alert rules, with their SQL (Grafana PostgreSQL macros).
 
 `$symbol` is a multi-value variable: Grafana expands it to a quoted list ('BTCUSDT','ETHUSDT'), so every
-query says `symbol IN ($symbol)`. Alert rules read the flags the Spark job computed, so their thresholds
-are the job's configuration (CRYPTOMON_VOLATILITY_THRESHOLD[S], CRYPTOMON_SPREAD_WARNING_FACTOR), not a
-second copy of it.
+query says `symbol IN ($symbol)`. Alert rules read the flags the Spark job and the book stage computed, so
+their thresholds are those stages' configuration (CRYPTOMON_VOLATILITY_THRESHOLD[S],
+CRYPTOMON_SPREAD_WARNING_FACTOR, CRYPTOMON_LIQUIDITY_BAND and _DROP_FRACTION), not a second copy of it.
 """
 
 from __future__ import annotations
@@ -98,6 +98,35 @@ MARKET_OVERVIEW = Dashboard(
             unit="currencyUSD",
             description="Best ask minus best bid, averaged per 30-second window.",
         ),
+        Panel(
+            "book_depth",
+            "Book depth within 10 bps (30-second windows)",
+            "timeseries",
+            'SELECT window_start AS "time", bid_depth_10bps::double precision AS "bid depth",\n'
+            '       ask_depth_10bps::double precision AS "ask depth"\n'
+            "FROM book_liquidity\n"
+            "WHERE $__timeFilter(window_start) AND symbol IN ($symbol)\n"
+            "ORDER BY 1",
+            "time_series",
+            ("time", "bid depth", "ask depth"),
+            unit="currencyUSD",
+            width=12,
+            description="Quote currency bid and offered within 10 bps of the mid, from the order book stage "
+            "(a window whose book did not know the band whole has none).",
+        ),
+        Panel(
+            "book_imbalance",
+            "Book imbalance within 10 bps",
+            "timeseries",
+            'SELECT window_start AS "time", imbalance_10bps::double precision AS "imbalance"\n'
+            "FROM book_liquidity\n"
+            "WHERE $__timeFilter(window_start) AND symbol IN ($symbol)\n"
+            "ORDER BY 1",
+            "time_series",
+            ("time", "imbalance"),
+            width=12,
+            description="(bid − ask) / (bid + ask) of the depth within 10 bps: above 0 the book leans to the bids.",
+        ),
     ),
 )
 
@@ -138,6 +167,18 @@ RISK_MONITOR = Dashboard(
             "table",
             ("spread warnings",),
             description="30-second windows whose max spread exceeded F times their min spread.",
+        ),
+        Panel(
+            "liquidity_drops",
+            "Liquidity drops",
+            "stat",
+            'SELECT count(*) AS "liquidity drops"\n'
+            "FROM book_metrics\n"
+            "WHERE $__timeFilter(window_start) AND symbol IN ($symbol) AND liquidity_drop",
+            "table",
+            ("liquidity drops",),
+            description="30-second windows whose book depth (CRYPTOMON_LIQUIDITY_BAND) fell below "
+            "CRYPTOMON_LIQUIDITY_DROP_FRACTION of its median over the previous 30 minutes.",
         ),
         Panel(
             "anomalies",
@@ -197,6 +238,18 @@ ALERT_RULES = (
         "GROUP BY symbol",
         lookback_seconds=120,
         summary="Spread of {{ $labels.symbol }} exceeded 3x its minimum in a recent 30-second window",
+        labels={"severity": "warning"},
+    ),
+    AlertRule(
+        "cryptomon-liquidity-drop",
+        "LiquidityDrop",
+        "SELECT symbol, count(*) FILTER (WHERE liquidity_drop)::double precision AS value\n"
+        "FROM book_metrics\n"
+        "WHERE $__timeFilter(window_start)\n"
+        "GROUP BY symbol",
+        lookback_seconds=120,
+        summary="Book depth of {{ $labels.symbol }} fell below its trailing median by the configured fraction "
+        "in a recent 30-second window",
         labels={"severity": "warning"},
     ),
 )

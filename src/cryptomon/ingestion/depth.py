@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import aiohttp
@@ -103,6 +104,7 @@ class SnapshotFetcher:
         self.too_old = 0
         self.failures = 0
         self.weight_spent = 0
+        self.weight_by_symbol: Counter[str] = Counter()
         self.refreshes = 0  # periodic new snapshots asked (resync_loop)
 
     async def run(self) -> None:
@@ -149,6 +151,7 @@ class SnapshotFetcher:
             return
         finally:
             self.weight_spent += weight
+            self.weight_by_symbol[symbol] += weight
         self.fetched += 1
         try:
             snapshot = DepthSnapshot.from_rest(symbol, body)
@@ -181,4 +184,6 @@ class SnapshotFetcher:
             "weight_spent": self.weight_spent,
             "gaps": self.feed.gaps,
             "refreshes": self.refreshes,
+            "waiting_symbols": sorted(self.feed.need),  # books resyncing: no snapshot bridged their diffs yet
+            "weight_by_symbol": dict(sorted(self.weight_by_symbol.items())),
         }

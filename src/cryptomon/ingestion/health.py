@@ -199,6 +199,8 @@ class IngestCollector:
                 yield CounterMetricFamily(f"cryptomon_ingest_{name}", doc, value=h.depth[key])
             yield GaugeMetricFamily("cryptomon_ingest_depth_books_waiting", "Books waiting for a snapshot",
                                     value=h.depth["waiting"])  # fmt: skip
+            yield _labelled("depth_snapshot_weight_by_symbol", "REST weight spent on a symbol's depth snapshots",
+                            "symbol", h.depth["weight_by_symbol"])  # fmt: skip
         yield h.produce_latency.metric(
             "cryptomon_ingest_produce_latency_seconds", "Time from produce to the broker's acknowledgement (acks=all)"
         )

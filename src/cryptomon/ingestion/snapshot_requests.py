@@ -1,7 +1,7 @@
 """The ingestion's side of the book stage's snapshot requests (see kafka/depth_requests.py): read from
 the end of binance.depth_requests, each valid request for a symbol this instance follows asks the
-snapshot fetcher for a new snapshot of it, at most one per symbol per cooldown; anything else is counted
-(and a record that is not a request dead-lettered)."""
+snapshot fetcher for a new snapshot of it, at most one per symbol per cooldown (one that comes within it
+is deferred to its end); anything else is counted (and a record that is not a request dead-lettered)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from cryptomon.kafka.depth_requests import REQUEST_COOLDOWN_SECONDS, parse_reque
 
 log = logging.getLogger(__name__)
 
-ASKED, COOLDOWN, NOT_FOLLOWED, WAITING, BAD = "asked", "cooldown", "not_followed", "waiting", "bad"
+ASKED, DEFERRED, NOT_FOLLOWED, WAITING, BAD = "asked", "deferred", "not_followed", "waiting", "bad"
 POLL_SECONDS = 0.5
 
 
@@ -35,6 +35,7 @@ class SnapshotRequests:
     ):
         self.fetcher, self.dead_letter, self.cooldown, self.clock = fetcher, dead_letter, cooldown, clock
         self.last_asked: dict[str, float] = {}
+        self.deferred: dict[str, float] = {}  # symbol -> when its cooldown ends: asked for then
         self.outcomes: Counter[str] = Counter()
 
     def handle(self, raw: bytes | None) -> str:
@@ -47,8 +48,20 @@ class SnapshotRequests:
         if symbol not in self.fetcher.feed.last:
             return self._count(NOT_FOLLOWED)  # another instance's, or none's
         now = self.clock()
-        if now - self.last_asked.get(symbol, -self.cooldown) < self.cooldown:
-            return self._count(COOLDOWN)
+        ends = self.last_asked.get(symbol, -self.cooldown) + self.cooldown
+        if now < ends:  # asked for lately: once more when the cooldown ends (however many came meanwhile)
+            self.deferred[symbol] = ends
+            return self._count(DEFERRED)
+        return self._ask(symbol, now, reason)
+
+    def tick(self) -> None:
+        """Ask for the deferred requests whose cooldown has ended."""
+        now = self.clock()
+        for symbol in [s for s, ends in self.deferred.items() if ends <= now]:
+            del self.deferred[symbol]
+            self._ask(symbol, now, "deferred")
+
+    def _ask(self, symbol: str, now: float, reason: str) -> str:
         self.last_asked[symbol] = now
         if not self.fetcher.request(symbol):
             return self._count(WAITING)  # a snapshot is on its way already
@@ -66,6 +79,7 @@ class SnapshotRequests:
                 for msg in consumer.consume(100, 0):
                     if msg.error() is None:
                         self.handle(msg.value())
+                self.tick()
                 await asyncio.sleep(POLL_SECONDS)
         finally:
             await asyncio.to_thread(consumer.close)

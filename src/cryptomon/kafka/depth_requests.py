@@ -5,8 +5,9 @@ stage may need one when the ingestion does not: it started after the snapshot we
 group, a lookback shorter than the time since), or its book disagrees with Binance's bookTicker (a
 mismatch: the book resyncs). It then asks; the ingestion that follows the symbol fetches a snapshot newer
 than the diffs it sent, through its REST budget, and puts it into binance.depth like any other. A request
-is a wish, not an order: the ingestion honours at most one per symbol per `REQUEST_COOLDOWN_SECONDS` and
-none for a symbol it does not follow, so a flood of records written into the topic costs no REST weight.
+is a wish, not an order: the ingestion honours at most one per symbol per `REQUEST_COOLDOWN_SECONDS` (the
+ones within it make one more at its end) and none for a symbol it does not follow, so a flood of records
+written into the topic costs at most one snapshot per followed symbol per cooldown.
 """
 
 from __future__ import annotations

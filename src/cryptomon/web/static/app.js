@@ -7,7 +7,9 @@ const state = { dashboards: [], ranges: [], symbols: [], uid: null, range: "1h",
 const layoutBase = {
   paper_bgcolor: "#181b1f", plot_bgcolor: "#181b1f", font: { color: "#d8d9da", size: 11 },
   margin: { l: 56, r: 12, t: 8, b: 32 }, showlegend: true, legend: { orientation: "h", y: -0.2 },
-  xaxis: { gridcolor: "#2c3235" }, yaxis: { gridcolor: "#2c3235" },
+  xaxis: { gridcolor: "#2c3235" },
+  // plain numbers, never SI prefixes (plotly's default draws BTC's 97,000.4 as "97.0004k")
+  yaxis: { gridcolor: "#2c3235", tickformat: ",.10~r", hoverformat: ",.10~r" },
 };
 const config = { displayModeBar: false, responsive: true };
 
@@ -28,7 +30,21 @@ function traces(panel) {
   const x = rows.map(r => new Date(r[0]));
   return cols.slice(1).map((name, i) => panel.type === "bargauge"
     ? { type: "bar", name, x, y: rows.map(r => r[i + 1]), marker: { color: "#5794f2" } }
-    : { type: "scatter", mode: "lines+markers", name, x, y: rows.map(r => r[i + 1]), marker: { size: 4 } });
+    : { type: "scatter", mode: "lines+markers", connectgaps: false, marker: { size: 4 }, name,
+        ...withGaps(x, rows.map(r => r[i + 1])) });
+}
+
+// Missing windows drawn as gaps, not as a line across them: a null point wherever two rows are further
+// apart than 1.5 times the series' usual step (its smallest one).
+function withGaps(x, y) {
+  let step = Infinity;
+  for (let i = 1; i < x.length; i++) if (x[i] - x[i - 1] > 0) step = Math.min(step, x[i] - x[i - 1]);
+  const gx = [], gy = [];
+  for (let i = 0; i < x.length; i++) {
+    if (i > 0 && x[i] - x[i - 1] > 1.5 * step) { gx.push(new Date((+x[i] + +x[i - 1]) / 2)); gy.push(null); }
+    gx.push(x[i]); gy.push(y[i]);
+  }
+  return { x: gx, y: gy };
 }
 
 function draw(body) {
