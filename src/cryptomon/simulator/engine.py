@@ -423,9 +423,11 @@ class Simulator:
             symbol = request.query.get("symbol", "").upper()
             if symbol not in self.market.state:
                 raise web.HTTPBadRequest(text=f"a depth fault needs the symbol= of a simulated book: {symbol!r}")
-            st = self.market.state[symbol]
-            bids, asks = self.market.depth_levels(symbol, 5000)
-            self.depth_faults.arm(kind, symbol, count, {"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})
+            kept = None
+            if kind == "depth_old_snapshot":  # the book as it is now, answered later
+                bids, asks = self.market.depth_levels(symbol, 5000)
+                kept = {"lastUpdateId": self.market.state[symbol].last_update_id, "bids": bids, "asks": asks}
+            self.depth_faults.arm(kind, symbol, count, kept)
             return web.json_response({"pending": {f"{f}:{s}": n for (f, s), n in self.depth_faults.pending.items()}})
         if kind not in ("malformed", "duplicate", "reorder"):
             raise web.HTTPBadRequest(text=f"kind must be malformed, duplicate, reorder or one of {DEPTH_FAULTS}")
