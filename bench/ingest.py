@@ -72,6 +72,7 @@ class Candidate:
             CRYPTOMON_SYMBOLS=",".join(self.symbols),
             CRYPTOMON_INGEST_HEALTH_PORT=0,
             CRYPTOMON_RESUME_MAX_GAP=0,  # every run is a new exchange: no resuming from the previous run's ids
+            CRYPTOMON_DEPTH="off",  # cryptofeed's side follows trades and bookTickers: the same streams
             SSL_CERT_FILE=self.cert,
             REQUESTS_CA_BUNDLE=self.cert,
         )

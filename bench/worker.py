@@ -240,6 +240,7 @@ def latency(settings, seconds: float, logs: Path) -> dict:
         CRYPTOMON_INGEST_HEALTH_PORT=0,
         CRYPTOMON_WORKER_HEALTH_PORT=port + 1,
         CRYPTOMON_WORKER_GROUP=f"bench-lat-{uuid.uuid4().hex[:6]}",
+        CRYPTOMON_DEPTH="off",  # the worker's latency, as measured before the book existed (bench/e2e.py: with it)
     )
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE trades, book_ticker")

@@ -60,11 +60,15 @@ FUTURE_SKEW = {"CRYPTOMON_MAX_CLOCK_SKEW_SECONDS": 3600}
 
 
 def env_for(settings, **extra) -> dict:
+    """The environment of a `cryptomon` process on the test stack. The order book is off unless a test
+    turns it on (`CRYPTOMON_DEPTH`): the other stages' tests do not pay for snapshots and depth streams;
+    the book's tests and `cryptomon up`'s first test run it."""
     env = {
         **os.environ,
         "CRYPTOMON_STATE_DIR": str(settings.state_dir),
         "CRYPTOMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CRYPTOMON_PG_DSN": settings.pg_dsn,
+        "CRYPTOMON_DEPTH": "off",
         "PYTHONUNBUFFERED": "1",
     }
     env.update({k: str(v) for k, v in extra.items()})

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     )
     backfill_concurrency: int = Field(4, ge=1, le=64, description="Gaps backfilled at the same time.")
     depth: Literal["100ms", "1000ms", "off"] = Field(
-        "off",
+        "100ms",
         description="The order book: follow `<symbol>@depth@100ms` (`100ms`) or `<symbol>@depth` (`1000ms`) into "
         "topic binance.depth, with the REST snapshots that sync it; `off`: no depth stream.",
     )

@@ -128,7 +128,9 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
         wait_for(lambda: _metric_rows(chaos_stack, symbols) > 0, 180, what="first metrics")
         db.stop()
         produce_events(chaos_stack.kafka_bootstrap, second)  # arrives while the database is down
-        time.sleep(5)  # both processes hit the dead database and retry
+        wait_for(lambda: "retrying this micro-batch's write" in spark.log(), 180, what="Spark retrying its write")
+        wait_for(lambda: get_json(f"http://127.0.0.1:{wport}/health")[1]["db_failures"] > 0, 60,
+                 what="the worker retrying its write")  # fmt: skip
         db.start()
         wait_for(
             lambda: counts(chaos_stack.pg_dsn, symbols) == (n_trades, len(events) - n_trades),
@@ -137,8 +139,6 @@ def test_timescaledb_restarted_while_the_worker_and_spark_write(chaos_stack, tmp
         )
         wait_metrics_match_oracle(chaos_stack, symbols, what="metrics equal to the oracle after the restart")
         assert worker.alive() and spark.alive()
-        assert get_json(f"http://127.0.0.1:{wport}/health")[1]["db_failures"] > 0
-    assert "retrying this micro-batch's write" in spark.log()
     assert "Traceback" not in spark.log() and "Traceback" not in worker.log()
 
 

@@ -16,10 +16,12 @@ from tests.helpers import Proc, env_for, free_port, get_json, wait_for, wait_jso
 pytestmark = pytest.mark.integration
 
 
-def up_env(stack, tmp_path, symbol: str) -> tuple[dict, dict]:
+def up_env(stack, tmp_path, symbol: str, defaults: bool = False) -> tuple[dict, dict]:
+    """`defaults`: the order book as a user gets it (on), not off as the other tests run."""
     ports = {
         "ingest": free_port(),
         "worker": free_port(),
+        "book": free_port(),
         "sim": free_port(),
         "dashboard": free_port(),
         "notify": free_port(),
@@ -29,6 +31,7 @@ def up_env(stack, tmp_path, symbol: str) -> tuple[dict, dict]:
         CRYPTOMON_SYMBOLS=symbol,
         CRYPTOMON_INGEST_HEALTH_PORT=ports["ingest"],
         CRYPTOMON_WORKER_HEALTH_PORT=ports["worker"],
+        CRYPTOMON_BOOK_HEALTH_PORT=ports["book"],
         CRYPTOMON_DASHBOARD_PORT=ports["dashboard"],
         CRYPTOMON_NOTIFY_HEALTH_PORT=ports["notify"],
         CRYPTOMON_ALERT_EMAIL="risk@example.com",
@@ -38,15 +41,17 @@ def up_env(stack, tmp_path, symbol: str) -> tuple[dict, dict]:
         CRYPTOMON_SPARK_TRIGGER_SECONDS=2,
         CRYPTOMON_SPARK_MAX_OFFSETS_PER_TRIGGER=50_000_000,
     )
+    if defaults:
+        del env["CRYPTOMON_DEPTH"]
     return env, ports
 
 
-def table_counts(dsn: str, symbol: str) -> dict[str, int]:
+TABLES = ("trades", "book_ticker", "trade_metrics", "spread_metrics")
+
+
+def table_counts(dsn: str, symbol: str, tables: tuple[str, ...] = TABLES) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
-        return {
-            t: conn.execute(f"SELECT count(*) FROM {t} WHERE symbol = %s", (symbol,)).fetchone()[0]
-            for t in ("trades", "book_ticker", "trade_metrics", "spread_metrics")
-        }
+        return {t: conn.execute(f"SELECT count(*) FROM {t} WHERE symbol = %s", (symbol,)).fetchone()[0] for t in tables}
 
 
 def children(stack) -> dict[str, int]:
@@ -54,23 +59,27 @@ def children(stack) -> dict[str, int]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def test_up_with_the_simulator_fills_all_four_tables_and_ctrl_c_leaves_nothing(stack, tmp_path):
+def test_up_with_the_simulator_and_the_defaults_fills_every_table_and_ctrl_c_leaves_nothing(stack, tmp_path):
+    """The defaults, order book included: the ingestion follows depth@100ms and `up` runs the book stage."""
     symbol = f"UP{uuid.uuid4().hex[:5].upper()}USDT"
-    env, ports = up_env(stack, tmp_path, symbol)
+    env, ports = up_env(stack, tmp_path, symbol, defaults=True)
     up = Proc("up", ["up", "--feed", "sim", "--sim-port", str(ports["sim"]), "--sim-rate", "40", "--no-live"], env)
+    tables = (*TABLES, "order_book_snapshots", "book_metrics")
     try:
         wait_for(
-            lambda: all(n > 0 for n in table_counts(stack.pg_dsn, symbol).values()),
+            lambda: all(n > 0 for n in table_counts(stack.pg_dsn, symbol, tables).values()),
             240,
             interval=0.5,
-            what="rows in trades, book_ticker, trade_metrics and spread_metrics",
+            what=f"rows in {', '.join(tables)}",
         )
         assert get_json(f"http://127.0.0.1:{ports['ingest']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['worker']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['dashboard']}/health")[0] == 200
         assert get_json(f"http://127.0.0.1:{ports['notify']}/health")[1]["recipients"] == 1  # a count, no address
+        book = get_json(f"http://127.0.0.1:{ports['book']}/health")[1]
+        assert book["books"][symbol]["synced"] and book["books"][symbol]["mismatches"] == 0, book
         pids = children(stack)
-        assert {"feed", "ingest", "worker", "spark", "dashboard", "notify", "up"} <= set(pids)
+        assert {"feed", "ingest", "worker", "spark", "book", "dashboard", "notify", "up"} <= set(pids)
         up.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert up.popen.wait(120) == 0, up.log()[-2000:]
     finally:

@@ -18,6 +18,7 @@ def test_defaults_match_the_spec(monkeypatch):
     assert s.kafka_bootstrap == "127.0.0.1:9092"
     assert s.kafka_host_port == ("127.0.0.1", 9092)
     assert s.pg_dsn.endswith("@127.0.0.1:5433/cryptomon")
+    assert s.depth == "100ms"  # the order book is on unless turned off
 
 
 def test_symbols_from_comma_separated_env(monkeypatch):

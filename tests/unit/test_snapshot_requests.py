@@ -22,6 +22,23 @@ def test_a_book_is_asked_for_after_waiting_again_while_it_waits_and_at_once_afte
     assert plan.due([], [], 71) == [] and plan.waiting_since == {}  # synced: forgotten
     assert plan.due(["B"], ["B"], 72) == [("B", "mismatch")]  # a mismatch asks at once, then waits as any
     assert plan.due(["B"], [], 131) == [] and plan.due(["B"], [], 132) == [("B", "waiting")]
+    assert plan.due(["B"], [], 251) == [] and plan.due(["B"], [], 252) == [("B", "waiting")]  # 60 s, then 120 s
+
+
+def test_books_waiting_while_the_ingestion_works_through_its_queue_ask_late_and_seldom():
+    """400 books at once, the ingestion syncing one a second (50 weight each: 3,000 a minute): the asks
+    for queued books are pointless. A book asks 60 s, 180 s and 420 s into its wait, not every minute from
+    the 10th second; a book whose snapshot stopped coming (no snapshot for 10 s) still asks after 10 s."""
+    plan = AskPlan(after=10, again=60, most=960)
+    asks: list[tuple[int, str]] = []
+    for t in range(0, 401):  # book i syncs at second i: snapshots read so far = t
+        asks += [(t, sym) for sym, _ in plan.due([f"B{i}" for i in range(t + 1, 401)], [], t, snapshots=t)]
+    oracle = [(at, f"B{i}") for at in (60, 180) for i in range(at + 1, 401)]  # 420 s: all synced by then
+    assert sorted(asks) == sorted(oracle) and len(asks) == 340 + 220
+    quiet = AskPlan(after=10, again=60)
+    assert quiet.due(["X"], [], 0, snapshots=5) == []  # a snapshot just came: busy
+    assert quiet.due(["X"], [], 9, snapshots=5) == []
+    assert quiet.due(["X"], [], 10, snapshots=5) == [("X", "waiting")]  # none for 10 s: ask
 
 
 def test_the_ingestion_honours_a_request_for_a_followed_book_once_per_cooldown():

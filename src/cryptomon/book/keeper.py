@@ -105,6 +105,7 @@ class BookKeeper:
         self.next_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.records = 0
         self.bad_records = 0
+        self.snapshots = 0  # depth snapshots read
         self.mismatched: list[str] = []  # books resynced on a mismatch, for the stage to ask a snapshot of
 
     def _book(self, symbol: str, partition: int) -> SymbolBook:
@@ -130,6 +131,7 @@ class BookKeeper:
             if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
                 raise BadData("bad_depth_snapshot", f"symbol {short_repr(symbol)}")
             snapshot = DepthSnapshot.from_rest(symbol, value)
+            self.snapshots += 1
             book = self._book(snapshot.symbol, partition)
             return self._after(book, book.sync.on_snapshot(snapshot), offset, [])
         diff = DepthDiff.from_payload(value, latest_ms=latest_ms)
