@@ -14,6 +14,7 @@ import pytest
 from cryptomon.binance.orderbook import DepthSnapshot, OrderBook
 from cryptomon.book.keeper import BookKeeper
 from cryptomon.book.metrics import LIQUIDITY_MIN_HISTORY, PLACES, LiquidityWatch, Window, sample
+from cryptomon.errors import BadData
 from tests.unit.test_book_keeper import TOPIC, records, walk_books
 
 WINDOW_MS = 30_000
@@ -151,3 +152,26 @@ def test_a_window_whose_depth_falls_below_the_fraction_of_its_trailing_median_is
     assert not watch.flag(window(10)) and len(watch.history["X"]) == LIQUIDITY_MIN_HISTORY - 1
     watch.closed(window(100))  # the median of 80, 80, 80, 100, 100, 100, 100, 120, 120, 120 is 100
     assert watch.flag(window(49)) and not watch.flag(window(50)) and not watch.flag(window(None))
+
+
+def test_a_side_shorter_than_the_levels_asked_for_is_known_whole_and_survives_a_checkpoint():
+    """A thin book: 1,000 levels asked, 2 bids and 1 ask came, so there is nothing beyond them and both
+    bands are known; without the limit (a bare REST answer) the same levels reach only as far as they go."""
+    snap = {"e": "depthSnapshot", "s": "THINUSDT", "lastUpdateId": 7, "bids": [["99.99", "1"], ["99.5", "2"]],
+            "asks": [["100.01", "3"]], "limit": 1000}  # fmt: skip
+    thin = sample(OrderBook(DepthSnapshot.from_rest("THINUSDT", snap)))
+    assert thin is not None and thin.depth_1pct == (Decimal("99.99") + Decimal("199.0"), Decimal("300.03"))
+    bare = sample(OrderBook(DepthSnapshot.from_rest("THINUSDT", {k: v for k, v in snap.items() if k != "limit"})))
+    assert bare is not None and bare.depth_1pct is None and bare.depth_10bps is None  # the ask reaches 100.01 only
+    keeper = BookKeeper(TOPIC)
+    keeper.on_depth(
+        {"e": "depthUpdate", "E": 1_700_000_000_000, "s": "THINUSDT", "U": 5, "u": 8, "b": [], "a": []}, 0, 0
+    )
+    keeper.on_depth(snap, 0, 1)
+    again = BookKeeper(TOPIC)
+    again.restore(keeper.checkpoint().states, {0: 2})
+    book = again.books["THINUSDT"].sync.book
+    assert book is not None and (book.known_bid, book.known_ask) == (Decimal(0), Decimal("Infinity"))
+    for bad in (0, -1, 5001, "1000", 1.5):
+        with pytest.raises(BadData):
+            DepthSnapshot.from_rest("THINUSDT", {**snap, "limit": bad})

@@ -37,6 +37,7 @@ from cryptomon.errors import BadData
 Level = tuple[str, str]  # (price, quantity) as Binance wrote them
 _DIFF_FIELDS = frozenset({"e", "E", "s", "U", "u", "b", "a"})
 _SCALARS = (str, int, float, bool, type(None))
+ZERO, BEYOND = Decimal(0), Decimal("Infinity")  # how deep a whole side is known: every bid, every ask
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,18 @@ class DepthSnapshot:
     last_update_id: int
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
+    limit: int | None = None  # the levels asked for: a side with fewer is the whole side (None: not known)
 
     @classmethod
     def from_rest(cls, symbol: str, body: object) -> DepthSnapshot:
+        """A validated answer (the ingestion's record of one adds the `limit` it asked for)."""
         if not isinstance(body, dict) or not is_id(body.get("lastUpdateId")):
             raise BadData("bad_depth_snapshot", f"no lastUpdateId: {short_repr(body)}")
-        return cls(symbol, body["lastUpdateId"], _levels(body.get("bids"), "bids"), _levels(body.get("asks"), "asks"))
+        limit = body.get("limit")
+        if limit is not None and not (is_id(limit) and 1 <= limit <= limits.DEPTH_LEVELS_MAX):
+            raise BadData("bad_depth_snapshot", f"limit {short_repr(limit)}")
+        return cls(symbol, body["lastUpdateId"], _levels(body.get("bids"), "bids"), _levels(body.get("asks"), "asks"),
+                   limit)  # fmt: skip
 
 
 def _levels(raw: object, name: str) -> tuple[Level, ...]:
@@ -171,9 +178,11 @@ class OrderBook:
         self.asks = Side(bids=False)
         self.bids.set(snapshot.bids)
         self.asks.set(snapshot.asks)
-        # how deep the snapshot went: beyond it a level is known only once it changed
-        self.known_bid = self.bids.deepest_price()
-        self.known_ask = self.asks.deepest_price()
+        # how deep the snapshot went: beyond it a level is known only once it changed; a side shorter than
+        # the levels asked for is the whole side (a thin book)
+        asked = snapshot.limit or 0  # not known: no side is known whole
+        self.known_bid = ZERO if len(snapshot.bids) < asked else self.bids.deepest_price()
+        self.known_ask = BEYOND if len(snapshot.asks) < asked else self.asks.deepest_price()
 
     def apply(self, diff: DepthDiff) -> None:
         self.bids.set(diff.bids)

@@ -6,7 +6,8 @@ time) add up into one row of `book_metrics`:
   last sample; the spread `ask − bid`, summed (for its mean, also in bps of the mid) and its maximum;
 - the depth of each side within 10 bps and within 1 % of the mid, in quote currency (Σ price·qty of the
   levels in the band), summed over the samples whose band the book knows whole; and the imbalance within
-  10 bps, `(bid − ask) / (bid + ask)`. A book knows a band whole when its snapshot reached past it: beyond
+  10 bps, `(bid − ask) / (bid + ask)`. A book knows a band whole when its snapshot reached past it (or
+  held fewer levels than were asked for: the whole side): beyond
   the snapshot's deepest level a book holds only the levels that changed since (BTCUSDT's 1,000 levels
   reach ~0.33 % of its price: its 1 % band is never known whole, and is counted in none of its samples);
 - the bookTicker checks made and the mismatches found while the window was open;
@@ -141,7 +142,7 @@ class Window:
 class LiquidityWatch:
     """Per symbol, the mean depths of its last closed windows in the band, and the drop flag."""
 
-    def __init__(self, band: str = "1pct", fraction: Decimal = Decimal("0.5")):
+    def __init__(self, band: str = "10bps", fraction: Decimal = Decimal("0.5")):
         if band not in BANDS:
             raise ValueError(f"band: one of {BANDS}")
         self.band, self.fraction = band, fraction

@@ -425,8 +425,7 @@ class Simulator:
                 raise web.HTTPBadRequest(text=f"a depth fault needs the symbol= of a simulated book: {symbol!r}")
             kept = None
             if kind == "depth_old_snapshot":  # the book as it is now, answered later
-                bids, asks = self.market.depth_levels(symbol, 5000)
-                kept = {"lastUpdateId": self.market.state[symbol].last_update_id, "bids": bids, "asks": asks}
+                kept = self.market.depth_snapshot(symbol, 5000)
             self.depth_faults.arm(kind, symbol, count, kept)
             return web.json_response({"pending": {f"{f}:{s}": n for (f, s), n in self.depth_faults.pending.items()}})
         if kind not in ("malformed", "duplicate", "reorder"):

@@ -336,6 +336,11 @@ class Market:
         return ([[fmt(p), fmt(q)] for p, q in list(bids.items())[:limit]],
                 [[fmt(p), fmt(q)] for p, q in list(asks.items())[:limit]])  # fmt: skip
 
+    def depth_snapshot(self, symbol: str, limit: int) -> dict:
+        """`/api/v3/depth`'s answer: the top `limit` levels a side and the update id they stand at."""
+        bids, asks = self.depth_levels(symbol, limit)
+        return {"lastUpdateId": self.state[symbol].last_update_id, "bids": bids, "asks": asks}
+
     def _window(self, st: SymbolState, bid: int, bid_qty: int, ask: int, ask_qty: int) -> tuple[dict, dict]:
         """The book with that best bid and ask: BOOK_LEVELS levels a side, best first, price -> quantity."""
         tick = st.inst.tick

@@ -262,9 +262,7 @@ class RestApi:
             raise ApiError(limits.ERR_TOO_MANY_REQUESTS, "Too much request weight used (an injected fault).", 429, 1)
         if old := faults.old_snapshot(symbol):
             return _json({**old, "bids": old["bids"][:limit], "asks": old["asks"][:limit]})
-        st = self.sim.market.state[symbol]
-        bids, asks = self.sim.market.depth_levels(symbol, limit)
-        return _json({"lastUpdateId": st.last_update_id, "bids": bids, "asks": asks})
+        return _json(self.sim.market.depth_snapshot(symbol, limit))
 
     async def trades(self, request: web.Request) -> web.Response:
         q = request.query
