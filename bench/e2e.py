@@ -81,7 +81,9 @@ class Load:
 
     rate: int  # target events/s, for the report
     sim: list[str]  # `feed sim` arguments
-    faults: str = "stall"  # "stall": one 30 s stall + slow REST; "disconnects": every connection dropped twice
+    faults: str = "stall"  # "stall": one 30 s stall + slow REST; "disconnects": every connection dropped twice;
+    # "none": the market as it comes (the whole market's books take minutes of REST budget to sync: two
+    # disconnects would spend the run resyncing them)
     symbols: str | None = None  # CRYPTOMON_SYMBOLS (None: the default three)
     symbols_count: int = 3
     settle_seconds: float = 150  # how long the market goes on after the run for backfills and repairs
@@ -97,7 +99,7 @@ def rate_load(rate: int) -> Load:
 WHOLE_MARKET_STEPS, WHOLE_MARKET_BOOK_UPDATES = 1250, 5.4
 
 
-def whole_market_load(size: int = 400) -> Load:
+def whole_market_load(size: int = 400, faults: str = "disconnects") -> Load:
     share = size / 400
     return Load(
         round(11_250 * share),
@@ -111,7 +113,7 @@ def whole_market_load(size: int = 400) -> Load:
             "--book-updates",
             str(WHOLE_MARKET_BOOK_UPDATES),
         ],
-        faults="disconnects",
+        faults=faults,
         symbols="*USDT",
         symbols_count=size,
         settle_seconds=300,
@@ -216,6 +218,8 @@ def run_rate(
         offered_rate = round((sum(_offered(port).values()) - sum(offered0.values())) / elapsed)
         _control(port, "rest?delay=0")
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn, contextlib.suppress(TimeoutError):
+            if load.faults == "none":  # nothing was backfilled: no window to wait for
+                raise TimeoutError
             # the market still runs, so Spark's watermark passes the stalled windows and the repair can act
             wait(lambda: 0 < _backfilled_windows(conn, started_wall) == _repair_latency(conn, started_wall)["n"],
                  load.settle_seconds, "the windows with backfilled trades to equal their raw rows",
@@ -534,6 +538,7 @@ def main() -> None:
                     help="Kafka as a cluster of this many nodes, topics replicated min(3, nodes) times")  # fmt: skip
     ap.add_argument("--depth", action="store_true",
                     help="the order book on: depth@100ms of every symbol into binance.depth and cryptomon book")  # fmt: skip
+    ap.add_argument("--no-disconnects", action="store_true", help="whole market: no forced disconnects")
     ap.add_argument("--symbols", type=int, help="whole market: this many of its symbols (default 400; quick 50)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -549,7 +554,7 @@ def main() -> None:
     if args.whole_market:
         size, seconds = (50, args.seconds or 90.0) if args.quick else (400, args.seconds or 600.0)
         size = args.symbols or size
-        loads = [whole_market_load(size)]
+        loads = [whole_market_load(size, "none" if args.no_disconnects else "disconnects")]
     else:
         loads = [rate_load(rate) for rate in rates]
     results = [run_rate(load, seconds, logs, every, args.kafka_nodes, args.depth) for load in loads]

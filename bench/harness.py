@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_depth", "market_cluster")
+BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_depth", "market_cluster", "market_book")
 # benchmarks that are a mode of another script
 # the cluster and order-book runs: 50 of the market's symbols for a minute with the book's streams on, on one
 # Kafka node and on three (on this 2-core machine three nodes and the book at the whole market's load are more
@@ -23,6 +23,8 @@ SCRIPTS = {
     "market": ("e2e", ["--whole-market"]),
     "market_depth": ("e2e", SMALL_MARKET),
     "market_cluster": ("e2e", [*SMALL_MARKET, "--kafka-nodes", "3"]),
+    # the whole market (400 symbols) with its books: ~7 minutes of REST budget to sync them, then the steady state
+    "market_book": ("e2e", ["--whole-market", "--depth", "--no-disconnects", "--seconds", "720"]),
 }
 
 
@@ -347,7 +349,7 @@ def render_cluster(single: dict, cluster: dict) -> list[str]:
     ]
 
 
-def render_depth(m: dict) -> list[str]:
+def render_depth(m: dict, name: str = "market_depth", title: str = "The whole market with the order book") -> list[str]:
     """The whole market with the order book on: the book stage's cost and latency, the books' start."""
     x = m["runs"][0]
     b = x.get("book")
@@ -355,9 +357,9 @@ def render_depth(m: dict) -> list[str]:
         return []
     lat = b["row_latency"]
     return [
-        "## The whole market with the order book",
+        f"## {title}",
         "",
-        f"{x['load']} for {x['seconds']:g} s with `CRYPTOMON_DEPTH=100ms` (`bench/run --only market_depth`): every "
+        f"{x['load']} for {x['seconds']:g} s with `CRYPTOMON_DEPTH=100ms` (`bench/run --only {name}`): every "
         "symbol's `@depth@100ms` on its connection, `binance.depth`, and `cryptomon book` writing "
         "`order_book_snapshots`. Row latency is "
         "the last diff of a second (its event time) to its row written; the books' start is the time from "
@@ -485,6 +487,10 @@ def render(report: dict) -> str:
         lines += render_depth(one) + goal_lines(one)
     if one and mc and not one.get("failed") and not mc.get("failed"):
         lines += render_cluster(one, mc) + goal_lines(mc)
+    if (whole := r.get("market_book")) and not whole.get("failed"):
+        lines += render_depth(whole, "market_book", "The whole market (400 symbols) with every book") + goal_lines(
+            whole
+        )
     soak = report.get("soak")
     if soak and not soak.get("failed"):
         x = soak["runs"][0]

@@ -7,9 +7,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cryptomon.binance.book_check import TopOfBookCheck
-from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Step
+from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Side, Step
 from cryptomon.binance.schema import DEPTH_SNAPSHOT
 from cryptomon.errors import BadData
 from cryptomon.simulator.replay import read_timed
@@ -197,3 +199,29 @@ def test_a_top_is_checked_only_against_a_bookticker_of_its_own_connection_sessio
     assert (c.checks, c.mismatches, c.unchecked) == (0, 0, 1)  # not a false mismatch against 8
     assert c.on_book(15, ("99", "1"), ("101", "2"), session=2) is None and c.checks == 0  # waits for > 15
     assert c.on_ticker(16, ("99", "1"), ("101", "2"), session=2) == [] and c.checks == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("set"), st.booleans(), st.integers(90, 110), st.integers(0, 5)),
+            st.tuples(st.just("within"), st.booleans(), st.integers(85, 115), st.sampled_from(["x", "y"])),
+        ),
+        max_size=60,
+    )
+)
+def test_a_sides_band_sums_kept_between_calls_equal_the_sum_over_its_levels(ops):
+    """Levels set and removed and bounds moved in any order: each `within` equals Σ price·qty of the levels
+    from the best to the bound, summed afresh (the oracle)."""
+    sides = {True: Side(bids=True), False: Side(bids=False)}
+    for op, bids, a, b in ops:
+        side = sides[bids]
+        if op == "set":
+            side.set([(f"{a}.5", f"{b}.25" if b else "0.00")])
+            continue
+        bound = Decimal(a)
+        got = side.within(b, bound)
+        levels = side.levels.items()
+        want = sum((p * Decimal(q) for p, (_, q) in levels if (p >= bound if bids else p <= bound)), Decimal(0))
+        assert got == want

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from enum import Enum
 
 from sortedcontainers import SortedList
@@ -38,6 +38,9 @@ Level = tuple[str, str]  # (price, quantity) as Binance wrote them
 _DIFF_FIELDS = frozenset({"e", "E", "s", "U", "u", "b", "a"})
 _SCALARS = (str, int, float, bool, type(None))
 ZERO, BEYOND = Decimal(0), Decimal("Infinity")  # how deep a whole side is known: every bid, every ask
+# price·qty and their sums, exact: Binance's decimals have at most 20 + 8 digits, a product 56, a sum of a
+# side's levels a few more (the default context keeps 28 and would round large ones)
+NOTIONAL = Context(prec=80)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,26 +119,78 @@ def _levels(raw: object, name: str) -> tuple[Level, ...]:
 
 class Side:
     """One side of a book: its levels by exact price, and the prices in order. A diff mostly changes the
-    quantity of a level the book holds (a dict assignment); only a new or removed level touches the order."""
+    quantity of a level the book holds (a dict assignment); only a new or removed level touches the order.
 
-    __slots__ = ("bids", "levels", "order")
+    It also keeps Σ price·qty of the levels from the best to a bound for the bands asked of it (`within`):
+    the levels changed since the last call change the sums they are in, and a bound that moved adds or
+    takes away only the levels it passed, so a band of thousands of levels costs what changed since the
+    last call (each level once, however often it changed), not a sum over all of them."""
+
+    __slots__ = ("bands", "bids", "changed", "levels", "order")
 
     def __init__(self, bids: bool):
         self.bids = bids  # best = highest price; asks: lowest
         self.levels: dict[Decimal, Level] = {}
         self.order = SortedList()
+        self.bands: dict[str, list] = {}  # band name -> [bound, Σ price·qty of the levels within it]
+        self.changed: dict[Decimal, Level | None] = {}  # since the sums were last brought up: level -> as it was
 
     def set(self, levels: Iterable[Level]) -> None:
-        book, order = self.levels, self.order
+        book, order, changed = self.levels, self.order, self.changed if self.bands else None
         for price, qty in levels:
             key = Decimal(price)
-            if is_zero(qty):
-                if book.pop(key, None) is not None:  # removing a level the book does not hold "is normal"
+            old = book.get(key)
+            if changed is not None and key not in changed:
+                changed[key] = old
+            if not qty.strip("0."):  # zero (the contract's decimals): removes the level
+                if old is not None:  # removing a level the book does not hold "is normal"
+                    del book[key]
                     order.remove(key)
             else:
-                if key not in book:
+                if old is None:
                     order.add(key)
                 book[key] = (price, qty)
+
+    def _sum(self, lo: Decimal, hi: Decimal, inclusive: tuple[bool, bool]) -> Decimal:
+        levels, total = self.levels, ZERO
+        for k in self.order.irange(lo, hi, inclusive):
+            total = NOTIONAL.add(total, NOTIONAL.multiply(k, Decimal(levels[k][1])))
+        return total
+
+    def _bring_up(self) -> None:
+        """The levels changed since the last call, into the sums of the bands they are in."""
+        levels, bids = self.levels, self.bids
+        for key, was in self.changed.items():
+            now = levels.get(key)
+            if now == was:
+                continue
+            delta = None
+            for band in self.bands.values():
+                if (key >= band[0]) if bids else (key <= band[0]):
+                    if delta is None:
+                        q = NOTIONAL.subtract(Decimal(now[1]) if now else ZERO, Decimal(was[1]) if was else ZERO)
+                        delta = NOTIONAL.multiply(key, q)
+                    band[1] = NOTIONAL.add(band[1], delta)
+        self.changed.clear()
+
+    def within(self, name: str, bound: Decimal) -> Decimal:
+        """Σ price·qty of the levels from the best down to `bound` (bids, price ≥ bound) or up to it (asks,
+        price ≤ bound), kept for the band `name` between calls."""
+        self._bring_up()
+        band = self.bands.get(name)
+        if band is None:
+            lo, hi = (bound, None) if self.bids else (None, bound)
+            band = self.bands[name] = [bound, self._sum(lo, hi, (True, True))]  # type: ignore[arg-type]
+        old, total = band
+        if bound != old:
+            if self.bids:  # levels in [min, max) of the two bounds joined (the bound fell) or left the band
+                passed = self._sum(min(bound, old), max(bound, old), (True, False))
+                total = NOTIONAL.add(total, passed) if bound < old else NOTIONAL.subtract(total, passed)
+            else:  # asks: levels in (min, max]
+                passed = self._sum(min(bound, old), max(bound, old), (False, True))
+                total = NOTIONAL.add(total, passed) if bound > old else NOTIONAL.subtract(total, passed)
+            band[0], band[1] = bound, total
+        return total
 
     def __len__(self) -> int:
         return len(self.levels)

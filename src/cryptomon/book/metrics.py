@@ -48,13 +48,13 @@ class Sample(NamedTuple):
     depth_1pct: tuple[Decimal, Decimal] | None
 
 
-def depth_within(side: Side, bound: Decimal, known: Decimal | None) -> Decimal | None:
-    """Σ price·qty of the side's levels from the best down to `bound` (bids) or up to it (asks); None when
-    the book's snapshot did not reach `bound` (`known`: its deepest price)."""
+def depth_within(side: Side, band: str, bound: Decimal, known: Decimal | None) -> Decimal | None:
+    """Σ price·qty of the side's levels from the best down to `bound` (bids) or up to it (asks), the side
+    keeping it for `band` from one sample to the next; None when the book's snapshot did not reach `bound`
+    (`known`: its deepest price)."""
     if known is None or (known > bound if side.bids else known < bound):
         return None
-    keys = side.order.irange(minimum=bound) if side.bids else side.order.irange(maximum=bound)
-    return sum((k * Decimal(side.levels[k][1]) for k in keys), Decimal(0))
+    return side.within(band, bound)
 
 
 def sample(book: OrderBook) -> Sample | None:
@@ -65,9 +65,9 @@ def sample(book: OrderBook) -> Sample | None:
     bp, bq, ap, aq = Decimal(bid[0]), Decimal(bid[1]), Decimal(ask[0]), Decimal(ask[1])
     mid = (bp + ap) / 2
     bands = []
-    for band in (BAND_10BPS, BAND_1PCT):
-        b = depth_within(book.bids, mid * (1 - band), book.known_bid)
-        a = depth_within(book.asks, mid * (1 + band), book.known_ask)
+    for name, band in zip(BANDS, (BAND_10BPS, BAND_1PCT), strict=True):
+        b = depth_within(book.bids, name, mid * (1 - band), book.known_bid)
+        a = depth_within(book.asks, name, mid * (1 + band), book.known_ask)
         bands.append(None if b is None or a is None else (b, a))
     return Sample(mid, (bp * aq + ap * bq) / (bq + aq), ap - bp, bands[0], bands[1])
 
