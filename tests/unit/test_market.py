@@ -73,11 +73,13 @@ def test_fmt_is_exact():
     assert fmt(1) == "0.00000001"
 
 
+@pytest.mark.parametrize("snapshot_at", [3, 12, 27])  # before the first diff; between the 2nd and 3rd; 5th and 6th
 @pytest.mark.parametrize(("symbol", "spread"), [("BTCUSDT", 1.0), ("PEPEUSDT", 40.0)])
-def test_the_depth_stream_keeps_a_client_s_book_equal_to_the_simulator_s(symbol, spread):
+def test_the_depth_stream_keeps_a_client_s_book_equal_to_the_simulator_s(symbol, spread, snapshot_at):
     """A client that syncs by Binance's rules from a snapshot taken between two diffs holds, after every
     diff, the book a new snapshot shows, and its best levels are the latest bookTicker's (wide spreads
-    move the best levels many ticks at once: the levels of every book in between are in the diff)."""
+    move the best levels many ticks at once: the levels of every book in between are in the diff, since
+    the snapshot may have shown any of them)."""
     m = Market((symbol,), seed=7)
     cond = Conditions(spread=spread)
     u = 0
@@ -87,7 +89,7 @@ def test_the_depth_stream_keeps_a_client_s_book_equal_to_the_simulator_s(symbol,
         for kind, payload in m.step(symbol, 1_723_161_255_000 + n * 10, cond):
             if kind == "bookTicker":
                 ticker = payload
-        if n == 3:  # the snapshot comes between two diffs
+        if n == snapshot_at:  # the snapshot comes between two diffs
             bids, asks = m.depth_levels(symbol, 1000)
             client = ({p: q for p, q in bids}, {p: q for p, q in asks}, m.state[symbol].last_update_id)
         if n % 5 == 4:  # a diff every 5 steps

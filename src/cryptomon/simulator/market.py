@@ -355,32 +355,42 @@ class Market:
 
     def depth_diff(self, symbol: str) -> tuple[list[list[str]], list[list[str]]]:
         """Every level that changed since the last call, as Binance's diffs hold them: the quantity it has
-        now, 0 for one the book no longer holds, and the best levels the book had in between. Below the
-        best, a level's quantity depends on its price alone, so what changed is the levels that entered or
-        left the book since the last diff and the best levels: a diff costs the few levels that moved (the
-        books' prices as ranges), not a pass over every book in between (400 symbols × 10 a second)."""
+        now, 0 for one the book no longer holds. A snapshot may have been taken at any book in between, so
+        "changed" is against each of them: every level some book since the last diff held but not all of
+        them did, and every best level among them (below the best a level's quantity depends on its price
+        alone). The books' prices are ranges, so a diff costs the levels that moved, not a pass over every
+        book in between (400 symbols × 10 a second)."""
         st = self.state[symbol]
         visited, st.visited = st.visited, deque(maxlen=10_000)
         st.depth_watched = True
         bids, asks = self._ranges(st, st.bid, st.ask)
         sent, st.depth_sent = st.depth_sent, (st.bid, st.bid_qty, st.ask, st.ask_qty)
-        # the first diff: the whole book, and what left it since a snapshot taken before (the book then)
-        touched_b, touched_a = ({st.bid}, {st.ask}) if sent is not None else (set(bids), set(asks))
-        base = sent if sent is not None else (visited[0] if visited else None)
-        if base is not None:
-            was_b, was_a = self._ranges(st, base[0], base[2])
-            touched_b |= set(was_b).symmetric_difference(bids)
-            touched_a |= set(was_a).symmetric_difference(asks)
-            touched_b.add(base[0])
-            touched_a.add(base[2])
-        touched_b.update(bid for bid, _, _, _ in visited)
-        touched_a.update(ask for _, _, ask, _ in visited)
+        books = [(b, a) for b, _, a, _ in visited]
+        if sent is not None:
+            books.append((sent[0], sent[2]))
+        if sent is None and not visited:  # the first diff, no snapshot before it: the whole book
+            touched_b, touched_a = set(bids), set(asks)
+        else:
+            touched_b, touched_a = self._changed(st, [*{b for b, _ in books}, st.bid], [*{a for _, a in books}, st.ask])
 
         def qty(p: int, best: int, best_qty: int, book: range) -> str:
             return fmt(best_qty if p == best else self._level_qty(st, p) if p in book else 0)
 
         return ([[fmt(p), qty(p, st.bid, st.bid_qty, bids)] for p in sorted(touched_b, reverse=True)],
                 [[fmt(p), qty(p, st.ask, st.ask_qty, asks)] for p in sorted(touched_a)])  # fmt: skip
+
+    def _changed(self, st: SymbolState, best_bids: list[int], best_asks: list[int]) -> tuple[set[int], set[int]]:
+        """The levels not held alike by every book with these best bids and asks: those some held and
+        others did not (the union of their prices less the prices all held) and the best ones."""
+        out = []
+        for bests, side in ((best_bids, 0), (best_asks, 1)):
+            ranges = [self._ranges(st, p, p)[side] for p in bests]
+            union: set[int] = set(bests)
+            for r in ranges:
+                union.update(r)
+            common = range(max(r.start for r in ranges), min(r.stop for r in ranges), st.inst.tick)
+            out.append((union - set(common)) | set(bests))
+        return out[0], out[1]
 
     @staticmethod
     def _ranges(st: SymbolState, bid: int, ask: int) -> tuple[range, range]:
