@@ -334,24 +334,14 @@ class Market:
         price."""
         st = self.state[symbol]
         st.depth_watched = True  # a client syncing from this snapshot needs the diffs of every book after it
-        bids, asks = self._window(st, st.bid, st.bid_qty, st.ask, st.ask_qty)
-        return ([[fmt(p), fmt(q)] for p, q in list(bids.items())[:limit]],
-                [[fmt(p), fmt(q)] for p, q in list(asks.items())[:limit]])  # fmt: skip
+        bids, asks = self._ranges(st, st.bid, st.ask)
+        return ([[fmt(p), self._quantity(st, p, bids, st.bid, st.bid_qty)] for p in bids[::-1][:limit]],
+                [[fmt(p), self._quantity(st, p, asks, st.ask, st.ask_qty)] for p in asks[:limit]])  # fmt: skip
 
     def depth_snapshot(self, symbol: str, limit: int) -> dict:
         """`/api/v3/depth`'s answer: the top `limit` levels a side and the update id they stand at."""
         bids, asks = self.depth_levels(symbol, limit)
         return {"lastUpdateId": self.state[symbol].last_update_id, "bids": bids, "asks": asks}
-
-    def _window(self, st: SymbolState, bid: int, bid_qty: int, ask: int, ask_qty: int) -> tuple[dict, dict]:
-        """The book with that best bid and ask: BOOK_LEVELS levels a side, best first, price -> quantity."""
-        tick = st.inst.tick
-        bids, asks = {bid: bid_qty}, {ask: ask_qty}
-        for i in range(1, BOOK_LEVELS):
-            if bid - i * tick > 0:
-                bids[bid - i * tick] = self._level_qty(st, bid - i * tick)
-            asks[ask + i * tick] = self._level_qty(st, ask + i * tick)
-        return bids, asks
 
     def depth_diff(self, symbol: str) -> tuple[list[list[str]], list[list[str]]]:
         """Every level that changed since the last call, as Binance's diffs hold them: the quantity it has
@@ -372,12 +362,13 @@ class Market:
             touched_b, touched_a = set(bids), set(asks)
         else:
             touched_b, touched_a = self._changed(st, [*{b for b, _ in books}, st.bid], [*{a for _, a in books}, st.ask])
+        return ([[fmt(p), self._quantity(st, p, bids, st.bid, st.bid_qty)] for p in sorted(touched_b, reverse=True)],
+                [[fmt(p), self._quantity(st, p, asks, st.ask, st.ask_qty)] for p in sorted(touched_a)])  # fmt: skip
 
-        def qty(p: int, best: int, best_qty: int, book: range) -> str:
-            return fmt(best_qty if p == best else self._level_qty(st, p) if p in book else 0)
-
-        return ([[fmt(p), qty(p, st.bid, st.bid_qty, bids)] for p in sorted(touched_b, reverse=True)],
-                [[fmt(p), qty(p, st.ask, st.ask_qty, asks)] for p in sorted(touched_a)])  # fmt: skip
+    def _quantity(self, st: SymbolState, price: int, book: range, best: int, best_qty: int) -> str:
+        """A level's quantity now on the side whose prices are `book`: the best one's is the bookTicker's
+        (`best_qty`), one below it depends on its price alone, "0" outside the book."""
+        return fmt(best_qty if price == best else self._level_qty(st, price) if price in book else 0)
 
     def _changed(self, st: SymbolState, best_bids: list[int], best_asks: list[int]) -> tuple[set[int], set[int]]:
         """The levels not held alike by every book with these best bids and asks: those some held and
@@ -394,7 +385,7 @@ class Market:
 
     @staticmethod
     def _ranges(st: SymbolState, bid: int, ask: int) -> tuple[range, range]:
-        """The prices of the book with that best bid and ask (as `_window` has them): BOOK_LEVELS a side,
+        """The prices of the book with that best bid and ask: BOOK_LEVELS a side, a level at every tick,
         bids above 0."""
         tick = st.inst.tick
         lowest = bid - min(BOOK_LEVELS - 1, (bid - 1) // tick) * tick
