@@ -90,8 +90,8 @@ def test_the_cluster_as_librdkafka_statistics_show_it():
             "binance.book_ticker": {"partitions": {"0": {"leader": 3}}},
         },
     }
-    assert cluster_view(stats) == (["binance.trades/1"], 2)
-    assert cluster_view({}) == ([], 0)
+    assert cluster_view(stats) == (["binance.trades/1"], 2, [1, 2, 3])
+    assert cluster_view({}) == ([], 0, [])
 
 
 def test_a_reassignment_plan_adds_the_missing_replicas_spread_over_the_brokers():

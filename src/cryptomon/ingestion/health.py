@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from cryptomon.kafka.clients import ClusterView
 from cryptomon.latency import LatencyHistogram
 
 
@@ -76,8 +77,7 @@ class IngestHealth:
     disk_full_pauses: int
     tasks: dict[str, dict]  # per long-lived task: running, restarts, last error
     task_restarts: int
-    partitions_without_leader: list[str]
-    kafka_brokers_up: int
+    kafka: ClusterView  # as the producer's last statistics report showed it
     produce_retries: int
     seconds_since_last_ack: float | None
     produce_latency: LatencyHistogram  # a copy: produce() -> acknowledged, every delivery since start
@@ -128,8 +128,9 @@ class IngestHealth:
             "tasks": self.tasks,
             "task_restarts": self.task_restarts,
             "kafka": {
-                "partitions_without_leader": self.partitions_without_leader,
-                "brokers_up": self.kafka_brokers_up,
+                "partitions_without_leader": self.kafka.leaderless,
+                "brokers_up": self.kafka.up,
+                "nodes": self.kafka.nodes,
                 "produce_retries": self.produce_retries,
                 "seconds_since_last_ack": self.seconds_since_last_ack,
                 "produce_latency": self.produce_latency.summary_ms(),
@@ -182,8 +183,9 @@ class IngestCollector:
             ("seconds_since_last_message", "Age of the last frame", _or_nan(h.seconds_since_last_message)),
             ("producer_queue", "Messages waiting in the producer", h.producer_queue),
             ("disk_free_bytes", "Free bytes on the state folder's disk", _or_nan(h.disk_free_bytes)),
-            ("partitions_without_leader", "Partitions written to that have no leader", len(h.partitions_without_leader)),
-            ("kafka_brokers_up", "Kafka brokers the producer is connected to", h.kafka_brokers_up),
+            ("partitions_without_leader", "Partitions written to that have no leader", len(h.kafka.leaderless)),
+            ("kafka_brokers_up", "Kafka brokers the producer is connected to", h.kafka.up),
+            ("kafka_nodes", "Kafka nodes the cluster's metadata lists, as the producer last saw it", len(h.kafka.nodes)),
             ("seconds_since_last_ack", "Age of the last acknowledged delivery", _or_nan(h.seconds_since_last_ack)),
         ):  # fmt: skip
             yield GaugeMetricFamily(f"cryptomon_ingest_{name}", doc, value=gauge)

@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka._types import HeadersType
 
-from cryptomon.kafka.clients import cluster_view
+from cryptomon.kafka.clients import ClusterView, cluster_view
 from cryptomon.latency import LatencyHistogram
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ class KafkaSink:
             {**producer_config(bootstrap, linger_ms), **(security or {}), "error_cb": self._on_error,
              "stats_cb": self._on_stats}
         )  # fmt: skip
-        self.leaderless: list[str] = []  # partitions it writes to that have no leader now
-        self.brokers_up = 0
+        self.cluster = ClusterView([], 0, [])  # as its last statistics report showed it
         self.last_ack_at: float | None = None  # monotonic time of the last acknowledged delivery
         self.latency = LatencyHistogram()  # produce() -> acknowledged (acks=all: every in-sync replica has it)
         self.deadletter_topic = deadletter_topic
@@ -70,7 +69,7 @@ class KafkaSink:
         log.warning("kafka: %s", err)
 
     def _on_stats(self, raw: str) -> None:
-        self.leaderless, self.brokers_up = cluster_view(orjson.loads(raw))
+        self.cluster = cluster_view(orjson.loads(raw))
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -71,14 +71,22 @@ def read_to_end(
         consumer.close()
 
 
-def cluster_view(stats: Mapping[str, Any]) -> tuple[list[str], int]:
-    """From a librdkafka statistics report: the partitions (`topic/partition`) this client sees without a
-    leader, and how many brokers it is connected to (state UP) — what a lost node shows first."""
+class ClusterView(NamedTuple):
+    """The cluster as one client's librdkafka statistics show it."""
+
+    leaderless: list[str]  # partitions (`topic/partition`) it knows without a leader
+    up: int  # brokers it is connected to (state UP); with sparse connections only those it needs
+    nodes: list[int]  # node ids the cluster's metadata lists: a lost node leaves it once the controller fences it
+
+
+def cluster_view(stats: Mapping[str, Any]) -> ClusterView:
+    """From a librdkafka statistics report (librdkafka drops a broker the metadata no longer lists)."""
     leaderless = sorted(
         f"{topic}/{pid}"
         for topic, t in stats.get("topics", {}).items()
         for pid, p in t.get("partitions", {}).items()
         if pid != "-1" and p.get("leader", -1) < 0
     )
-    up = sum(1 for b in stats.get("brokers", {}).values() if b.get("state") == "UP" and b.get("nodeid", -1) >= 0)
-    return leaderless, up
+    nodes = [b for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0]
+    up = sum(1 for b in nodes if b.get("state") == "UP")
+    return ClusterView(leaderless, up, sorted(b["nodeid"] for b in nodes))

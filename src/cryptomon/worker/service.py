@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cryptomon.backoff import Backoff
 from cryptomon.diskguard import DiskGuard, DiskNearlyFull
-from cryptomon.kafka.clients import STAGE_CONSUMER, cluster_view, consumer_config
+from cryptomon.kafka.clients import STAGE_CONSUMER, ClusterView, cluster_view, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
@@ -74,8 +74,7 @@ class Worker:
         self.db_failures = 0
         self.disk_pauses = 0
         self.pause_reason: Exception | None = None
-        self.leaderless: list[str] = []  # assigned partitions without a leader (librdkafka's statistics)
-        self.brokers_up = 0
+        self.cluster = ClusterView([], 0, [])  # as librdkafka's last statistics report showed it
         self.consumer = Consumer(
             consumer_config(
                 settings.kafka_bootstrap,
@@ -127,7 +126,7 @@ class Worker:
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
-        self.leaderless, self.brokers_up = cluster_view(stats)
+        self.cluster = cluster_view(stats)
         lag = {}
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
@@ -391,7 +390,11 @@ class Worker:
             "last_flush_seconds_ago": round(age, 3),
             "db_failures": self.db_failures,
             "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
-            "kafka": {"partitions_without_leader": self.leaderless, "brokers_up": self.brokers_up},
+            "kafka": {
+                "partitions_without_leader": self.cluster.leaderless,
+                "brokers_up": self.cluster.up,
+                "nodes": self.cluster.nodes,
+            },
         }
         stuck = total_lag > 0 and age > max(30.0, 10 * self.settings.flush_max_seconds)
         return (not self.paused) and not stuck, body
