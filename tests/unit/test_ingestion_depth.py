@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from cryptomon.binance import limits
+from cryptomon.binance.orderbook import DepthSnapshot
 from cryptomon.binance.schema import DEPTH
 from cryptomon.errors import BadData
 from cryptomon.ingestion.depth import DUPLICATE, FORWARD, TOO_OLD, UNNEEDED, USE, DepthFeed, SnapshotFetcher
@@ -99,9 +100,13 @@ def test_the_fetcher_pays_the_depth_weight_refetches_a_snapshot_too_old_and_send
     assert (fetcher.failures, fetcher.too_old, fetcher.used) == (2, 1, 1)
     assert [s.last_update_id for s, _ in sent] == [11] and feed.need == {}
     assert letters[0][1] == "bad_depth_snapshot"
-    value = orjson.loads(encode_snapshot("BTCUSDT", sent[0][1], 1000, 7))
+    value = orjson.loads(encode_snapshot("BTCUSDT", sent[0][1], 1000, 7, iter(["ETHUSDT", "BNBUSDT"])))
     assert value == {"e": "depthSnapshot", "s": "BTCUSDT", "lastUpdateId": 11, "bids": [["1", "2"]], "asks": [],
-                     "limit": 1000, "ingestion_timestamp": 7}  # fmt: skip
+                     "limit": 1000, "ingestion_timestamp": 7, "queued": ["ETHUSDT", "BNBUSDT"]}  # fmt: skip
+    assert DepthSnapshot.from_rest("BTCUSDT", value).queued == ("ETHUSDT", "BNBUSDT")
+    for queued in ("ETHUSDT", [["ETHUSDT"]], ["eth usdt"], ["X" * 21], ["ETHUSDT"] * 10_001):
+        with pytest.raises(BadData):
+            DepthSnapshot.from_rest("BTCUSDT", {**value, "queued": queued})
 
 
 def test_a_replay_serves_the_recorded_snapshot_the_first_one_before_it_is_reached():

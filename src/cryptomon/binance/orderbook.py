@@ -41,6 +41,9 @@ ZERO, BEYOND = Decimal(0), Decimal("Infinity")  # how deep a whole side is known
 # price·qty and their sums, exact: Binance's decimals have at most 20 + 8 digits, a product 56, a sum of a
 # side's levels a few more (the default context keeps 28 and would round large ones)
 NOTIONAL = Context(prec=80)
+# the symbols an ingestion's snapshot record may list as still waiting for theirs (Binance lists some 3,000
+# spot symbols; one instance follows fewer)
+QUEUED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +88,25 @@ class DepthSnapshot:
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
     limit: int | None = None  # the levels asked for: a side with fewer is the whole side (None: not known)
+    queued: tuple[str, ...] = ()  # the books the ingestion was still fetching a snapshot for, oldest first
 
     @classmethod
     def from_rest(cls, symbol: str, body: object) -> DepthSnapshot:
-        """A validated answer (the ingestion's record of one adds the `limit` it asked for)."""
+        """A validated answer (the ingestion's record of one adds the `limit` it asked for and its `queued`)."""
         if not isinstance(body, dict) or not is_id(body.get("lastUpdateId")):
             raise BadData("bad_depth_snapshot", f"no lastUpdateId: {short_repr(body)}")
         limit = body.get("limit")
         if limit is not None and not (is_id(limit) and 1 <= limit <= limits.DEPTH_LEVELS_MAX):
             raise BadData("bad_depth_snapshot", f"limit {short_repr(limit)}")
+        queued = body.get("queued", [])
+        if not (
+            isinstance(queued, list)
+            and len(queued) <= QUEUED_MAX
+            and all(isinstance(s, str) and SYMBOL.fullmatch(s) for s in queued)
+        ):
+            raise BadData("bad_depth_snapshot", f"queued: not a list of at most {QUEUED_MAX} symbols")
         return cls(symbol, body["lastUpdateId"], _levels(body.get("bids"), "bids"), _levels(body.get("asks"), "asks"),
-                   limit)  # fmt: skip
+                   limit, tuple(queued))  # fmt: skip
 
 
 def _levels(raw: object, name: str) -> tuple[Level, ...]:

@@ -24,6 +24,7 @@ from cryptomon.binance.book_check import Mismatch, TopOfBookCheck
 from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Level, OrderBook, Step
 from cryptomon.binance.schema import BOOK_TICKER_EVENT, DEPTH_SNAPSHOT, SYMBOL, short_repr, validate_payload
 from cryptomon.book.metrics import LiquidityWatch, Window, sample
+from cryptomon.book.snapshot_asks import QueueNews
 from cryptomon.errors import BadData
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class BookKeeper:
         self.records = 0
         self.bad_records = 0
         self.snapshots = 0  # depth snapshots read
+        self.queue_news = QueueNews()  # what they said of the ingestion's queue, for the stage's asks
         self.mismatched: list[str] = []  # books resynced on a mismatch, for the stage to ask a snapshot of
 
     def _book(self, symbol: str, partition: int) -> SymbolBook:
@@ -132,6 +134,7 @@ class BookKeeper:
                 raise BadData("bad_depth_snapshot", f"symbol {short_repr(symbol)}")
             snapshot = DepthSnapshot.from_rest(symbol, value)
             self.snapshots += 1
+            self.queue_news.note(snapshot.symbol, snapshot.queued)
             book = self._book(snapshot.symbol, partition)
             return self._after(book, book.sync.on_snapshot(snapshot), offset, [])
         diff = DepthDiff.from_payload(value, latest_ms=latest_ms)

@@ -156,7 +156,7 @@ class BookService:
                 if self.keeper.mismatched or now - self.last_ask >= ASK_SECONDS:
                     self.last_ask = now
                     mismatched, self.keeper.mismatched = self.keeper.mismatched, []
-                    self.asker.tick(self.keeper.waiting(), mismatched, self.keeper.snapshots)
+                    self.asker.tick(self.keeper.waiting(), mismatched, self.keeper.queue_news.drain())
                 if now - self.last_flush >= FLUSH_SECONDS:
                     self._write(checkpoint=now - self.last_checkpoint >= self.settings.book_checkpoint_seconds)
         finally:

@@ -1,10 +1,10 @@
 """When the book stage asks the ingestion for a snapshot (kafka/depth_requests.py): at once for a book its
 bookTicker contradicted (it resyncs), and for a book waiting for one longer than `ASK_AFTER_SECONDS`
 (the snapshot went by before this stage read the topic), then again after `ASK_AGAIN_SECONDS`, doubling
-up to `ASK_AGAIN_MOST_SECONDS`, while it waits. While snapshots keep arriving for other books the
-ingestion is working through its queue (400 books at 50 weight each take minutes of the REST budget): a
-waiting book then first asks after `ASK_AGAIN_SECONDS`, not `ASK_AFTER_SECONDS`, instead of asking for
-what is already queued. The decisions are pure (`due`); `SnapshotAsker` sends them."""
+up to `ASK_AGAIN_MOST_SECONDS`, while it waits. Each snapshot record the ingestion writes lists the books it
+is still fetching a snapshot for (400 books at 50 weight each take minutes of the REST budget): a book
+listed in the last `HOLD_SECONDS` is on its way and not asked for. The decisions are pure (`due`);
+`SnapshotAsker` sends them."""
 
 from __future__ import annotations
 
@@ -22,51 +22,80 @@ log = logging.getLogger(__name__)
 ASK_AFTER_SECONDS = 10.0  # the ingestion fetches a snapshot on its own within seconds when it sees the need
 ASK_AGAIN_SECONDS = 60.0
 ASK_AGAIN_MOST_SECONDS = 960.0
+HOLD_SECONDS = 60.0  # the ingestion lists its queue with every snapshot it sends, seconds apart when busy
+
+
+class QueueNews:
+    """What the snapshot records read since the stage last asked say of the ingestion's queue: the books a
+    snapshot came for, and those a record listed as still queued (whichever a book's latest record said)."""
+
+    def __init__(self) -> None:
+        self.delivered: set[str] = set()
+        self.listed: set[str] = set()
+
+    def note(self, symbol: str, queued: Iterable[str]) -> None:
+        self.listed.discard(symbol)
+        self.delivered.add(symbol)
+        for s in queued:
+            self.listed.add(s)
+            self.delivered.discard(s)
+
+    def drain(self) -> tuple[set[str], set[str]]:
+        out = self.delivered, self.listed
+        self.delivered, self.listed = set(), set()
+        return out
 
 
 class AskPlan:
-    """Per book waiting for a snapshot: since when (this stage's clock), when it last asked and how often;
-    and when the last snapshot of any book arrived (the ingestion busy syncing)."""
+    """Per book waiting for a snapshot: since when (this stage's clock), when it last asked and how often,
+    and when the ingestion last listed it as queued."""
 
     def __init__(
-        self, after: float = ASK_AFTER_SECONDS, again: float = ASK_AGAIN_SECONDS, most: float = ASK_AGAIN_MOST_SECONDS
+        self,
+        after: float = ASK_AFTER_SECONDS,
+        again: float = ASK_AGAIN_SECONDS,
+        most: float = ASK_AGAIN_MOST_SECONDS,
+        hold: float = HOLD_SECONDS,
     ):
-        self.after, self.again, self.most = after, again, most
+        self.after, self.again, self.most, self.hold = after, again, most, hold
         self.waiting_since: dict[str, float] = {}
         self.asked_at: dict[str, float] = {}
         self.asks: dict[str, int] = {}
-        self.snapshots, self.snapshot_at = 0, float("-inf")
+        self.listed_at: dict[str, float] = {}
 
     def due(
-        self, waiting: Iterable[str], mismatched: Iterable[str], now: float, snapshots: int = 0
+        self,
+        waiting: Iterable[str],
+        mismatched: Iterable[str],
+        now: float,
+        news: tuple[Iterable[str], Iterable[str]] = ((), ()),
     ) -> list[tuple[str, str]]:
         """(symbol, reason) to ask for now: `waiting` are the books without a sync, `mismatched` those that
-        resynced on a mismatch since the last call, `snapshots` how many snapshots this stage has read."""
-        if snapshots != self.snapshots:
-            self.snapshots, self.snapshot_at = snapshots, now
-        quiet = now - self.snapshot_at >= self.after
+        resynced on a mismatch since the last call, `news` QueueNews.drain() of the records read since."""
+        delivered, listed = news
+        for symbol in delivered:
+            self.listed_at.pop(symbol, None)
+        for symbol in listed:
+            self.listed_at[symbol] = now
         out = []
-        for symbol in mismatched:
+        for symbol in mismatched:  # the ingestion cannot know: always asked
             out.append((symbol, MISMATCH))
             self.waiting_since[symbol] = self.asked_at[symbol] = now
             self.asks[symbol] = 1
         waiting = set(waiting)
         for symbol in [s for s in self.waiting_since if s not in waiting]:  # synced meanwhile
             del self.waiting_since[symbol]
-            self.asked_at.pop(symbol, None)
-            self.asks.pop(symbol, None)
+            for kept in (self.asked_at, self.asks, self.listed_at):
+                kept.pop(symbol, None)
         for symbol in sorted(waiting):
             since = self.waiting_since.setdefault(symbol, now)
+            if now - self.listed_at.get(symbol, float("-inf")) < self.hold:
+                continue  # queued at the ingestion: on its way
             asks = self.asks.get(symbol, 0)
-            waited = now - self.asked_at.get(symbol, since)
-            if asks == 0:
-                ask = waited >= self.after and (quiet or waited >= self.again)
-            else:
-                ask = waited >= min(self.again * 2 ** (asks - 1), self.most)
-            if ask:
+            step = self.after if asks == 0 else min(self.again * 2 ** (asks - 1), self.most)
+            if now - self.asked_at.get(symbol, since) >= step:
                 out.append((symbol, WAITING))
-                late = asks == 0 and waited >= self.again  # a first ask as late as a second: the schedule's 2nd step
-                self.asked_at[symbol], self.asks[symbol] = now, asks + (2 if late else 1)
+                self.asked_at[symbol], self.asks[symbol] = now, asks + 1
         return out
 
 
@@ -80,8 +109,10 @@ class SnapshotAsker:
         self.producer = Producer({"bootstrap.servers": bootstrap, **security, "acks": "all", "linger.ms": 50,
                                   "client.id": "cryptomon-book-asks"})  # fmt: skip
 
-    def tick(self, waiting: Iterable[str], mismatched: Iterable[str], snapshots: int) -> None:
-        for symbol, reason in self.plan.due(waiting, mismatched, time.monotonic(), snapshots):
+    def tick(
+        self, waiting: Iterable[str], mismatched: Iterable[str], news: tuple[Iterable[str], Iterable[str]]
+    ) -> None:
+        for symbol, reason in self.plan.due(waiting, mismatched, time.monotonic(), news):
             log.info("%s: asking the ingestion for a depth snapshot (%s)", symbol, reason)
             try:
                 self.producer.produce(self.topic, request_value(symbol, reason, time.time_ns() // 1_000_000),

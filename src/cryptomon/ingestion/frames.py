@@ -6,12 +6,14 @@ receipt) and, for events fetched over REST after a gap, `"backfilled": true`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import orjson
 
 from cryptomon.binance import limits
-from cryptomon.binance.orderbook import DepthDiff
+from cryptomon.binance.orderbook import QUEUED_MAX, DepthDiff
 from cryptomon.binance.schema import DEPTH, DEPTH_SNAPSHOT, SEQ_FIELD, Event, short_repr, validate_payload
 from cryptomon.binance.streams import split_stream
 from cryptomon.errors import BadData
@@ -81,12 +83,15 @@ def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
     return orjson.dumps(data)
 
 
-def encode_snapshot(symbol: str, body: dict, limit: int, ingestion_ms: int) -> bytes:
+def encode_snapshot(symbol: str, body: dict, limit: int, ingestion_ms: int, queued: Iterable[str] = ()) -> bytes:
     """The depth topic's record of an /api/v3/depth answer the ingestion used: Binance's body (lastUpdateId,
-    bids, asks) with the symbol, the depth asked and the ingestion timestamp."""
+    bids, asks) with the symbol, the depth asked, the ingestion timestamp, and the books this ingestion is
+    still fetching a snapshot for (oldest first, at most QUEUED_MAX), so that a book stage does not ask for
+    them."""
     return orjson.dumps(
         {"e": DEPTH_SNAPSHOT, "s": symbol, "lastUpdateId": body["lastUpdateId"], "bids": body["bids"],
-         "asks": body["asks"], "limit": limit, "ingestion_timestamp": ingestion_ms}
+         "asks": body["asks"], "limit": limit, "ingestion_timestamp": ingestion_ms,
+         "queued": list(islice(queued, QUEUED_MAX))}
     )  # fmt: skip
 
 

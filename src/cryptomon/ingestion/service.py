@@ -166,7 +166,9 @@ class Ingestor:
 
     def _snapshot(self, snapshot: DepthSnapshot, body: dict) -> None:
         """A snapshot that bridges the diffs sent: into the depth topic after them (same key, same partition)."""
-        value = encode_snapshot(snapshot.symbol, body, self.settings.depth_snapshot_limit, time.time_ns() // 1_000_000)
+        value = encode_snapshot(
+            snapshot.symbol, body, self.settings.depth_snapshot_limit, time.time_ns() // 1_000_000, self.depth.need
+        )
         self.sink.produce(self.topics[BOOK_DEPTH], snapshot.symbol.encode(), value)
         self.stats.produced[DEPTH_SNAPSHOT] += 1
 
