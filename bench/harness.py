@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("sim", "ingest", "worker", "spark", "e2e", "market", "market_depth", "market_cluster", "market_book")
+BENCHMARKS = (
+    "sim", "ingest", "worker", "spark", "e2e", "market", "market_depth", "market_cluster", "book", "market_book"
+)  # fmt: skip
 # only with --only: the whole market with every book needs more than this 2-core machine (README, Benchmarks)
 OPT_IN = ("market_book",)
 # benchmarks that are a mode of another script
@@ -379,6 +381,37 @@ def render_depth(m: dict, name: str = "market_depth", title: str = "The whole ma
     ]
 
 
+def render_book(b: dict) -> list[str]:
+    """The book stage's work per diff against cryptofeed's Binance book, on the same records."""
+    lines = [
+        "## The order book: the book stage's work per diff, against cryptofeed",
+        "",
+        "`bench/book.py`: the same depth records through `BookKeeper` (the book stage without Kafka and the "
+        "database: parsing, validation, Binance's sync, the bookTicker check, a row a second with its bands) and "
+        "through cryptofeed's own Binance depth handler (`_book`, its books in the `order_book` C extension, a "
+        "no-op callback: no row, no check, no bands). CPU per diff in one process, one after the other; the "
+        "cores at 4,000 diffs/s are the whole market's (400 books, most changing every 100 ms).",
+        "",
+        "| records | diffs | cryptomon, every record | cryptomon, depth only | cryptofeed | depth only ÷ "
+        "cryptofeed | cores at 4,000 diffs/s (cryptomon / cryptofeed) | books equal | bookTicker checks / "
+        "mismatches |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in ("market", "real"):
+        if not (x := b.get(key)):
+            continue
+        rec, mine, peer = x["records"], x["cryptomon_every_record"], x["cryptofeed_book"]
+        depth = x["cryptomon_depth_only"]
+        equal = x["books_equal_to_cryptofeed"]
+        lines.append(
+            f"| {rec['name']} ({rec['seconds']:g} s) | {rec['diffs']:,} | {mine['us_per_diff']} µs | "
+            f"{depth['us_per_diff']} µs | {peer['us_per_diff']} µs | {x['depth_only_to_cryptofeed']}× | "
+            f"{mine['cores_at_4000_diffs_per_second']} / {peer['cores_at_4000_diffs_per_second']} | "
+            f"{equal['agree']} of {rec['symbols']} | {mine['bookticker_checks']:,} / {mine['bookticker_mismatches']} |"
+        )
+    return [*lines, ""]
+
+
 def render(report: dict) -> str:
     r = report["results"]
     m = report["machine"]
@@ -489,6 +522,8 @@ def render(report: dict) -> str:
         lines += render_depth(one) + goal_lines(one)
     if one and mc and not one.get("failed") and not mc.get("failed"):
         lines += render_cluster(one, mc) + goal_lines(mc)
+    if (book := r.get("book")) and not book.get("failed"):
+        lines += render_book(book) + goal_lines(book)
     if (whole := r.get("market_book")) and not whole.get("failed"):
         lines += render_depth(whole, "market_book", "The whole market (400 symbols) with every book") + goal_lines(
             whole

@@ -45,6 +45,10 @@ def test_every_headline_figure_is_in_the_report():
         )
     book = r["market_depth"]["runs"][0]["book"]
     assert f"{book['diffs_sent_by_exchange']:,} / {book['diffs_produced']:,}" in text
+    for run in (r["book"]["market"], r["book"]["real"]):  # the book stage against cryptofeed, per diff
+        mine, peer = run["cryptomon_every_record"], run["cryptofeed_book"]
+        assert f"| {mine['us_per_diff']} µs | {run['cryptomon_depth_only']['us_per_diff']} µs | " in text
+        assert f"| {peer['us_per_diff']} µs | {run['depth_only_to_cryptofeed']}× |" in text
     live = r["sim"]["live"]
     assert f"| simulator, live market | {live['received_per_second']['trade']:,.0f} |" in text
     assert f"{r['sim']['baseline_firehose']['frames_per_second']:,.0f}" in text
