@@ -449,6 +449,9 @@ def _book_result(s, ingest: dict, book_health: int, sim_depth: int, since: float
         "checks": sum(b.get("checks", 0) for b in (book.get("books") or {}).values()),
         "mismatches": book.get("mismatches"),
         "resyncs": sum(b.get("resyncs", 0) for b in (book.get("books") or {}).values()),
+        # the stage's asks for a snapshot, and what the ingestion did with them (asked, waiting, deferred, ...)
+        "snapshots_asked": book.get("snapshots_asked"),
+        "requests": d.get("requests"),
     }
 
 
