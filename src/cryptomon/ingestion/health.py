@@ -128,9 +128,7 @@ class IngestHealth:
             "tasks": self.tasks,
             "task_restarts": self.task_restarts,
             "kafka": {
-                "partitions_without_leader": self.kafka.leaderless,
-                "brokers_up": self.kafka.up,
-                "nodes": self.kafka.nodes,
+                **self.kafka.as_dict(),
                 "produce_retries": self.produce_retries,
                 "seconds_since_last_ack": self.seconds_since_last_ack,
                 "produce_latency": self.produce_latency.summary_ms(),

@@ -78,6 +78,10 @@ class ClusterView(NamedTuple):
     up: int  # brokers it is connected to (state UP); with sparse connections only those it needs
     nodes: list[int]  # node ids the cluster's metadata lists: a lost node leaves it once the controller fences it
 
+    def as_dict(self) -> dict[str, Any]:
+        """As /health shows it (the ingestion's and the worker's)."""
+        return {"partitions_without_leader": self.leaderless, "brokers_up": self.up, "nodes": self.nodes}
+
 
 def cluster_view(stats: Mapping[str, Any]) -> ClusterView:
     """From a librdkafka statistics report (librdkafka drops a broker the metadata no longer lists)."""

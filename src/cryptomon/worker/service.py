@@ -390,11 +390,7 @@ class Worker:
             "last_flush_seconds_ago": round(age, 3),
             "db_failures": self.db_failures,
             "assigned_partitions": sorted(f"{t}/{p}" for t, p in self.assigned),
-            "kafka": {
-                "partitions_without_leader": self.cluster.leaderless,
-                "brokers_up": self.cluster.up,
-                "nodes": self.cluster.nodes,
-            },
+            "kafka": self.cluster.as_dict(),
         }
         stuck = total_lag > 0 and age > max(30.0, 10 * self.settings.flush_max_seconds)
         return (not self.paused) and not stuck, body
