@@ -19,7 +19,7 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY src ./src
-RUN pip install --no-cache-dir --no-deps . && mkdir -p /var/lib/cryptomon && chown cryptomon /var/lib/cryptomon
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /var/lib/cryptomon/archive && chown -R cryptomon /var/lib/cryptomon
 COPY --from=jars /deps /opt/cryptomon/deps
 ENV CRYPTOMON_DEPS_DIR=/opt/cryptomon/deps \
     CRYPTOMON_STATE_DIR=/var/lib/cryptomon \

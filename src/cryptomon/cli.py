@@ -26,6 +26,8 @@ grafana_app = typer.Typer(no_args_is_help=True, help="Grafana provisioning as co
 app.add_typer(grafana_app, name="grafana")
 feed_app = typer.Typer(no_args_is_help=True, help="Exchange feeds: a Binance-compatible simulator, replay, record.")
 app.add_typer(feed_app, name="feed")
+archive_app = typer.Typer(no_args_is_help=True, help="The Parquet archive of dropped chunks.")
+app.add_typer(archive_app, name="archive")
 
 
 def setup_logging(level: str) -> None:
@@ -277,6 +279,69 @@ def book() -> None:
     from cryptomon.book.service import main as book_main
 
     book_main(get_settings())
+
+
+@app.command("retention")
+def retention(
+    once: bool = typer.Option(False, "--once", help="One pass over the tables, print what it did, exit."),
+) -> None:
+    """Old chunks archived to Parquet, verified and dropped; dead letters pruned (CRYPTOMON_RETENTION_*)."""
+    from cryptomon.retention.loop import Retention
+    from cryptomon.retention.loop import main as retention_main
+
+    s = get_settings()
+    if not once:
+        retention_main(s)
+        return
+    report = Retention(s).run_once()
+    for table, done in report["tables"].items():
+        console.print(f"{table}: {len(done['dropped'])} chunks dropped, {len(done['kept'])} kept on error, "
+                      f"{done['chunks'] - len(done['dropped'])} left; horizon {done['horizon']}"
+                      + (f"; held: {done['held']}" if "held" in done else ""))  # fmt: skip
+    for table, n in report["pruned"].items():
+        console.print(f"{table}: {n} rows pruned")
+    if any(done["kept"] for done in report["tables"].values()):
+        raise typer.Exit(1)
+
+
+@archive_app.command("list")
+def archive_list(root: Path = typer.Option(None, help="Archive folder (default CRYPTOMON_ARCHIVE_DIR).")) -> None:
+    """The archive's files: table, day, rows, size, the chunk's time range."""
+    from cryptomon.retention import archive
+
+    root = root or get_settings().archive_path
+    table = Table("table", "day", "rows", "MiB", "from", "to", "file")
+    total = 0
+    for path in archive.files(root):
+        info, expected = archive.info_of(path), archive.expected_of(path)
+        size = path.stat().st_size
+        total += size
+        table.add_row(info.get("table", "?"), path.parent.name.removeprefix("date="), f"{expected.rows:,}",
+                      f"{size / (1 << 20):.1f}", info.get("range_start", ""), info.get("range_end", ""),
+                      path.name)  # fmt: skip
+    console.print(table)
+    console.print(f"{root}: {total / (1 << 20):.1f} MiB")
+
+
+@archive_app.command("verify")
+def archive_verify(
+    paths: list[Path] = typer.Argument(None, help="Files to verify (default: every file of the archive)."),
+) -> None:
+    """Read every file back whole: rows, id range and exact sum as the chunk held them. Exit 1 on a mismatch."""
+    from cryptomon.retention import archive
+
+    targets = paths or list(archive.files(get_settings().archive_path))
+    bad = 0
+    for path in targets:
+        try:
+            found = archive.verify(path)
+            console.print(f"[green]ok[/] {path}: {found.rows:,} rows")
+        except archive.ArchiveMismatch as exc:
+            bad += 1
+            console.print(f"[red]BAD[/] {exc}")
+    console.print(f"{len(targets) - bad} of {len(targets)} files verified")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command("spark")

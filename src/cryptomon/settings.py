@@ -20,6 +20,17 @@ from cryptomon.errors import ConfigError
 from cryptomon.paths import default_deps_dir
 
 ENV_PREFIX = "CRYPTOMON_"
+DAY = 86_400
+_AGE = re.compile(r"^(\d{1,9})\s*([smhdw]?)$")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
+AGE_FIELDS = (
+    "retention_trades",
+    "retention_book_ticker",
+    "retention_order_book",
+    "retention_metrics",
+    "retention_dead_letters",
+    "retention_stream_progress",
+)
 _SYMBOL = re.compile(r"^([A-Z0-9]{2,20}|[A-Z0-9*?]{1,20}|ALL)$")  # a symbol, a pattern (*USDT) or ALL
 
 
@@ -244,6 +255,47 @@ class Settings(BaseSettings):
     )
     worker_writers: int = Field(2, ge=1, le=16, description="Database connections writing batches side by side.")
     db_retry_max: float = Field(10.0, gt=0, description="Longest wait between database retries while it is down.")
+    # ---- retention and the archive (src/cryptomon/retention/)
+    retention_trades: int = Field(
+        7 * DAY,
+        description="Age (event time) after which trades' chunks are archived and dropped: a number of seconds or "
+        "30m, 12h, 7d, 2w; 0: kept for ever.",
+    )
+    retention_book_ticker: int = Field(3 * DAY, description="The same for book_ticker (by ingestion time): 3 days.")
+    retention_order_book: int = Field(
+        3 * DAY, description="The same for order_book_snapshots (by snapshot time): 3 days."
+    )
+    retention_metrics: int = Field(
+        0,
+        description="The same for trade_metrics, spread_metrics and book_metrics (by window start); 0: for ever.",
+    )
+    retention_dead_letters: int = Field(
+        30 * DAY, description="Dead letters older than this are deleted (a plain table, pruned by age); 0: never."
+    )
+    retention_stream_progress: int = Field(
+        7 * DAY, description="Spark's stream_progress rows older than this are deleted; 0: never."
+    )
+    retention_interval_seconds: float = Field(
+        300.0, gt=0, description="Seconds between two passes of `cryptomon retention` over the tables."
+    )
+    retention_hold_seconds: float = Field(
+        60.0,
+        ge=10,
+        description="A table's archive horizon is published this long before chunks below it are dropped, so that "
+        "every writer has seen it (they re-read it every 5 s) and sets older rows aside as dead letters.",
+    )
+    retention_health_port: int = Field(8085, ge=0, le=65535, description="Retention's /health and /metrics port.")
+    archive: bool = Field(
+        True,
+        description="Write each chunk to Parquet (zstd) under the archive folder, verified, before it is dropped; "
+        "off: chunks are dropped without a copy.",
+    )
+    archive_dir: Path | None = Field(
+        None,
+        description="The archive folder (archive/<table>/date=YYYY-MM-DD/*.parquet); default: archive in the "
+        "state folder.",
+    )
+
     # ---- Spark job and alert rules (the Grafana alerts read the same values)
     spark_master: str = Field("local[2]", description="Spark master URL of the streaming job.")
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions of the streaming job.")
@@ -355,6 +407,15 @@ class Settings(BaseSettings):
             raise ValueError("symbols are listed twice")
         return value
 
+    @field_validator(*AGE_FIELDS, mode="before")
+    @classmethod
+    def _parse_age(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_age(value)
+        if isinstance(value, int) and value < 0:
+            raise ValueError("an age is 0 (for ever) or more seconds")
+        return value
+
     @field_validator("ingest_instance")
     @classmethod
     def _check_instance(cls, value: str) -> str:
@@ -433,9 +494,21 @@ class Settings(BaseSettings):
         return (self.spark_checkpoint_dir or self.state_dir / "spark-checkpoints").expanduser()
 
     @property
+    def archive_path(self) -> Path:
+        return (self.archive_dir or self.state_dir / "archive").expanduser()
+
+    @property
     def kafka_host_port(self) -> tuple[str, int]:
         host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
         return host, int(port)
+
+
+def parse_age(text: str) -> int:
+    """'90', '30m', '12h', '7d', '2w' -> seconds. Raises ValueError."""
+    m = _AGE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"expected seconds or a number with s, m, h, d or w (30m, 7d), got {text!r}")
+    return int(m.group(1)) * _AGE_UNITS[m.group(2) or "s"]
 
 
 def parse_instance(spec: str) -> tuple[int, int]:

@@ -173,6 +173,15 @@ class Pipeline:
                     f"http://{health}:{settings.book_health_port}/health" if settings.book_health_port else None,
                 )
             )
+        self.children.append(
+            Child(
+                "retention",
+                ["retention"],
+                env,
+                logs / "retention.log",
+                f"http://{health}:{settings.retention_health_port}/health" if settings.retention_health_port else None,
+            )
+        )
         if settings.dashboard_port:
             self.children.append(
                 Child(

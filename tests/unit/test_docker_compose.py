@@ -50,7 +50,7 @@ def test_no_secret_in_the_compose_file():
     assert not (ROOT / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text()
 
 
-APP = ("migrate", "ingest", "worker", "spark", "dashboard")
+APP = ("migrate", "ingest", "worker", "spark", "retention", "dashboard")
 
 
 def test_the_app_profile_runs_every_process_from_the_one_dockerfile():
@@ -72,8 +72,9 @@ def test_the_app_profile_runs_every_process_from_the_one_dockerfile():
         assert SERVICES[name]["restart"] == "unless-stopped"
     assert "notify" not in SERVICES  # Grafana mails the alerts in docker compose
     assert "spark-checkpoints" in COMPOSE["volumes"]  # restarts resume from the checkpoint
-    for name in ("ingest", "worker", "dashboard"):
+    for name in ("ingest", "worker", "retention", "dashboard"):
         assert "healthcheck" in SERVICES[name]
+    assert "archive:/var/lib/cryptomon/archive" in SERVICES["retention"]["volumes"]  # the archive outlives the container
 
 
 def test_the_dockerfile_resolves_the_connector_like_setup_does():

@@ -51,7 +51,7 @@ def test_no_import_circle():
 
 
 # the stages: each runs as a process of its own (or, for services, starts the ones the stages need)
-STAGES = {"ingestion", "worker", "book", "spark", "simulator", "alerts", "web", "services"}
+STAGES = {"ingestion", "worker", "book", "spark", "retention", "simulator", "alerts", "web", "services"}
 # what every stage may read: the exchange's protocol, the pipeline's infrastructure and shared definitions
 SHARED = {"binance", "kafka", "db", "dashboards"}
 TOP = {"cryptomon.cli", "cryptomon.__main__", "cryptomon.supervisor"}  # they wire the stages together

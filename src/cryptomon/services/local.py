@@ -432,10 +432,11 @@ class TimescaleDB:
             f"starting PostgreSQL (see {self.log_file})",
         )
         wait_until(lambda: port_open(self.host, self.port), timeout, f"PostgreSQL on {self.address}")
-        self._bootstrap()
+        self.bootstrap()
 
-    def _bootstrap(self) -> None:
-        """Create the application role, database and extension (superuser work, over the socket)."""
+    def bootstrap(self) -> None:
+        """Create the application role, the database of the DSN and its extension (superuser work, over the
+        socket); run again with another DSN, another database of the same server (the retention tests)."""
         import psycopg
         from psycopg import sql
 

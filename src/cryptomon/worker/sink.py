@@ -13,6 +13,7 @@ import psycopg
 from cryptomon.db.errors import DATA_ERRORS
 from cryptomon.errors import Unavailable
 from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+from cryptomon.worker.horizons import BEFORE_HORIZON, Horizons
 from cryptomon.worker.rows import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class TimescaleSink:
     def __init__(self, dsn: str):
         self.dsn = dsn
         self.conn: psycopg.Connection | None = None
+        self.horizons = Horizons()
 
     def connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -101,18 +103,49 @@ class TimescaleSink:
         letter, and the rest is written."""
         self.connect()
         try:
-            try:
-                return self._insert(table, rows, dead), []
-            except ROW_ERRORS as exc:
-                log.warning("batch of %d %s rows rejected (%s): isolating the bad rows", len(rows), table, exc)
-            bad = self._bisect(table, rows)
-            rejected = {i for i, _ in bad}
-            extra = [describe(i, err) for i, err in bad]
-            good = [r for i, r in enumerate(rows) if i not in rejected]
-            return self._insert(table, good, dead + extra), extra
+            aside, keep = self._before_horizon(table, rows, describe)
+            if aside:
+                rows = [rows[i] for i in keep]
+                dead = dead + aside
+                describe = _reindexed(describe, keep)
+            return self._write(table, rows, dead, describe, aside)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._reset()
             raise DatabaseUnavailable(str(exc).strip()) from None
+
+    def _write(
+        self,
+        table: str,
+        rows: list[tuple],
+        dead: list[DeadLetter],
+        describe: Callable[[int, str], DeadLetter],
+        aside: list[DeadLetter],
+    ) -> tuple[int, list[DeadLetter]]:
+        try:
+            return self._insert(table, rows, dead), aside
+        except ROW_ERRORS as exc:
+            log.warning("batch of %d %s rows rejected (%s): isolating the bad rows", len(rows), table, exc)
+        bad = self._bisect(table, rows)
+        rejected = {i for i, _ in bad}
+        extra = [describe(i, err) for i, err in bad]
+        good = [r for i, r in enumerate(rows) if i not in rejected]
+        return self._insert(table, good, dead + extra), aside + extra
+
+    def _before_horizon(
+        self, table: str, rows: list[tuple], describe: Callable[[int, str], DeadLetter]
+    ) -> tuple[list[DeadLetter], list[int]]:
+        """Rows older than the table's archive horizon (cryptomon.retention.policy), as dead letters, and
+        the indexes of the others. Each row's first field is its time column in epoch ms."""
+        horizon = self.horizons.get(table, self.connect())
+        if horizon is None or not rows or min(r[0] for r in rows) >= horizon:
+            return [], []
+        aside, keep = [], []
+        for i, r in enumerate(rows):
+            if r[0] < horizon:
+                aside.append(describe(i, f"{BEFORE_HORIZON}: {table} before {horizon} ms is archived or about to be"))
+            else:
+                keep.append(i)
+        return aside, keep
 
     def _insert(self, table: str, rows: list[tuple], dead: list[DeadLetter]) -> int:
         conn = self.connect()
@@ -139,6 +172,11 @@ class TimescaleSink:
 
         probe(0, len(rows))
         return bad
+
+
+def _reindexed(describe: Callable[[int, str], DeadLetter], keep: list[int]) -> Callable[[int, str], DeadLetter]:
+    """describe() for a list of the rows at `keep`: index j there is row keep[j] of the batch."""
+    return lambda j, error: describe(keep[j], error)
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,287 @@
+"""`cryptomon retention`: every CRYPTOMON_RETENTION_INTERVAL_SECONDS, per table, drop the chunks the policy
+allows (each archived and verified first, in the transaction that drops it), publish the next horizon, and
+prune the dead letters and Spark's progress rows by age.
+
+A database that is down is waited out (the pass is retried at the next interval); a chunk whose archive does
+not verify is kept, with a log line and a metric, and the other chunks go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from psycopg import sql
+
+from cryptomon.errors import ConfigError
+from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.retention import archive, policy
+from cryptomon.retention.tables import KAFKA_RETENTION_SECONDS, METRICS, PRUNED, TABLES, Retained
+from cryptomon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FETCH_ROWS = 100_000  # rows a round trip while archiving (one Parquet row group each)
+
+CHUNKS_SQL = (
+    "SELECT chunk_schema, chunk_name, range_start, range_end FROM timescaledb_information.chunks "
+    "WHERE hypertable_name = %s ORDER BY range_start"
+)
+HORIZON_SQL = "SELECT horizon, published_at FROM archive_horizon WHERE table_name = %s"
+PUBLISH_SQL = (
+    "INSERT INTO archive_horizon (table_name, horizon, published_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (table_name) DO UPDATE SET horizon = EXCLUDED.horizon, published_at = EXCLUDED.published_at "
+    "WHERE archive_horizon.horizon < EXCLUDED.horizon"
+)
+COLUMNS_SQL = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+LOG_SQL = (
+    "INSERT INTO archive_log (table_name, chunk_name, range_start, range_end, path, row_count, min_id, max_id, "
+    "bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (table_name, chunk_name) DO NOTHING"
+)
+
+
+def one(cur: psycopg.Cursor) -> tuple:
+    """The one row an aggregate query returns."""
+    row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def check_settings(settings: Settings) -> None:
+    """Ages that would let a writer re-create what was dropped are refused at start, naming the setting."""
+    if 0 < settings.retention_metrics < KAFKA_RETENTION_SECONDS + 86_400:
+        raise ConfigError(
+            "CRYPTOMON_RETENTION_METRICS must be 0 or at least 8d: Spark can recompute windows from Kafka's 7 days "
+            "and would write them into chunks already archived"
+        )
+    lookback = settings.book_start_lookback_seconds + settings.retention_hold_seconds
+    if 0 < settings.retention_order_book <= lookback:
+        raise ConfigError(
+            "CRYPTOMON_RETENTION_ORDER_BOOK must be 0 or longer than CRYPTOMON_BOOK_START_LOOKBACK_SECONDS plus "
+            "CRYPTOMON_RETENTION_HOLD_SECONDS: a book stage starting afresh rewrites rows that far back"
+        )
+
+
+class Retention:
+    """The retention passes over one database, with their metrics."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
+        check_settings(settings)
+        self.settings = settings
+        self.root: Path = settings.archive_path
+        self.hold = timedelta(seconds=settings.retention_hold_seconds)
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.m_dropped = Counter("cryptomon_retention_chunks_dropped", "Chunks dropped", ["table"], registry=r)
+        self.m_rows = Counter("cryptomon_retention_rows_archived", "Rows written to the archive", ["table"], registry=r)
+        self.m_bytes = Counter(
+            "cryptomon_retention_archive_bytes", "Bytes written to the archive", ["table"], registry=r
+        )
+        self.m_failed = Counter(
+            "cryptomon_retention_archive_failures", "Chunks kept: their archive failed or did not verify", ["table"],
+            registry=r,
+        )  # fmt: skip
+        self.m_held = Gauge(
+            "cryptomon_retention_held", "1 while a table's drops wait for the metric repair loop", ["table"], registry=r
+        )
+        self.m_pruned = Counter("cryptomon_retention_rows_pruned", "Rows deleted by age", ["table"], registry=r)
+        self.m_db = Gauge("cryptomon_retention_db_up", "1 when the last pass reached the database", registry=r)
+        self.last_pass: dict = {}
+        self.db_ok = False
+        self.stopping = threading.Event()
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(
+            self.settings.pg_dsn, autocommit=True, connect_timeout=5, application_name="cryptomon-retention"
+        )
+
+    # ---------------------------------------------------------------- one pass
+
+    def run_once(self) -> dict:
+        """One pass over every table; returns what it did (also kept for /health)."""
+        if self.settings.archive:
+            for p in archive.remove_partials(self.root):
+                log.warning("removed %s, left by an archive write that did not finish", p)
+        report: dict = {"tables": {}, "pruned": {}}
+        with self.connect() as conn:
+            self.db_ok = True
+            self.m_db.set(1)
+            for spec in TABLES:
+                if spec.age(self.settings) > 0:
+                    report["tables"][spec.table] = self._table(conn, spec)
+            for table, column, setting in PRUNED:
+                age = int(getattr(self.settings, setting))
+                if age > 0:
+                    n = conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE {} < now() - %s * interval '1 second'").format(
+                            sql.Identifier(table), sql.Identifier(column)
+                        ),
+                        (age,),
+                    ).rowcount
+                    self.m_pruned.labels(table).inc(n)
+                    report["pruned"][table] = n
+        self.last_pass = {"at": time.time(), **report}
+        return report
+
+    def _table(self, conn: psycopg.Connection, spec: Retained) -> dict:
+        now = one(conn.execute("SELECT now()"))[0]
+        chunks = [policy.Chunk(*row) for row in conn.execute(CHUNKS_SQL, (spec.table,))]
+        published = self._horizon(conn, spec.table)
+        out: dict = {"chunks": len(chunks), "dropped": [], "kept": []}
+        due = policy.droppable(chunks, published, now, self.hold)
+        if due and spec.table == "trades" and published is not None:
+            cursor = one(conn.execute("SELECT min(scanned_until) FROM metric_repair_cursor"))[0]
+            held = not policy.repair_caught_up(cursor, published, self.hold)
+            self.m_held.labels(spec.table).set(int(held))
+            if held:
+                log.warning("trades: %d chunks wait for the metric repair loop (it scanned up to %s)", len(due), cursor)
+                out["held"] = f"repair scanned up to {cursor}"
+                due = []
+        for chunk in due:
+            try:
+                out["dropped"].append(self._archive_and_drop(conn, spec, chunk))
+            except (archive.ArchiveMismatch, OSError) as exc:
+                self.m_failed.labels(spec.table).inc()
+                log.error("%s: chunk %s kept, its archive failed: %s", spec.table, chunk.name, exc)
+                out["kept"].append({"chunk": chunk.name, "error": str(exc)})
+        dropped = {d["chunk"] for d in out["dropped"]}
+        left = [c for c in chunks if c.name not in dropped]
+        horizon = policy.next_horizon(left, policy.cutoff(now, spec.age(self.settings)), published)
+        if horizon is not None:
+            conn.execute(PUBLISH_SQL, (spec.table, horizon))
+            log.info("%s: rows before %s are set aside from now on; their chunks go in %ss", spec.table, horizon,
+                     self.settings.retention_hold_seconds)  # fmt: skip
+        current = horizon or (published.at if published else None)
+        out["horizon"] = current.isoformat() if current else None
+        return out
+
+    @staticmethod
+    def _horizon(conn: psycopg.Connection, table: str) -> policy.Horizon | None:
+        row = conn.execute(HORIZON_SQL, (table,)).fetchone()
+        return policy.Horizon(*row) if row else None
+
+    def _archive_and_drop(self, conn: psycopg.Connection, spec: Retained, chunk: policy.Chunk) -> dict:
+        """In one transaction: lock the chunk against writes, count it, write and verify its file, log it and
+        drop it. A crash anywhere before the commit leaves the chunk where it was (and no whole file that
+        the next pass would not rewrite the same)."""
+        started = time.monotonic()
+        with conn.transaction():
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(chunk.identifier))
+            expected = self._count(conn, spec, chunk)
+            path, size = None, None
+            if self.settings.archive:
+                columns = self._columns(conn, chunk)
+                path = archive.path_for(self.root, spec.table, chunk.name, chunk.start)
+                info = {
+                    "table": spec.table,
+                    "chunk": chunk.name,
+                    "range_start": chunk.start.isoformat(),
+                    "range_end": chunk.end.isoformat(),
+                }
+                size = archive.write(path, columns, self._rows(conn, chunk, columns), expected, info)
+            gone = [r[0] for r in conn.execute(
+                "SELECT drop_chunks(%s::regclass, older_than => %s, newer_than => %s)",
+                (spec.table, chunk.end, chunk.start),
+            )]  # fmt: skip
+            if gone != [f"{chunk.schema}.{chunk.name}"]:
+                raise archive.ArchiveMismatch(f"drop_chunks would drop {gone}, not just {chunk.name}: rolled back")
+            conn.execute(LOG_SQL, (spec.table, chunk.name, chunk.start, chunk.end, str(path) if path else None,
+                                   expected.rows, expected.min_id, expected.max_id, size))  # fmt: skip
+        self.m_dropped.labels(spec.table).inc()
+        self.m_rows.labels(spec.table).inc(expected.rows if path else 0)
+        self.m_bytes.labels(spec.table).inc(size or 0)
+        log.info("%s: chunk %s [%s, %s) of %d rows %s and dropped in %.1f s", spec.table, chunk.name, chunk.start,
+                 chunk.end, expected.rows, f"archived to {path} ({size} bytes)" if path else "not archived (off)",
+                 time.monotonic() - started)  # fmt: skip
+        return {"chunk": chunk.name, "rows": expected.rows, "path": str(path) if path else None, "bytes": size}
+
+    @staticmethod
+    def _count(conn: psycopg.Connection, spec: Retained, chunk: policy.Chunk) -> archive.Expected:
+        parts: list[sql.Composable] = [sql.SQL("count(*)")]
+        if spec.id_column:
+            parts += [sql.SQL(f"{f}({{}})").format(sql.Identifier(spec.id_column)) for f in ("min", "max")]
+        if spec.sum_column:
+            parts.append(sql.SQL("coalesce(sum({}), 0)").format(sql.Identifier(spec.sum_column)))
+        aggregates = sql.SQL(", ").join(parts)
+        row = one(conn.execute(sql.SQL("SELECT {} FROM {}").format(aggregates, chunk.identifier)))
+        rows, rest = row[0], list(row[1:])
+        lo, hi = (rest.pop(0), rest.pop(0)) if spec.id_column else (None, None)
+        total = Decimal(rest.pop(0)) if spec.sum_column else None
+        return archive.Expected(rows, lo, hi, spec.id_column, spec.sum_column, total)
+
+    @staticmethod
+    def _columns(conn: psycopg.Connection, chunk: policy.Chunk) -> list[archive.Column]:
+        """The chunk's columns; a numeric without precision gets the largest the chunk's data needs."""
+        out = []
+        for name, pg_type in conn.execute(COLUMNS_SQL, (chunk.qualified,)):
+            if pg_type in ("numeric", "numeric[]"):
+                value = sql.SQL("unnest({})" if pg_type.endswith("[]") else "{}").format(sql.Identifier(name))
+                # the digits the column needs in this chunk: its largest scale and integer part
+                found = conn.execute(
+                    sql.SQL(
+                        "SELECT max(scale(v)), max(length(trunc(abs(v))::text)) FROM (SELECT {} AS v FROM {}) x"
+                    ).format(value, chunk.identifier)
+                )
+                scale, digits = one(found)
+                scale, digits = scale or 0, digits or 1
+                out.append(archive.Column(name, pg_type, digits + scale, scale))
+            else:
+                out.append(archive.Column(name, pg_type))
+        return out
+
+    @staticmethod
+    def _rows(conn: psycopg.Connection, chunk: policy.Chunk, columns: list[archive.Column]) -> Iterator[list[tuple]]:
+        select = sql.SQL(", ").join(c.select() for c in columns)
+        with conn.cursor(name=f"archive_{chunk.name}") as cur:
+            cur.itersize = FETCH_ROWS
+            cur.execute(sql.SQL("SELECT {} FROM {}").format(select, chunk.identifier))
+            while rows := cur.fetchmany(FETCH_ROWS):
+                yield rows
+
+    # ---------------------------------------------------------------- the process
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.run_once()
+            except psycopg.OperationalError as exc:
+                self.db_ok = False
+                self.m_db.set(0)
+                log.warning("database unavailable, retention waits for the next pass: %s", str(exc).strip())
+            except Exception:  # a failed pass is retried by the next; the loop never dies
+                log.exception("retention pass failed")
+            self.stopping.wait(self.settings.retention_interval_seconds)
+
+    def health(self) -> tuple[bool, dict]:
+        archive_dir = str(self.root.resolve()) if self.settings.archive else None
+        return self.db_ok, {"archive": archive_dir, "last_pass": self.last_pass}
+
+
+def main(settings: Settings) -> None:
+    retention = Retention(settings)
+    server = None
+    if settings.retention_health_port:
+        allowed = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
+        server = HealthServer(
+            settings.health_host, settings.retention_health_port, retention.health, retention.registry, allowed
+        ).start()
+    kept = {t.table: t.age(settings) or "for ever" for t in TABLES if t not in METRICS or settings.retention_metrics}
+    log.info("retention every %ss: %s; archive %s", settings.retention_interval_seconds, kept,
+             retention.root if settings.archive else "off")  # fmt: skip
+    try:
+        retention.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server:
+            server.stop()

@@ -1,0 +1,73 @@
+"""Which chunks go, and when (pure).
+
+A chunk is dropped whole, and only when no writer can add to it any more:
+1. Its whole range is older than the table's age: its end is at or before now - age.
+2. The table's *horizon* (the end of the newest such chunk) was published at least `hold` seconds ago.
+   The worker re-reads the horizons every few seconds and sets a row older than its table's horizon aside
+   as a dead letter (`before_archive_horizon`) instead of inserting it. So after `hold` no new row reaches
+   the chunk: the archive is complete, and a dropped range is never re-created by a late or replayed row.
+3. For trades, the metric repair loop (spark/repair.py) has scanned past the moment the horizon took effect:
+   it recomputes a window from the raw trades, so every trade inserted before that has been looked at.
+A horizon only moves forward. Chunks below the published horizon are dropped before a newer one is
+published, so publishing again never delays them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from psycopg import sql
+
+REPAIR_OVERLAP = timedelta(seconds=30)  # the repair scans again what was written in its last 30 s
+
+
+class Chunk(NamedTuple):
+    schema: str
+    name: str
+    start: datetime
+    end: datetime
+
+    @property
+    def qualified(self) -> str:
+        """schema.name, quoted, as a regclass parameter."""
+        return f'"{self.schema}"."{self.name}"'
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+class Horizon(NamedTuple):
+    at: datetime  # rows before this are archived or about to be
+    published_at: datetime
+
+
+def cutoff(now: datetime, age_seconds: int) -> datetime | None:
+    """The time before which rows are too old; None when the table is kept for ever (age 0)."""
+    return now - timedelta(seconds=age_seconds) if age_seconds > 0 else None
+
+
+def next_horizon(chunks: list[Chunk], cut: datetime | None, published: Horizon | None) -> datetime | None:
+    """The horizon to publish now: the end of the newest chunk wholly before `cut`, if later than the one
+    published (a horizon only moves forward); else None."""
+    if cut is None:
+        return None
+    ends = [c.end for c in chunks if c.end <= cut]
+    if not ends:
+        return None
+    newest = max(ends)
+    return newest if published is None or newest > published.at else None
+
+
+def droppable(chunks: list[Chunk], published: Horizon | None, now: datetime, hold: timedelta) -> list[Chunk]:
+    """The chunks wholly below the published horizon, once it has stood for `hold`; oldest first."""
+    if published is None or now - published.published_at < hold:
+        return []
+    return sorted((c for c in chunks if c.end <= published.at), key=lambda c: c.start)
+
+
+def repair_caught_up(cursor: datetime | None, published: Horizon, hold: timedelta) -> bool:
+    """Whether the repair loop has scanned every trade inserted before the horizon took effect. No cursor:
+    no repair loop has ever run against this database, and none holds trades back."""
+    return cursor is None or cursor >= published.published_at + hold + REPAIR_OVERLAP
