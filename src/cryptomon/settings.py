@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds a gap may wait for out-of-order frames before it is backfilled over REST."
     )
     producer_linger_ms: int = Field(20, ge=0, le=1000, description="Kafka producer batching delay (linger.ms).")
+    producer_buffer_mb: int = Field(
+        128,
+        ge=1,
+        le=2048,
+        description="Most MiB of messages the ingestion's producer holds before Kafka acknowledges them "
+        "(queue.buffering.max.kbytes); when full, reading the exchange waits (~40 s of the whole market).",
+    )
     # ---- worker
     worker_group: str = Field("binance-buffer", description="Kafka consumer group of the worker.")
     worker_health_port: int = Field(8082, ge=0, le=65535, description="Worker's /health and /metrics port.")
@@ -299,6 +306,17 @@ class Settings(BaseSettings):
     # ---- Spark job and alert rules (the Grafana alerts read the same values)
     spark_master: str = Field("local[2]", description="Spark master URL of the streaming job.")
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions of the streaming job.")
+    spark_driver_memory: str = Field(
+        "1g",
+        pattern=r"^\d+[mg]$",
+        description="JVM heap of the Spark driver (spark.driver.memory; local mode: the whole job).",
+    )
+    spark_state_memory_mb: int = Field(
+        256,
+        ge=16,
+        description="Most MiB RocksDB's state store takes outside the heap (block cache and write buffers of every "
+        "state store of the job, shared: spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB).",
+    )
     spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of both queries.")
     spark_watermark_seconds: int = Field(10, ge=0, description="Event-time watermark: how late an event may arrive.")
     spark_repair_interval: float = Field(

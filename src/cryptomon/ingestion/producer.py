@@ -21,7 +21,7 @@ REFUSED_HEAD = 64 * 1024  # how much of a refused message its dead letter keeps
 _FATAL_FOR_MESSAGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError._INVALID_ARG}
 
 
-def producer_config(bootstrap: str, linger_ms: int = 20) -> dict:
+def producer_config(bootstrap: str, linger_ms: int = 20, buffer_mb: int = 128) -> dict:
     return {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,  # implies acks=all, retries, in-order per partition
@@ -30,7 +30,7 @@ def producer_config(bootstrap: str, linger_ms: int = 20) -> dict:
         "linger.ms": linger_ms,
         "batch.num.messages": 1000,
         "queue.buffering.max.messages": 500_000,
-        "queue.buffering.max.kbytes": 512 * 1024,
+        "queue.buffering.max.kbytes": buffer_mb * 1024,  # CRYPTOMON_PRODUCER_BUFFER_MB: the RSS it may take
         # librdkafka retries by itself until this timeout; past it the callback re-sends (counted)
         "message.timeout.ms": 120_000,
         # the Java client's key hashing, so Spark and other clients agree on key -> partition
@@ -44,10 +44,15 @@ class KafkaSink:
     """The idempotent, acks=all producer: every delivery checked, a failed one sent again, none dropped."""
 
     def __init__(
-        self, bootstrap: str, linger_ms: int = 20, deadletter_topic: str | None = None, security: dict | None = None
+        self,
+        bootstrap: str,
+        linger_ms: int = 20,
+        deadletter_topic: str | None = None,
+        security: dict | None = None,
+        buffer_mb: int = 128,
     ):
         self.producer = Producer(
-            {**producer_config(bootstrap, linger_ms), **(security or {}), "error_cb": self._on_error,
+            {**producer_config(bootstrap, linger_ms, buffer_mb), **(security or {}), "error_cb": self._on_error,
              "stats_cb": self._on_stats}
         )  # fmt: skip
         self.cluster = ClusterView([], 0, [])  # as its last statistics report showed it

@@ -71,7 +71,11 @@ class Ingestor:
         self.deadletter_topic = topic_name(DEADLETTER)
         self.security = librdkafka_security(settings)
         self.sink = KafkaSink(
-            settings.kafka_bootstrap, settings.producer_linger_ms, self.deadletter_topic, self.security
+            settings.kafka_bootstrap,
+            settings.producer_linger_ms,
+            self.deadletter_topic,
+            self.security,
+            settings.producer_buffer_mb,
         )
         self.tracker = SequenceTracker(settings.resume_max_gap)
         self.recent_book: dict[str, RecentIds] = {}

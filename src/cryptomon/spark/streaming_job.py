@@ -49,7 +49,10 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
             "spark.sql.streaming.stateStore.providerClass",
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
         )
-        .config("spark.driver.memory", "1g")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        # RocksDB's block cache and memtables, bounded together for every state store of the job
+        .config("spark.sql.streaming.stateStore.rocksdb.boundedMemoryUsage", "true")
+        .config("spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB", str(settings.spark_state_memory_mb))
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
