@@ -153,6 +153,7 @@ def topics_ensure(
         replication_factor=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
         reassign_with=settings.deps_dir / "kafka" if reassign else None,
+        market_retention_seconds=settings.kafka_retention,
     ).items():
         console.print(f"[green]✓[/] {topic}: {result}")
 

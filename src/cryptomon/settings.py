@@ -24,6 +24,7 @@ DAY = 86_400
 _AGE = re.compile(r"^(\d{1,9})\s*([smhdw]?)$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
 AGE_FIELDS = (
+    "kafka_retention",
     "retention_trades",
     "retention_book_ticker",
     "retention_order_book",
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
         0, ge=0, description="min.insync.replicas of every topic; 0: 2 with 3 replicas, else 1."
     )
     kafka_heap: str = Field("512m", description="JVM heap (-Xmx) of the local Kafka broker.")
+    kafka_retention: int = Field(
+        0,
+        description="How long Kafka keeps the market topics (trades, book_ticker, depth), applied by `topics ensure` "
+        "and `services up`: seconds or 12h, 2d; 0: topics.conf's 7 days.",
+    )
     pg_dsn: str = Field(
         "postgresql://cryptomon:cryptomon@127.0.0.1:5433/cryptomon",
         description="TimescaleDB connection string. The password shown is the local-only default; "

@@ -217,7 +217,7 @@ class Pipeline:
             from cryptomon.db.migrate import migrate
             from cryptomon.kafka.topics import ensure_topics
 
-            ensure_topics(self.settings.kafka_bootstrap)
+            ensure_topics(self.settings.kafka_bootstrap, market_retention_seconds=self.settings.kafka_retention)
             migrate(self.settings.pg_dsn)
             report(
                 f"using external services: Kafka {self.settings.kafka_bootstrap}, TimescaleDB {self.settings.pg_dsn.split('@')[-1]}"

@@ -105,6 +105,22 @@ def test_topics_have_6_partitions_and_7_day_retention(stack):
     assert set(ensure_topics(stack.kafka_bootstrap).values()) == {"ok"}
 
 
+def test_kafka_retention_sets_the_market_topics_and_only_them(stack):
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    names = [topic_name(r) for r in (TRADES, BOOK_TICKER, "depth", DEADLETTER)]
+
+    def retention() -> dict[str, str]:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+        return {r.name: f.result()["retention.ms"].value for r, f in admin.describe_configs(resources).items()}
+
+    try:
+        ensure_topics(stack.kafka_bootstrap, market_retention_seconds=12 * 3600)  # CRYPTOMON_KAFKA_RETENTION=12h
+        assert retention() == {**dict.fromkeys(names[:3], "43200000"), names[3]: "2592000000"}
+    finally:
+        ensure_topics(stack.kafka_bootstrap)  # back to topics.conf's, for the other tests
+    assert retention() == {**dict.fromkeys(names[:3], "604800000"), names[3]: "2592000000"}
+
+
 def test_produced_message_is_consumed_back(stack):
     producer = Producer(
         {

@@ -74,7 +74,9 @@ def test_the_app_profile_runs_every_process_from_the_one_dockerfile():
     assert "spark-checkpoints" in COMPOSE["volumes"]  # restarts resume from the checkpoint
     for name in ("ingest", "worker", "retention", "dashboard"):
         assert "healthcheck" in SERVICES[name]
-    assert "archive:/var/lib/cryptomon/archive" in SERVICES["retention"]["volumes"]  # the archive outlives the container
+    assert (
+        "archive:/var/lib/cryptomon/archive" in SERVICES["retention"]["volumes"]
+    )  # the archive outlives the container
 
 
 def test_the_dockerfile_resolves_the_connector_like_setup_does():

@@ -72,6 +72,9 @@ def test_ages_that_would_let_a_writer_recreate_a_dropped_chunk_are_refused():
         check_settings(load_settings(retention_order_book="1h"))  # the book stage starts 70 minutes back
     check_settings(load_settings(retention_metrics="8d", retention_order_book="2h"))
     check_settings(load_settings(retention_order_book="5m", book_start_lookback_seconds=60))
+    check_settings(load_settings(retention_metrics="2d", kafka_retention="1d"))  # Kafka keeps a day: 2 d is enough
+    with pytest.raises(ConfigError, match="CRYPTOMON_RETENTION_METRICS"):
+        check_settings(load_settings(retention_metrics="8d", kafka_retention="10d"))
 
 
 COLUMNS = [

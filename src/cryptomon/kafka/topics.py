@@ -56,6 +56,8 @@ def topic_name(role: str) -> str:
     return topics()[role].name
 
 
+# the market's topics, whose retention CRYPTOMON_KAFKA_RETENTION may set (the others keep topics.conf's)
+MARKET_ROLES = ("trades", "book_ticker", "depth")
 MAX_REPLICATION = 3  # what Kafka's production guides ask for: acks=all then survives a lost node
 
 
@@ -79,9 +81,10 @@ def ensure_topics(
     replication_factor: int = 0,
     min_insync_replicas: int = 0,
     reassign_with: Path | None = None,
+    market_retention_seconds: int = 0,
 ) -> dict[str, str]:
     """Create the missing topics (replicated as replication_plan() says), grow partition counts and apply
-    configs. Idempotent. A topic with fewer replicas than the plan is reported (`under-replicated`), never
+    configs (the market topics' retention.ms from `market_retention_seconds` when set). Idempotent. A topic with fewer replicas than the plan is reported (`under-replicated`), never
     changed silently; with `reassign_with` (Kafka's jars: `cryptomon topics ensure --reassign`) its
     replication is raised by a partition reassignment (kafka/reassign.py) and it reads `reassigned`.
 
@@ -103,6 +106,8 @@ def ensure_topics(
     rf, isr = replication_plan(len(metadata.brokers), replication_factor, min_insync_replicas)
     configs = {name: {**spec.config, "min.insync.replicas": str(isr)} for name, spec in
                ((s.name, s) for s in topics().values())}  # fmt: skip
+    for role in MARKET_ROLES if market_retention_seconds else ():  # CRYPTOMON_KAFKA_RETENTION
+        configs[topic_name(role)]["retention.ms"] = str(market_retention_seconds * 1000)
     result: dict[str, str] = {}
     to_create = [s for s in topics().values() if s.name not in existing]
     if to_create:

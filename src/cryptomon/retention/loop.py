@@ -59,10 +59,11 @@ def one(cur: psycopg.Cursor) -> tuple:
 
 def check_settings(settings: Settings) -> None:
     """Ages that would let a writer re-create what was dropped are refused at start, naming the setting."""
-    if 0 < settings.retention_metrics < KAFKA_RETENTION_SECONDS + 86_400:
+    kafka = settings.kafka_retention or KAFKA_RETENTION_SECONDS
+    if 0 < settings.retention_metrics < kafka + 86_400:
         raise ConfigError(
-            "CRYPTOMON_RETENTION_METRICS must be 0 or at least 8d: Spark can recompute windows from Kafka's 7 days "
-            "and would write them into chunks already archived"
+            f"CRYPTOMON_RETENTION_METRICS must be 0 or at least a day more than Kafka keeps the market ({kafka} s): "
+            "Spark can recompute windows that far back and would write them into chunks already archived"
         )
     lookback = settings.book_start_lookback_seconds + settings.retention_hold_seconds
     if 0 < settings.retention_order_book <= lookback:

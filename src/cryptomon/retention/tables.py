@@ -44,6 +44,7 @@ PRUNED = (
     ("stream_progress", "batch_timestamp", "retention_stream_progress"),
 )
 
-# Kafka keeps the topics 7 days (kafka/topics.conf): Spark can recompute metric windows that far back,
-# so metric chunks are dropped only past that (a recomputed window would land in a chunk already archived)
+# Kafka keeps the market topics 7 days (kafka/topics.conf; CRYPTOMON_KAFKA_RETENTION overrides): Spark can
+# recompute metric windows that far back, so metric chunks are dropped only past that (a recomputed window
+# would land in a chunk already archived)
 KAFKA_RETENTION_SECONDS = 7 * 86_400

@@ -511,6 +511,7 @@ def stack_up(settings: Settings, report=lambda msg: None) -> None:
         settings.kafka_bootstrap,
         replication_factor=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
+        market_retention_seconds=settings.kafka_retention,
     )
     report("topics: " + ", ".join(f"{t} ({r})" for t, r in result.items()))
     warm_up_producer_ids(settings.kafka_bootstrap)
