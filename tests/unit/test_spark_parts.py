@@ -30,3 +30,35 @@ def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
     assert starting_offsets("earliest", ["a"]) == "earliest"
     assert orjson.loads(starting_offsets(both, ["b"])) == {"b": {"0": 7}}
     assert orjson.loads(starting_offsets(both, ["a", "b"])) == orjson.loads(both)
+
+
+def test_the_repair_cursor_keeps_up_while_trades_keep_coming():
+    """Rounds every 10 s over a market that never stops: five trades a second, Spark's watermark 20 s behind. Each round scans back OVERLAP (30 s) and finds, by the watermark, the
+    current minute's windows again. The cursor must stay within about a window plus the watermark of now
+    (it used to stay where it was for good, and the scan grew by every round)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptomon.spark.repair import OVERLAP, WINDOW, due, note_found, scanned_until
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    sec = timedelta(seconds=1)
+    pending: dict = {}
+    cursor = t0
+    for r in range(1, 61):  # ten minutes
+        now = t0 + (10 * r + 3) * sec
+        watermark = now - 20 * sec
+        # (event time, written): five trades a second, each written 0.1 s after its event time
+        rows = [(t0 + i * sec / 5 - sec / 10, t0 + i * sec / 5) for i in range((10 * r + 3) * 5 + 1)]
+        since = cursor - OVERLAP
+        flagged: dict = {}
+        for event, written in rows:
+            if since < written <= now and event < watermark:  # LATE_WINDOWS' second condition
+                start = event.replace(second=0, microsecond=0)
+                flagged[start] = min(flagged.get(start, written), written)
+        note_found(pending, [("BTCUSDT", start, first) for start, first in flagged.items()], [], cursor)
+        windows = due(pending, watermark, now, now, timedelta(seconds=40))
+        cursor = scanned_until(pending, windows, now)
+        for w in windows:
+            pending.pop(w)
+        assert r < 12 or now - cursor <= WINDOW + 20 * sec, (r, now - cursor)  # was 60 s more every minute
+    assert len(pending) <= 2

@@ -49,12 +49,14 @@ RETURNING m.symbol, m.window_start""",
 
 # The 1-minute windows of rows written since the last look that Spark may not have counted: ingested more
 # than `late` after their event time (backfilled, replayed, slowed down), or written after Spark's watermark
-# had passed their event time (the worker was behind: the window may have been repaired without them).
+# had passed their event time (the worker was behind: the window may have been repaired without them); with
+# the first such row's write time, from where a restart must look again to find the window.
 LATE_WINDOWS = """
-SELECT DISTINCT symbol, time_bucket('1 minute', event_time)
+SELECT symbol, time_bucket('1 minute', event_time), min(inserted_at)
 FROM trades
 WHERE inserted_at > %(since)s AND inserted_at <= %(until)s AND event_type = 'trade'
   AND (ingestion_ts > event_time + %(late)s OR event_time < coalesce(%(watermark)s, '-infinity'::timestamptz))
+GROUP BY 1, 2
 """
 
 # Recompute volume_spike for the symbols just written, from the earliest window that changed onwards

@@ -34,6 +34,24 @@ def due(pending: dict[tuple[str, datetime], datetime], watermark: datetime | Non
     return sorted(out)
 
 
+def note_found(pending: dict[tuple[str, datetime], datetime], found, requested, cursor: datetime) -> None:
+    """Add the windows a round found (symbol, start, first flagged row's write time) and those Spark asked
+    for to `pending`, each with its position: where a restart must look again to find it. Never before the
+    cursor: the scan looks OVERLAP back, so rows there are found again every round, and with the cursor as
+    their position, windows of the current minute found that way held the cursor where it was, for good
+    (the scan then grew by every round, for as long as trades kept coming) (pure)."""
+    for symbol, start, first_written in found:
+        pending.setdefault((symbol, start), max(cursor, first_written))
+    for key in requested:
+        pending.setdefault(key, cursor)
+
+
+def scanned_until(pending: dict[tuple[str, datetime], datetime], due: list, now: datetime) -> datetime:
+    """How far the loop has looked for good: a restart looks again from the oldest window still waiting (pure)."""
+    done = set(due)
+    return min([now, *(v for k, v in pending.items() if k not in done)])
+
+
 class Repairer:
     """`in_transaction(work)` runs work(conn) in one transaction, retrying while the database is down (the
     streaming job's MetricsWriter.in_transaction, which also serialises it with the micro-batch writes)."""
@@ -84,8 +102,7 @@ class Repairer:
             found = conn.execute(metrics.LATE_WINDOWS, params).fetchall()
             with self._lock:
                 requested, self._requested = self._requested, set()
-            for key in [*found, *requested]:
-                self.pending.setdefault((key[0], key[1]), cursor)
+            note_found(self.pending, found, requested, cursor)
             windows = due(self.pending, watermark, seen, now, self.grace)
             changed: list = []
             if windows:
@@ -100,8 +117,7 @@ class Repairer:
                         "m": min(self.settings.volume_spike_min_windows, self.settings.volume_spike_windows),
                         "symbols": sorted({c[0] for c in changed}), "since": min(c[1] for c in changed),
                     })  # fmt: skip
-            # a restart looks again from the oldest window still waiting
-            until = min([now, *(v for k, v in self.pending.items() if k not in set(windows))])
+            until = scanned_until(self.pending, windows, now)
             conn.execute(
                 "INSERT INTO metric_repair_cursor (name, scanned_until) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET scanned_until = EXCLUDED.scanned_until",
