@@ -157,8 +157,9 @@ class Retention:
                 out["kept"].append({"chunk": chunk.name, "error": str(exc)})
         dropped = {d["chunk"] for d in out["dropped"]}
         left = [c for c in chunks if c.name not in dropped]
+        waiting = published is not None and any(c.end <= published.at for c in left)
         horizon = policy.next_horizon(left, policy.cutoff(now, spec.age(self.settings)), published)
-        if horizon is not None:
+        if horizon is not None and not waiting:  # a new horizon would start the hold of those again
             conn.execute(PUBLISH_SQL, (spec.table, horizon))
             log.info("%s: rows before %s are set aside from now on; their chunks go in %ss", spec.table, horizon,
                      self.settings.retention_hold_seconds)  # fmt: skip

@@ -8,8 +8,9 @@ A chunk is dropped whole, and only when no writer can add to it any more:
    the chunk: the archive is complete, and a dropped range is never re-created by a late or replayed row.
 3. For trades, the metric repair loop (spark/repair.py) has scanned past the moment the horizon took effect:
    it recomputes a window from the raw trades, so every trade inserted before that has been looked at.
-A horizon only moves forward. Chunks below the published horizon are dropped before a newer one is
-published, so publishing again never delays them.
+A horizon only moves forward, and a newer one is published only once every chunk below the current one
+is gone: publishing restarts the hold, so chunks held back (by the repair loop, or an archive that failed)
+would otherwise wait for ever when chunks are shorter than the hold and the repair's lag.
 """
 
 from __future__ import annotations
