@@ -75,6 +75,11 @@ class TopicCounter:
         self.c.close()
 
 
+def bytes_under(folder: Path) -> int:
+    """What a folder holds on disk (a Kafka node's log directory, a checkpoint, the archive)."""
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
+
+
 def machine() -> dict:
     import pyspark
 

@@ -45,7 +45,8 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_stack, emit, env_for, machine, quarter_mean, spawn, tree_usage, wait
+import soak
+from common import bench_stack, bytes_under, emit, env_for, machine, quarter_mean, spawn, tree_usage, wait
 
 from cryptomon.services.local import TimescaleDB, kafka_nodes
 
@@ -88,6 +89,8 @@ class Load:
     symbols_count: int = 3
     settle_seconds: float = 150  # how long the market goes on after the run for backfills and repairs
     name: str = ""
+    drop_every: float | None = None  # with "disconnects": every connection cut this often (else twice)
+    retention_minutes: int | None = None  # the soak: raw tables in chunks of minutes, kept this long
 
 
 def rate_load(rate: int) -> Load:
@@ -141,12 +144,17 @@ def run_rate(
             CRYPTOMON_BOOK_HEALTH_PORT=book_health,
             CRYPTOMON_BOOK_START_LOOKBACK_SECONDS=0,
             **extra,
+            **(soak.retention_env(load.retention_minutes) if load.retention_minutes else {}),
         )
         cli = [sys.executable, "-m", "cryptomon"]
         procs = {
             "worker": spawn([*cli, "worker"], env, logs / f"{rate}-worker.log"),
             "spark": spawn([*cli, "spark"], {**env, "CRYPTOMON_LOG_LEVEL": "INFO"}, logs / f"{rate}-spark.log"),
         }
+        if load.retention_minutes:
+            soak.set_chunks(s.pg_dsn)
+            procs["retention"] = spawn([*cli, "retention"], {**env, "CRYPTOMON_LOG_LEVEL": "INFO"},
+                                       logs / f"{rate}-retention.log")  # fmt: skip
         wait(lambda: "streaming:" in (logs / f"{rate}-spark.log").read_text(errors="replace"), 120, "Spark to start")
         wait(
             lambda: (
@@ -167,7 +175,8 @@ def run_rate(
         if depth:
             procs["book"] = spawn([*cli, "book"], env, logs / f"{rate}-book.log")
             wait(lambda: (_get(f"http://127.0.0.1:{book_health}/health") or {}).get("assigned"), 60, "the book stage")
-        procs["ingest"] = spawn([*cli, "ingest"], env, logs / f"{rate}-ingest.log")
+        ingest_env = {**env, "CRYPTOMON_LOG_LEVEL": "INFO"} if load.retention_minutes else env  # the soak: gaps logged
+        procs["ingest"] = spawn([*cli, "ingest"], ingest_env, logs / f"{rate}-ingest.log")
         ingest_started = time.monotonic()
         books_synced_after, start_depth = None, None
         brokers = kafka_nodes(s)
@@ -183,9 +192,20 @@ def run_rate(
         stall_wall = None
         stalled = restored = load.faults != "stall"
         drops = [] if load.faults == "disconnects" else None
+        disk: list[dict] = []
         while time.monotonic() - t0 < seconds:
             time.sleep(sample_every)
-            if drops is not None and len(drops) < 2 and time.monotonic() - t0 >= seconds * (len(drops) + 1) / 4:
+            if load.retention_minutes and time.monotonic() - t0 >= len(disk) * 60:
+                with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
+                    disk.append(soak.disk_sample(conn, [b.data_dir for b in brokers], env_checkpoint(env),
+                                                 s.archive_path))  # fmt: skip
+            if drops is not None and (
+                # none in the last two minutes: trades lost with a cut are found by the next trade's id, and the
+                # market stops at the end (on Binance it goes on: they would come late, not never)
+                seconds - 120 > time.monotonic() - t0 >= (len(drops) + 1) * load.drop_every
+                if load.drop_every
+                else len(drops) < 2 and time.monotonic() - t0 >= seconds * (len(drops) + 1) / 4
+            ):
                 # every connection cut, as Binance does at 24 h or in maintenance: reconnect, then backfill
                 drops.append({"at_s": round(time.monotonic() - t0), "connections": _control(port, "drop")["dropped"]})
             if stalled and not restored and time.monotonic() - t0 >= seconds / 4 + STALL_SECONDS + REST_DELAY_SECONDS:
@@ -239,7 +259,7 @@ def run_rate(
             }
 
             def counts():
-                return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in expected}
+                return soak.stored_counts(conn, list(expected))
 
             stored, catching_up = _until_stored(counts, expected)
             symbols_stored = conn.execute("SELECT count(DISTINCT symbol) FROM book_ticker").fetchone()[0]
@@ -272,7 +292,12 @@ def run_rate(
                 " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
                 (since, until, since, until),
             ).fetchone()[0]
-            kafka_disk = {b.name: _bytes_under(b.data_dir) for b in brokers}
+            kafka_disk = {b.name: bytes_under(b.data_dir) for b in brokers}
+            archived = None
+            if load.retention_minutes:  # retention stopped first: no chunk moves while the keys are read
+                procs["retention"].terminate()
+                procs["retention"].wait(60)
+                archived = soak.archive_accounting(conn, s.archive_path, logs)
         for name in procs:
             procs[name].terminate()
         for name in procs:
@@ -317,6 +342,12 @@ def run_rate(
         "rss_growth_mb": {
             n: round((quarter_mean(v, 3) - quarter_mean(v, 1)) / 2**20, 1) for n, v in rss_series.items()
         },
+        "rss_slope_mib_per_hour": {
+            n: round(slope / 2**20, 1) if (slope := soak.slope_per_hour(v, sample_every)) is not None else None
+            for n, v in rss_series.items()
+        },
+        "disk": soak.disk_result(disk),
+        "archive": archived,
         "lag_trend": round(quarter_mean(lag, 3) - quarter_mean(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {
             "generated": expected,
@@ -455,9 +486,8 @@ def _book_result(s, ingest: dict, book_health: int, sim_depth: int, since: float
     }
 
 
-def _bytes_under(folder: Path) -> int:
-    """What a Kafka node's log directory holds on disk (segments, indexes, the metadata log)."""
-    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
+def env_checkpoint(env: dict) -> Path:
+    return Path(env["CRYPTOMON_SPARK_CHECKPOINT_DIR"])
 
 
 def _alive(p) -> bool:
@@ -533,6 +563,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="5,000 events/s for 60 s (whole market: 50 symbols, 90 s)")
     ap.add_argument("--soak", action="store_true", help="one rate (default 2,000) for 30 minutes, memory every 10 s")
+    ap.add_argument("--market-soak", action="store_true",
+                    help="the whole market for an hour, connections cut every 15 min, retention of minutes: memory "
+                    "slopes, disk per component, every event in the database or the archive once")  # fmt: skip
     ap.add_argument("--rates", help="comma-separated events/s")
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--whole-market", action="store_true",
@@ -541,6 +574,9 @@ def main() -> None:
                     help="Kafka as a cluster of this many nodes, topics replicated min(3, nodes) times")  # fmt: skip
     ap.add_argument("--depth", action="store_true",
                     help="the order book on: depth@100ms of every symbol into binance.depth and cryptomon book")  # fmt: skip
+    ap.add_argument("--retention-minutes", type=int, default=soak.RETENTION_MINUTES, help="market soak: raw rows kept")
+    ap.add_argument("--drop-every", type=float, default=soak.DROP_EVERY_SECONDS,
+                    help="market soak: seconds between two cuts of every connection")  # fmt: skip
     ap.add_argument("--no-disconnects", action="store_true", help="whole market: no forced disconnects")
     ap.add_argument("--symbols", type=int, help="whole market: this many of its symbols (default 400; quick 50)")
     ap.add_argument("--out", type=Path)
@@ -554,7 +590,13 @@ def main() -> None:
     rates = [int(r) for r in args.rates.split(",")] if args.rates else rates
     seconds = args.seconds or seconds
     logs = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    if args.whole_market:
+    if args.market_soak:
+        size, seconds, every = args.symbols or 400, args.seconds or 3600.0, 10.0
+        load = whole_market_load(size, "disconnects")
+        load.drop_every, load.retention_minutes = args.drop_every, args.retention_minutes
+        load.name = f"market soak ({size} symbols)"
+        loads = [load]
+    elif args.whole_market:
         size, seconds = (50, args.seconds or 90.0) if args.quick else (400, args.seconds or 600.0)
         size = args.symbols or size
         loads = [whole_market_load(size, "none" if args.no_disconnects else "disconnects")]
@@ -567,6 +609,8 @@ def main() -> None:
              "20000_events_per_s_metric_p99<=15s_exact": at_20000["goal_met"] if at_20000 else None}  # fmt: skip
     if args.whole_market:
         goals = {"whole_market_exact_accounting": results[0]["accounting"]["exact"]}
+    if args.market_soak:
+        goals = soak.goals(results[0])
     if args.depth and (book := results[0]["book"]):
         goals.update({
             "book_stage<=0.25_core": results[0]["cpu_cores"].get("book", 99) <= 0.25,
@@ -580,7 +624,7 @@ def main() -> None:
     bounds = {"rss_bounds_mb": SOAK_RSS_BOUND_MB, "rss_bounds_note": SOAK_RSS_BOUNDS_NOTE} if args.soak else {}
     emit(
         {
-            "benchmark": ("market" if args.whole_market else "e2e")
+            "benchmark": ("market_soak" if args.market_soak else "market" if args.whole_market else "e2e")
             + ("_cluster" if args.kafka_nodes > 1 else "")
             + ("_depth" if args.depth else ""),
             "quick": args.quick,

@@ -18,6 +18,7 @@ BENCHMARKS = (
 )  # fmt: skip
 # only with --only: the whole market with every book needs more than this 2-core machine (README, Benchmarks)
 OPT_IN = ("market_book",)
+SOAKS = ("soak", "sim_soak", "market_soak")  # long runs, each kept in bench/results/<name>.json
 # benchmarks that are a mode of another script
 # the cluster and order-book runs: 50 of the market's symbols for a minute with the book's streams on, on one
 # Kafka node and on three (on this 2-core machine three nodes and the book at the whole market's load are more
@@ -556,6 +557,8 @@ def render(report: dict) -> str:
             f"exactly once: {fmt(x['accounting']['exact'])} ({x['accounting']['stored']}).",
             "",
         ]
+    if (ms := report.get("market_soak")) and not ms.get("failed"):
+        lines += render_market_soak(ms)
     lines += ["## Goals", "", "| benchmark | goal | met |", "| --- | --- | --- |"]
     for name in BENCHMARKS:
         for goal, met in (r.get(name) or {}).get("goals", {}).items():
@@ -565,10 +568,57 @@ def render(report: dict) -> str:
             lines.append(f"| soak | `{goal}` | {fmt(met)} |")
     for goal, met in ((report.get("sim_soak") or {}).get("goals") or {}).items():
         lines.append(f"| sim soak | `{goal}` | {fmt(met)} |")
+    for goal, met in ((report.get("market_soak") or {}).get("goals") or {}).items():
+        lines.append(f"| market soak | `{goal}` | {fmt(met)} |")
     failed = [n for n, x in r.items() if x.get("failed")]
     if failed:
         lines += ["", f"Failed to run: {', '.join(failed)} (see the harness output)."]
     return "\n".join(lines) + "\n"
+
+
+def render_market_soak(ms: dict) -> list[str]:
+    """The whole market for an hour with retention of minutes: memory slopes, disk, the archive's accounting."""
+    x = ms["runs"][0]
+    raw, acc, arch = x["raw_row_latency"], x["accounting"], x["archive"] or {}
+    lines = [
+        "## Market soak: weeks in an hour",
+        "",
+        f"`bench/run --market-soak` ({ms['finished']}): {x['load']}, {x['seconds'] / 60:.0f} minutes at "
+        f"{fmt(x['measured_events_per_second'])} events/s, every connection cut every "
+        f"{x['disconnects'][0]['at_s'] if x['disconnects'] else '–'} s ({len(x['disconnects'] or [])} times); raw tables "
+        "in chunks of 2 minutes kept 10 minutes, so `cryptomon retention` (a pass every 30 s) archives and drops "
+        f"chunks all along. Raw rows p50 {fmt(raw['p50_ms'], ' ms')} / p99 {fmt(raw['p99_ms'], ' ms')}. "
+        "Memory sampled every 10 s; its slope is a least-squares fit over the last three quarters.",
+        "",
+        "| process tree | CPU (cores) | peak RSS (MiB) | RSS slope (MiB/h) |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {n} | {x['cpu_cores'][n]:g} | {x['peak_rss_mb'][n]} | {fmt(x['rss_slope_mib_per_hour'].get(n))} |"
+        for n in x["cpu_cores"]
+    ]
+    lines += [
+        "",
+        "| disk | start (MiB) | end (MiB) | most (MiB) | second half (MiB/h) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {n} | {d['start_mib']:g} | {d['end_mib']:g} | {d['max_mib']:g} | {d['second_half_mib_per_hour']:+g} |"
+        for n, d in (x["disk"] or {}).items()
+    ]
+    keys = "; ".join(
+        f"{t}: {k['events']:,} events, {k['distinct']:,} distinct" for t, k in arch.get("keys", {}).items()
+    )
+    lines += [
+        "",
+        f"Chunks archived and dropped: {arch.get('chunks_dropped')}; {arch.get('files')} files, "
+        f"{len(arch.get('files_bad', []))} that did not verify; rows in the files {arch.get('rows_in_files')} = "
+        f"rows of the dropped chunks: {fmt(arch.get('rows_in_files_equal_logged'))}. Every event generated is in the "
+        f"database or the archive: {fmt(acc['exact'])} (generated {acc['generated']}, stored or archived "
+        f"{acc['stored']}); once: {keys}.",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -577,6 +627,9 @@ def main() -> None:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--soak", action="store_true", help="only the soak run (30 min at 2,000 events/s)")
     ap.add_argument("--sim-soak", action="store_true", help="only the simulator's soak (30 min, whole market)")
+    ap.add_argument("--market-soak", action="store_true",
+                    help="only the market soak (the whole market for an hour, retention of minutes)")  # fmt: skip
+    ap.add_argument("--soak-args", default="", help="more arguments of the soak run (e.g. '--seconds 2400')")
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: take the --only benchmarks' last results (bench/results/full/<name>.json)")  # fmt: skip
     ap.add_argument("--report", type=Path, help="default: docs/benchmarks.md (full), bench/results/quick.md (quick)")
@@ -591,9 +644,15 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from common import machine
 
-    if args.soak or args.sim_soak:
-        name, key = ("e2e", "soak") if args.soak else ("sim", "sim_soak")
-        soak = run(name, False, work, extra=["--soak"], out_name=key)
+    if args.soak or args.sim_soak or args.market_soak:
+        name, key, flag = (
+            ("e2e", "soak", "--soak")
+            if args.soak
+            else ("e2e", "market_soak", "--market-soak")
+            if args.market_soak
+            else ("sim", "sim_soak", "--soak")
+        )
+        soak = run(name, False, work, extra=[flag, *args.soak_args.split()], out_name=key)
         soak["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         (out_dir / f"{key}.json").write_text(json.dumps(soak, indent=2, default=str) + "\n")
         report = json.loads((out_dir / "full.json").read_text())
@@ -617,7 +676,7 @@ def main() -> None:
         "results": results,
         "file": f"{'quick' if args.quick else 'full'}.json",
     }
-    for key in ("soak", "sim_soak"):
+    for key in SOAKS:
         if not args.quick and (out_dir / f"{key}.json").exists():
             report[key] = json.loads((out_dir / f"{key}.json").read_text())
     (out_dir / report["file"]).write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -1,0 +1,53 @@
+"""The market soak's measures (bench/soak.py), on series whose answer is known."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "bench" / "soak.py")
+soak = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(soak)
+
+MIB = 2**20
+
+
+def test_the_memory_slope_leaves_out_the_warm_up_and_is_per_hour():
+    every = 10.0  # a sample every 10 s for an hour: 360 samples
+    warm_up = [100 * MIB + i * MIB for i in range(90)]  # +1 MiB a sample for the first quarter
+    flat = [190 * MIB + (i % 2) * MIB for i in range(270)]  # then flat, with noise of 1 MiB
+    assert abs(soak.slope_per_hour(warm_up + flat, every) / MIB) < 0.5
+    growing = [100 * MIB + i * MIB / 36 for i in range(360)]  # 10 MiB an hour, all along
+    assert soak.slope_per_hour(growing, every) / MIB == pytest.approx(10.0)
+    assert soak.slope_per_hour([1, 2], every) is None
+
+
+def test_disk_growth_is_measured_over_the_second_half():
+    series = [
+        {"t": 60.0 * i, "postgres": (i if i < 10 else 10) * MIB, "kafka": i * 2 * MIB, "checkpoint": 0, "archive": 0}
+        for i in range(20)
+    ]
+    disk = soak.disk_result(series)
+    assert disk["postgres"] == {"start_mib": 0.0, "end_mib": 10.0, "max_mib": 10.0, "second_half_mib_per_hour": 0.0}
+    assert disk["kafka"]["second_half_mib_per_hour"] == pytest.approx(120.0)  # 2 MiB a minute
+
+
+def test_the_soak_goals_need_every_measure():
+    run = {
+        "rss_slope_mib_per_hour": {"ingest": 3.0, "worker": 12.0, "spark": 1.0, "feed": 500.0},
+        "peak_rss_mb": {"spark": 1400},
+        "disk": {"postgres": {"second_half_mib_per_hour": 20.0}},
+        "accounting": {"exact": True},
+        "archive": {"keys": {"trades": {"once": True}}, "rows_in_files_equal_logged": True, "files_bad": []},
+    }
+    g = soak.goals(run)
+    assert g["soak_pipeline_flat_<=10MiB/h"] is False  # the worker; the simulator is not the pipeline
+    assert g["soak_spark_rss<=1.5GB"] and g["soak_postgres_bounded_by_retention"]
+    assert g["soak_exact_accounting_db_plus_archive"]
+    run["archive"]["keys"]["trades"]["once"] = False
+    assert not soak.goals(run)["soak_exact_accounting_db_plus_archive"]
