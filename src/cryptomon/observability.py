@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -20,6 +21,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cryptomon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptomon.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,15 @@ def host_guard(allowed: frozenset[str] | None):
         return await handler(request)
 
     return guard
+
+
+def health_server(settings: Settings, port: int, health: HealthFn, registry: CollectorRegistry) -> HealthServer | None:
+    """A process's `/health` and `/metrics` on `port` of CRYPTOMON_HEALTH_HOST, answering the hosts allowed
+    (CRYPTOMON_HTTP_ALLOWED_HOSTS); None when the port is 0. Not started yet."""
+    if not port:
+        return None
+    hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
+    return HealthServer(settings.health_host, port, health, registry, hosts)
 
 
 class HealthServer:

@@ -161,18 +161,15 @@ class Notifier:
 def main(settings: Settings) -> None:
     import signal
 
-    from cryptomon.observability import HealthServer, allowed_hosts
+    from cryptomon.observability import health_server
 
     notifier = Notifier(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = None
-    if settings.notify_health_port:
-        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
-        server = HealthServer(
-            settings.health_host, settings.notify_health_port, notifier.health, notifier.registry, hosts
-        ).start()
+    server = health_server(settings, settings.notify_health_port, notifier.health, notifier.registry)
+    if server:
+        server.start()
     try:
         notifier.run(stop)
     finally:

@@ -29,7 +29,7 @@ from cryptomon.kafka.clients import STAGE_CONSUMER, consumer_config
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEPTH_REQUESTS, SESSION_HEADER
-from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.observability import health_server
 from cryptomon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ class BookService:
         self.registry = CollectorRegistry()
         self.registry.register(self)
         port = settings.book_health_port if health_port is None else health_port
-        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
-        self.health_server = (
-            HealthServer(settings.health_host, port, self.health, self.registry, hosts) if port else None
-        )
+        self.health_server = health_server(settings, port, self.health, self.registry)
 
     # ---------------------------------------------------------------- assignment
 

@@ -44,7 +44,7 @@ from cryptomon.names import (
     SESSION_HEADER,
     TRADES,
 )
-from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.observability import health_server
 from cryptomon.settings import Settings
 from cryptomon.tasks import TaskKeeper
 
@@ -97,10 +97,7 @@ class Ingestor:
         self.registry = CollectorRegistry()
         self.registry.register(IngestCollector(self.reading))
         port = settings.ingest_health_port if health_port is None else health_port
-        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
-        self.health_server = (
-            HealthServer(settings.health_host, port, self.health, self.registry, hosts) if port else None
-        )
+        self.health_server = health_server(settings, port, self.health, self.registry)
 
     # ---------------------------------------------------------------- hot path
 

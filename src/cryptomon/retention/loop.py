@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import sql
 
 from cryptomon.errors import ConfigError
-from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.observability import health_server
 from cryptomon.retention import archive, policy
 from cryptomon.retention.tables import KAFKA_RETENTION_SECONDS, METRICS, PRUNED, TABLES, Retained
 from cryptomon.settings import Settings
@@ -271,12 +271,9 @@ class Retention:
 
 def main(settings: Settings) -> None:
     retention = Retention(settings)
-    server = None
-    if settings.retention_health_port:
-        allowed = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
-        server = HealthServer(
-            settings.health_host, settings.retention_health_port, retention.health, retention.registry, allowed
-        ).start()
+    server = health_server(settings, settings.retention_health_port, retention.health, retention.registry)
+    if server:
+        server.start()
     kept = {t.table: t.age(settings) or "for ever" for t in TABLES if t not in METRICS or settings.retention_metrics}
     log.info("retention every %ss: %s; archive %s", settings.retention_interval_seconds, kept,
              retention.root if settings.archive else "off")  # fmt: skip

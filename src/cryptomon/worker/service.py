@@ -21,7 +21,7 @@ from cryptomon.kafka.clients import STAGE_CONSUMER, ClusterView, cluster_view, c
 from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
-from cryptomon.observability import HealthServer, allowed_hosts
+from cryptomon.observability import health_server
 from cryptomon.settings import Settings
 from cryptomon.worker.ordering import CommitOrder, Partition
 from cryptomon.worker.rows import Batch, DeadLetter
@@ -119,8 +119,7 @@ class Worker:
         )
         self.m_disk_free.set_function(self._disk_free)
         port = settings.worker_health_port if health_port is None else health_port
-        hosts = allowed_hosts(settings.health_host, settings.http_allowed_hosts)
-        self.health_server = HealthServer(settings.health_host, port, self.health, r, hosts) if port else None
+        self.health_server = health_server(settings, port, self.health, r)
 
     # ---------------------------------------------------------------- Kafka callbacks
 
