@@ -191,14 +191,19 @@ class Retention:
                     "range_end": chunk.end.isoformat(),
                 }
                 size = archive.write(path, columns, self._rows(conn, chunk, columns), expected, info)
-            gone = [r[0] for r in conn.execute(
-                "SELECT drop_chunks(%s::regclass, older_than => %s, newer_than => %s)",
-                (spec.table, chunk.end, chunk.start),
-            )]  # fmt: skip
-            if gone != [f"{chunk.schema}.{chunk.name}"]:
-                raise archive.ArchiveMismatch(f"drop_chunks would drop {gone}, not just {chunk.name}: rolled back")
-            conn.execute(LOG_SQL, (spec.table, chunk.name, chunk.start, chunk.end, str(path) if path else None,
-                                   expected.rows, expected.min_id, expected.max_id, size))  # fmt: skip
+            try:
+                gone = [r[0] for r in conn.execute(
+                    "SELECT drop_chunks(%s::regclass, older_than => %s, newer_than => %s)",
+                    (spec.table, chunk.end, chunk.start),
+                )]  # fmt: skip
+                if gone != [f"{chunk.schema}.{chunk.name}"]:
+                    raise archive.ArchiveMismatch(f"drop_chunks would drop {gone}, not just {chunk.name}: rolled back")
+                conn.execute(LOG_SQL, (spec.table, chunk.name, chunk.start, chunk.end, str(path) if path else None,
+                                       expected.rows, expected.min_id, expected.max_id, size))  # fmt: skip
+            except BaseException:  # rolled back: the chunk stays, so its file goes (it would hold its rows twice)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                raise
         self.m_dropped.labels(spec.table).inc()
         self.m_rows.labels(spec.table).inc(expected.rows if path else 0)
         self.m_bytes.labels(spec.table).inc(size or 0)
