@@ -584,7 +584,8 @@ def render_market_soak(ms: dict) -> list[str]:
         "## Market soak: weeks in an hour",
         "",
         f"`bench/run --market-soak` ({ms['finished']}): {x['load']}, {x['seconds'] / 60:.0f} minutes at "
-        f"{fmt(x['measured_events_per_second'])} events/s, every connection cut every "
+        f"{fmt(x['offered_events_per_second'])} events/s offered (the database keeps only the last minutes: most rows "
+        "were archived and dropped), every connection cut every "
         f"{x['disconnects'][0]['at_s'] if x['disconnects'] else '–'} s ({len(x['disconnects'] or [])} times); raw tables "
         "in chunks of 2 minutes kept 10 minutes, so `cryptomon retention` (a pass every 30 s) archives and drops "
         f"chunks all along. Raw rows p50 {fmt(raw['p50_ms'], ' ms')} / p99 {fmt(raw['p99_ms'], ' ms')}. "
