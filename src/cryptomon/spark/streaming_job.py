@@ -50,9 +50,6 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
         )
         .config("spark.driver.memory", settings.spark_driver_memory)
-        # RocksDB's block cache and memtables, bounded together for every state store of the job
-        .config("spark.sql.streaming.stateStore.rocksdb.boundedMemoryUsage", "true")
-        .config("spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB", str(settings.spark_state_memory_mb))
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
@@ -60,6 +57,10 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.driver.host", settings.spark_driver_host)
     )
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)  # read by the JVM PySpark starts
+    if settings.spark_state_memory_mb:  # RocksDB's block cache and memtables, bounded together for every store
+        builder = builder.config("spark.sql.streaming.stateStore.rocksdb.boundedMemoryUsage", "true").config(
+            "spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB", str(settings.spark_state_memory_mb)
+        )
     if settings.spark_ui_port:
         builder = builder.config("spark.ui.port", str(settings.spark_ui_port))
     else:
