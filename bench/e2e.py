@@ -131,6 +131,7 @@ def run_rate(
     rate = load.rate
     with bench_stack(kafka_nodes=nodes) as s:
         extra = {"CRYPTOMON_SYMBOLS": load.symbols} if load.symbols else {}
+        checkpoint = logs / f"ckpt-{rate}"
         env = env_for(
             s,
             CRYPTOMON_BINANCE_WS_URL=f"ws://127.0.0.1:{port}/stream",
@@ -139,7 +140,7 @@ def run_rate(
             CRYPTOMON_WORKER_HEALTH_PORT=worker_health,
             CRYPTOMON_SPARK_UI_PORT=0,
             CRYPTOMON_WORKER_GROUP=f"bench-e2e-{uuid.uuid4().hex[:6]}",
-            CRYPTOMON_SPARK_CHECKPOINT_DIR=logs / f"ckpt-{rate}",
+            CRYPTOMON_SPARK_CHECKPOINT_DIR=checkpoint,
             CRYPTOMON_DEPTH="100ms" if depth else "off",
             CRYPTOMON_BOOK_HEALTH_PORT=book_health,
             CRYPTOMON_BOOK_START_LOOKBACK_SECONDS=0,
@@ -197,7 +198,7 @@ def run_rate(
             time.sleep(sample_every)
             if load.retention_minutes and time.monotonic() - t0 >= len(disk) * 60:
                 with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
-                    disk.append(soak.disk_sample(conn, [b.data_dir for b in brokers], env_checkpoint(env),
+                    disk.append(soak.disk_sample(conn, [b.data_dir for b in brokers], checkpoint,
                                                  s.archive_path))  # fmt: skip
             if drops is not None and (
                 # none in the last two minutes: trades lost with a cut are found by the next trade's id, and the
@@ -484,10 +485,6 @@ def _book_result(s, ingest: dict, book_health: int, sim_depth: int, since: float
         "snapshots_asked": book.get("snapshots_asked"),
         "requests": d.get("requests"),
     }
-
-
-def env_checkpoint(env: dict) -> Path:
-    return Path(env["CRYPTOMON_SPARK_CHECKPOINT_DIR"])
 
 
 def _alive(p) -> bool:
