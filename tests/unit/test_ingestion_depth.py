@@ -5,6 +5,7 @@ serves as they were recorded."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -116,3 +117,30 @@ def test_a_replay_serves_the_recorded_snapshot_the_first_one_before_it_is_reache
     assert h.depth("ETHUSDT", 100) is None
     h.add("BTCUSDT", "depthSnapshot", {**first, "lastUpdateId": 9})
     assert h.depth("BTCUSDT", 100)["lastUpdateId"] == 9
+
+
+def test_a_snapshot_too_old_is_fetched_again_only_after_a_newer_diff_and_the_retry_time():
+    """A quiet book asked for a new snapshot (one past its last diff) gets the same snapshot until the
+    book moves: the fetcher waits for that diff instead of spending the REST budget on copies."""
+    feed = DepthFeed()
+    feed.observe("BTCUSDT", 10, 12)
+    feed.observe("ETHUSDT", 5, 5)
+    feed.verdict("BTCUSDT", 12)
+    feed.verdict("ETHUSDT", 5)
+    assert feed.refresh("BTCUSDT") and feed.need == {"BTCUSDT": 13}
+    rest = FakeRest([{"lastUpdateId": 12, "bids": [], "asks": []}, {"lastUpdateId": 14, "bids": [], "asks": []}])
+    sent: list = []
+    fetcher = SnapshotFetcher(feed, rest, 100, lambda snap, body: sent.append(snap), lambda *a: None,
+                              retry_seconds=1.0)  # fmt: skip
+    assert fetcher.next_symbol(0.0) == "BTCUSDT"
+    asyncio.run(fetcher.fetch("BTCUSDT"))
+    assert fetcher.too_old == 1 and feed.need == {"BTCUSDT": 13}
+    assert fetcher.next_symbol(time.monotonic() + 60) is None  # no diff since: the same snapshot again
+    assert feed.refresh("ETHUSDT") and fetcher.next_symbol(time.monotonic()) == "ETHUSDT"  # the others go on
+    feed.verdict("ETHUSDT", 6)
+    feed.observe("BTCUSDT", 13, 14)
+    assert fetcher.next_symbol(time.monotonic() - 1) is None  # moved, but within the retry time
+    assert fetcher.next_symbol(time.monotonic() + 1) == "BTCUSDT"
+    asyncio.run(fetcher.fetch("BTCUSDT"))
+    assert [s.last_update_id for s in sent] == [14] and feed.need == {} and len(rest.asked) == 2
+    assert fetcher.next_symbol(time.monotonic()) is None and fetcher.stale == {}

@@ -14,6 +14,7 @@ the budget, never in a burst of 429s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -106,15 +107,37 @@ class SnapshotFetcher:
         self.weight_spent = 0
         self.weight_by_symbol: Counter[str] = Counter()
         self.refreshes = 0  # periodic new snapshots asked (resync_loop)
+        # symbol -> (the id of its last snapshot too old, when it may be fetched again): a quiet book's
+        # snapshot stays too old until its next diff, and fetching it again at once would spend the budget
+        self.stale: dict[str, tuple[int, float]] = {}
 
     async def run(self) -> None:
         while True:
-            if not self.feed.need:
+            symbol = self.next_symbol(time.monotonic())
+            if symbol is None:
                 self.wake.clear()
-                await self.wake.wait()
+                if self.feed.need:  # all waiting on a newer diff or their retry time: look again soon
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), max(self.retry_seconds, 0.1))
+                else:
+                    await self.wake.wait()
                 continue
-            symbol = next(iter(self.feed.need))
             await self.fetch(symbol)
+
+    def next_symbol(self, now: float) -> str | None:
+        """The oldest need worth a fetch now: a symbol whose last snapshot was too old waits for a diff
+        past that snapshot (before it, the book has not moved and Binance would answer the same) and for
+        `retry_seconds` after it (a snapshot can lag the stream)."""
+        for symbol in self.feed.need:
+            stale = self.stale.get(symbol)
+            if stale is None:
+                return symbol
+            seen, not_before = stale
+            if self.feed.last.get(symbol, seen) > seen and now >= not_before:
+                return symbol
+        if not self.feed.need:
+            self.stale.clear()  # of symbols synced since, or no longer followed
+        return None
 
     async def resync_loop(self, every_seconds: float) -> None:
         """Each book a new snapshot every `every_seconds`, one book at a time, spread over the interval."""
@@ -162,11 +185,13 @@ class SnapshotFetcher:
             await asyncio.sleep(self.retry_seconds)
             return
         verdict = self.feed.verdict(symbol, snapshot.last_update_id)
+        self.stale.pop(symbol, None)
         if verdict == USE:
             self.used += 1
             self.produce(snapshot, body)
         elif verdict == TOO_OLD:  # Binance's step 3: below the first buffered U, get another
             self.too_old += 1
+            self.stale[symbol] = (snapshot.last_update_id, time.monotonic() + self.retry_seconds)
             self._requeue(symbol)
 
     def _requeue(self, symbol: str) -> None:
