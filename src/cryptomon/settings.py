@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cryptomon.errors import ConfigError
@@ -21,6 +21,9 @@ from cryptomon.paths import default_deps_dir
 
 ENV_PREFIX = "CRYPTOMON_"
 DAY = 86_400
+# Kafka keeps the market topics 7 days (kafka/topics.conf; CRYPTOMON_KAFKA_RETENTION overrides): Spark can
+# recompute metric windows that far back, so metric chunks may be dropped only past that
+KAFKA_MARKET_RETENTION_SECONDS = 7 * DAY
 _AGE = re.compile(r"^(\d{1,9})\s*([smhdw]?)$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
 AGE_FIELDS = (
@@ -515,6 +518,22 @@ class Settings(BaseSettings):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return value
 
+    @model_validator(mode="after")
+    def _check_retention(self) -> Settings:
+        """Ages that would let a writer re-create what retention dropped are refused, naming the setting."""
+        kafka = self.kafka_retention or KAFKA_MARKET_RETENTION_SECONDS
+        if 0 < self.retention_metrics < kafka + DAY:
+            raise ValueError(
+                f"CRYPTOMON_RETENTION_METRICS must be 0 or at least a day more than Kafka keeps the market ({kafka} s):"
+                " Spark can recompute windows that far back and would write them into chunks already archived"
+            )
+        if 0 < self.retention_order_book <= self.book_start_lookback_seconds + self.retention_hold_seconds:
+            raise ValueError(
+                "CRYPTOMON_RETENTION_ORDER_BOOK must be 0 or longer than CRYPTOMON_BOOK_START_LOOKBACK_SECONDS plus "
+                "CRYPTOMON_RETENTION_HOLD_SECONDS: a book stage starting afresh rewrites rows that far back"
+            )
+        return self
+
     @property
     def spark_checkpoints(self) -> Path:
         return (self.spark_checkpoint_dir or self.state_dir / "spark-checkpoints").expanduser()
@@ -558,7 +577,10 @@ SECRET_FIELDS = {"smtp_password", "kafka_sasl_password", "binance_api_key", "pg_
 def describe_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "?"
+        if not e["loc"]:  # a check across settings: its message names them
+            lines.append(e["msg"].removeprefix("Value error, "))
+            continue
+        field = str(e["loc"][0])
         shown = "***" if field in SECRET_FIELDS or "dsn" in field else repr(e.get("input"))[:200]  # no password printed
         lines.append(f"{ENV_PREFIX}{field.upper()}: {e['msg']} (got {shown})")
     return "\n".join(lines)

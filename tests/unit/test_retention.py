@@ -11,9 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from cryptomon.errors import ConfigError
 from cryptomon.retention import archive, policy
-from cryptomon.retention.loop import check_settings
 from cryptomon.settings import SettingsError, load_settings, parse_age
 from cryptomon.worker.horizons import Horizons
 
@@ -65,16 +63,17 @@ def test_ages_read_as_seconds_or_with_a_unit():
         load_settings(retention_trades=-5)
 
 
-def test_ages_that_would_let_a_writer_recreate_a_dropped_chunk_are_refused():
-    with pytest.raises(ConfigError, match="CRYPTOMON_RETENTION_METRICS"):
-        check_settings(load_settings(retention_metrics="3d"))  # Spark can recompute 7 days from Kafka
-    with pytest.raises(ConfigError, match="CRYPTOMON_RETENTION_ORDER_BOOK"):
-        check_settings(load_settings(retention_order_book="1h"))  # the book stage starts 70 minutes back
-    check_settings(load_settings(retention_metrics="8d", retention_order_book="2h"))
-    check_settings(load_settings(retention_order_book="5m", book_start_lookback_seconds=60))
-    check_settings(load_settings(retention_metrics="2d", kafka_retention="1d"))  # Kafka keeps a day: 2 d is enough
-    with pytest.raises(ConfigError, match="CRYPTOMON_RETENTION_METRICS"):
-        check_settings(load_settings(retention_metrics="8d", kafka_retention="10d"))
+def test_ages_that_would_let_a_writer_recreate_a_dropped_chunk_are_refused_by_the_settings():
+    """Refused when the settings load, in every process (`cryptomon up` fails at once, not its retention child)."""
+    with pytest.raises(SettingsError, match=r"^CRYPTOMON_RETENTION_METRICS must be 0 or at least a day more"):
+        load_settings(retention_metrics="3d")  # Spark can recompute 7 days from Kafka
+    with pytest.raises(SettingsError, match=r"^CRYPTOMON_RETENTION_ORDER_BOOK"):
+        load_settings(retention_order_book="1h")  # the book stage starts 70 minutes back
+    load_settings(retention_metrics="8d", retention_order_book="2h")
+    load_settings(retention_order_book="5m", book_start_lookback_seconds=60)
+    load_settings(retention_metrics="2d", kafka_retention="1d")  # Kafka keeps a day: 2 d is enough
+    with pytest.raises(SettingsError, match="CRYPTOMON_RETENTION_METRICS"):
+        load_settings(retention_metrics="8d", kafka_retention="10d")
 
 
 COLUMNS = [

@@ -20,10 +20,9 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import sql
 
-from cryptomon.errors import ConfigError
 from cryptomon.observability import health_server
 from cryptomon.retention import archive, policy
-from cryptomon.retention.tables import KAFKA_RETENTION_SECONDS, METRICS, PRUNED, TABLES, Retained
+from cryptomon.retention.tables import METRICS, PRUNED, TABLES, Retained
 from cryptomon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,27 +56,10 @@ def one(cur: psycopg.Cursor) -> tuple:
     return row
 
 
-def check_settings(settings: Settings) -> None:
-    """Ages that would let a writer re-create what was dropped are refused at start, naming the setting."""
-    kafka = settings.kafka_retention or KAFKA_RETENTION_SECONDS
-    if 0 < settings.retention_metrics < kafka + 86_400:
-        raise ConfigError(
-            f"CRYPTOMON_RETENTION_METRICS must be 0 or at least a day more than Kafka keeps the market ({kafka} s): "
-            "Spark can recompute windows that far back and would write them into chunks already archived"
-        )
-    lookback = settings.book_start_lookback_seconds + settings.retention_hold_seconds
-    if 0 < settings.retention_order_book <= lookback:
-        raise ConfigError(
-            "CRYPTOMON_RETENTION_ORDER_BOOK must be 0 or longer than CRYPTOMON_BOOK_START_LOOKBACK_SECONDS plus "
-            "CRYPTOMON_RETENTION_HOLD_SECONDS: a book stage starting afresh rewrites rows that far back"
-        )
-
-
 class Retention:
     """The retention passes over one database, with their metrics."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
-        check_settings(settings)
         self.settings = settings
         self.root: Path = settings.archive_path
         self.hold = timedelta(seconds=settings.retention_hold_seconds)

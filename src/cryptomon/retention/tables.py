@@ -43,8 +43,3 @@ PRUNED = (
     ("dead_letters", "received_at", "retention_dead_letters"),
     ("stream_progress", "batch_timestamp", "retention_stream_progress"),
 )
-
-# Kafka keeps the market topics 7 days (kafka/topics.conf; CRYPTOMON_KAFKA_RETENTION overrides): Spark can
-# recompute metric windows that far back, so metric chunks are dropped only past that (a recomputed window
-# would land in a chunk already archived)
-KAFKA_RETENTION_SECONDS = 7 * 86_400
