@@ -293,6 +293,10 @@ def run_rate(
                 " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
                 (since, until, since, until),
             ).fetchone()[0]
+            # what the worker set aside, per topic and reason (the reason is the error's first word)
+            dead_letters = dict(conn.execute(
+                "SELECT topic || ' ' || split_part(error, ':', 1), count(*) FROM dead_letters GROUP BY 1 ORDER BY 1"
+            ).fetchall())  # fmt: skip
             kafka_disk = {b.name: bytes_under(b.data_dir) for b in brokers}
             archived = None
             if load.retention_minutes:  # retention stopped first: no chunk moves while the keys are read
@@ -355,6 +359,7 @@ def run_rate(
             "stored": stored,
             "exact": stored == expected,
             "seconds_after_the_market_stopped": catching_up,
+            "dead_letters": dead_letters,
             **unfillable_accounting(logs / f"{rate}-ingest.log", expected, stored),
         },
         "stall_seconds": STALL_SECONDS if load.faults == "stall" else None,

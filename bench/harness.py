@@ -616,7 +616,8 @@ def render_market_soak(ms: dict) -> list[str]:
         f"{len(arch.get('files_bad', []))} that did not verify; rows in the files {arch.get('rows_in_files')} = "
         f"rows of the dropped chunks: {fmt(arch.get('rows_in_files_equal_logged'))}. Every event generated is in the "
         f"database or the archive: {fmt(acc['exact'])} (generated {acc['generated']}, stored or archived "
-        f"{acc['stored']}); once: {keys}.",
+        f"{acc['stored']}); once: {keys}. Dead letters (topic, reason): "
+        f"{', '.join(f'{k} {v:,}' for k, v in acc['dead_letters'].items()) if 'dead_letters' in acc else 'not recorded'}.",
         "",
     ]
     return lines
