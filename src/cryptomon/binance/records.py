@@ -26,36 +26,32 @@ Id = Annotated[int, Meta(ge=0, le=limits.MAX_ID)]
 Millis = Annotated[int, Meta(ge=limits.FIRST_EVENT_MS, le=limits.MAX_ID)]
 
 
-class TradeRecord(Struct, tag_field="e", tag=TRADE, forbid_unknown_fields=True, frozen=True):
+class _Trades(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a trade and an aggTrade of the trades topic both have."""
+
+    s: str
+    p: str
+    q: str
+    T: Millis
+    m: bool
+    ingestion_timestamp: Millis
+    E: int | None = None
+    M: bool | None = None
+    backfilled: bool = False
+
+
+class TradeRecord(_Trades, tag_field="e", tag=TRADE, frozen=True):
     """A trade as the ingestion writes it to the trades topic."""
 
-    s: str
     t: Id
-    p: str
-    q: str
-    T: Millis
-    m: bool
-    ingestion_timestamp: Millis
-    E: int | None = None
-    M: bool | None = None
-    backfilled: bool = False
 
 
-class AggTradeRecord(Struct, tag_field="e", tag=AGG_TRADE, forbid_unknown_fields=True, frozen=True):
+class AggTradeRecord(_Trades, tag_field="e", tag=AGG_TRADE, frozen=True):
     """An aggTrade as the ingestion writes it to the trades topic."""
 
-    s: str
     a: Id
-    p: str
-    q: str
     f: Id
     l: Id  # noqa: E741 (Binance's name)
-    T: Millis
-    m: bool
-    ingestion_timestamp: Millis
-    E: int | None = None
-    M: bool | None = None
-    backfilled: bool = False
 
 
 class BookTickerRecord(Struct, forbid_unknown_fields=True, frozen=True):
