@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -26,6 +27,18 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 REAL_DATA = Path(
     os.environ.get("CRYPTOMON_REAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 )
+
+
+def bench_module(name: str):
+    """bench/<name>.py imported as a module (bench/ is not a package: its scripts import `common` beside them)."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def real_capture(name: str) -> Path:

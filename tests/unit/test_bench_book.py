@@ -4,15 +4,12 @@ frames and snapshots (an implementation we did not write), and every bookTicker 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from tests.helpers import bench_module
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("bench_book", ROOT / "bench" / "book.py")
-book = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(book)
+book = bench_module("book")
 
 
 def test_the_book_stage_and_cryptofeed_end_with_the_same_books_on_the_simulated_market():

@@ -3,22 +3,22 @@ is known."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tracemalloc
 from pathlib import Path
 
+from tests.helpers import bench_module
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("bench_ingest_heap", ROOT / "bench" / "ingest_heap.py")
-heap = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(heap)
+heap = bench_module("ingest_heap")
 
 MIB = 2**20
 
 
 def grow(into: list, mib: int) -> None:
     into.extend(bytearray(1024) for _ in range(mib * 1024))  # this line holds `mib` MiB more
+
+
+GROWING_LINE = f"test_bench_heap.py:{grow.__code__.co_firstlineno + 1}"
 
 
 def test_the_report_finds_the_line_that_grew_and_what_the_heap_holds(tmp_path):
@@ -39,6 +39,6 @@ def test_the_report_finds_the_line_that_grew_and_what_the_heap_holds(tmp_path):
     assert 9.5 < series[180] - series[60] < 11.5  # 10 MiB of bytearrays and their list
     assert report["grew"]["from_s"] == 120 and report["grew"]["to_s"] == 180
     top = report["grew"]["lines"][0]
-    assert top["line"].endswith("test_bench_heap.py:21") and 7.5 < top["grew_mib"] < 9, top
-    assert report["top_at_end"][0]["line"].endswith("test_bench_heap.py:21")
+    assert top["line"].endswith(GROWING_LINE) and 7.5 < top["grew_mib"] < 9, top
+    assert report["top_at_end"][0]["line"].endswith(GROWING_LINE)
     assert 9.5 < report["top_at_end"][0]["mib"] < 11

@@ -4,14 +4,13 @@ it takes minutes to tens of minutes)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
+from tests.helpers import bench_module
+
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("harness", ROOT / "bench" / "harness.py")
-harness = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(harness)
+harness = bench_module("harness")
 REPORT = json.loads((ROOT / "bench" / "results" / "full.json").read_text())
 for key in harness.SOAKS:  # the long runs, each in a file of its own
     if (ROOT / "bench" / "results" / f"{key}.json").exists():
