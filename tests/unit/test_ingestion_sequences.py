@@ -67,6 +67,15 @@ def test_recent_ids_is_bounded():
     assert r.seen(1) is False and len(r._set) == 3
 
 
+def test_recent_ids_are_forgotten_after_their_window():
+    r = RecentIds(size=4096, window_ms=10_000)
+    assert [r.seen(i, now_ms=1_000 + i) for i in range(100)] == [False] * 100
+    assert r.seen(50, now_ms=5_000) is True  # within ten seconds: a copy
+    assert r.seen(3, now_ms=11_006) is False and len(r) == 95  # 0..5 were seen more than ten seconds before
+    assert r.seen(6, now_ms=11_006) is True
+    assert r.seen(99, now_ms=30_000) is False and len(r) == 1  # a quiet stream holds only its last ids
+
+
 def test_tracker_resumes_after_the_previous_runs_last_id():
     tr = SequenceTracker(max_resume_gap=1000)
     key = ("BTCUSDT", "trade")

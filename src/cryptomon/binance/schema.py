@@ -42,13 +42,13 @@ _DECIMALS = {
 }
 _POSITIVE = {TRADE: ("p", "q"), AGG_TRADE: ("p", "q"), BOOK_TICKER_EVENT: ()}  # a trade of nothing is no trade
 _IDS = {TRADE: ("t",), AGG_TRADE: ("a", "f", "l"), BOOK_TICKER_EVENT: ("u",)}
-# the fields each kind has, plus what cryptomon adds in Kafka: anything else is an unknown field
+# the fields each kind has: anything else (cryptomon's ingestion_timestamp and backfilled in Kafka too,
+# checked by the worker itself) is an unknown field, held to the unknown fields' bounds
 _KNOWN = {
     TRADE: frozenset({"e", "E", "s", "t", "p", "q", "T", "m", "M"}),
     AGG_TRADE: frozenset({"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}),
     BOOK_TICKER_EVENT: frozenset({"u", "s", "b", "B", "a", "A"}),
 }
-ADDED_FIELDS = frozenset({"ingestion_timestamp", "backfilled", "session"})
 _SCALARS = (str, int, float, bool, type(None))
 
 

@@ -150,18 +150,37 @@ class SequenceTracker:
         return sum(end - start + 1 for _, start, end in self.pending())
 
 
-class RecentIds:
-    """Bounded memory of recently seen ids, to drop exact duplicates of bookTicker updates."""
+# how long a bookTicker id is remembered: a rotation's overlap (connection.py: the replacement delivers its
+# first frame, then the old connection is closed and drained) lasts well under a second; ten allow a lagging
+# process. Bounded by time, a quiet symbol holds a few ids: 4,096 ids for each of 400 symbols took 130 MiB
+# of the ingestion (bench/ingest_heap.py, 2026-12-02), most of its growth in the market runs.
+RECENT_BOOK_MS = 10_000
 
-    def __init__(self, size: int = 4096):
-        self._order: deque[int] = deque(maxlen=size)
+
+class RecentIds:
+    """The ids a stream delivered in the last `window_ms` (at most `size` of them), to drop exact duplicates
+    of bookTicker updates."""
+
+    def __init__(self, size: int = 4096, window_ms: int = RECENT_BOOK_MS):
+        self.size, self.window_ms = size, window_ms
+        self._order: deque[int] = deque()
+        self._times: deque[int] = deque()  # the ingestion time (ms) each id of _order was seen at
         self._set: set[int] = set()
 
-    def seen(self, value: int) -> bool:
+    def seen(self, value: int, now_ms: int = 0) -> bool:
+        order, times = self._order, self._times
+        while times and times[0] < now_ms - self.window_ms:
+            self._set.discard(order.popleft())
+            times.popleft()
         if value in self._set:
             return True
-        if len(self._order) == self._order.maxlen:
-            self._set.discard(self._order[0])
-        self._order.append(value)
+        if len(order) >= self.size:
+            self._set.discard(order.popleft())
+            times.popleft()
+        order.append(value)
+        times.append(now_ms)
         self._set.add(value)
         return False
+
+    def __len__(self) -> int:
+        return len(self._order)

@@ -139,7 +139,7 @@ class Ingestor:
             recent = self.recent_book.get(ev.symbol)
             if recent is None:
                 recent = self.recent_book[ev.symbol] = RecentIds()
-            if recent.seen(ev.seq):
+            if recent.seen(ev.seq, ingestion_ms):
                 st.duplicates += 1
                 return
         else:
