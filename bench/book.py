@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import zlib
@@ -35,7 +34,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine
+from common import REAL_DATA, emit, machine
 
 from cryptomon.binance.schema import BOOK_TICKER_EVENT, DEPTH_SNAPSHOT
 from cryptomon.binance.schema import DEPTH as DEPTH_EVENT
@@ -51,7 +50,6 @@ LIMIT, LEVELS, PARTITIONS = 1_000, 20, 6
 DEPTH, TICKER = "depth", "ticker"
 GOAL_CORES = 0.25
 MARKET_DIFFS_PER_SECOND = 4_000  # Binance's whole market: 400 books, most changing every 100 ms (the issue's)
-REAL_DATA = Path(os.environ.get("CRYPTOMON_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/real"))
 REAL_CAPTURES = ("btcusdt_20240808.gz", "ethusdt_20240808.gz")  # hftbacktest's, with depth@100ms and a snapshot
 START_MS = 1_767_225_600_000  # 2026-01-01, a fixed market clock
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
+# the recorded Binance captures beside the checkout (../shared/data/real), never copied into it
+REAL_DATA = Path(os.environ.get("CRYPTOMON_REAL_DATA") or ROOT.parent / "shared" / "data" / "real")
 sys.path.insert(0, str(ROOT))
 
 from cryptomon.kafka.clients import consumer_config  # noqa: E402

@@ -23,7 +23,6 @@ the runs; the goal is >= 3x cryptofeed's messages per CPU-second.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines.cryptofeed_ingest import cryptofeed_symbol, producer_options
-from common import ROOT, TopicCounter, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
+from common import REAL_DATA, ROOT, TopicCounter, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cryptomon.ingestion.producer import producer_config
@@ -42,7 +41,6 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.simulator.tls import self_signed
 
-REAL = Path(os.environ.get("CRYPTOMON_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 CAPTURES = ("btcusdt_20240808.gz", "ethusdt_20240808.gz")
 KINDS = {"cryptomon": ("trade", "aggTrade", "bookTicker"), "cryptofeed": ("aggTrade", "bookTicker")}
 
@@ -186,13 +184,13 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     tls = self_signed(logs / "tls")
     sources = {"synthetic": ["sim", "--rate", "0", "--max-steps", str(steps)]}
-    real = [REAL / f for f in CAPTURES]
+    real = [REAL_DATA / f for f in CAPTURES]
     if all(p.exists() for p in real):
         sources["real"] = ["replay", *map(str, real), "--rate", "0"]
     result: dict = {"benchmark": "ingestion", "quick": args.quick, "machine": machine(), "logs": str(logs),
                     "producer_settings": producer_settings(), "sources": {}}  # fmt: skip
     if "real" not in sources:
-        result["real_skipped"] = f"no captures in {REAL} (set CRYPTOMON_REAL_DATA)"
+        result["real_skipped"] = f"no captures in {REAL_DATA} (set CRYPTOMON_REAL_DATA)"
     port = 39443
     with bench_stack() as settings:
         for source, exchange in sources.items():

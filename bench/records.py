@@ -14,7 +14,6 @@ cores at the whole market's ~11,000 records/s for the validation alone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,14 +21,13 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine
+from common import REAL_DATA, emit, machine
 
 from cryptomon.binance.schema import BOOK_TICKER_EVENT, SEQ_FIELD, TRADE, Event
 from cryptomon.ingestion.frames import encode
 from cryptomon.simulator.replay import read_timed
 from cryptomon.worker.rows import book_row, contract_book_row, contract_trade_row, trade_row
 
-REAL = Path(os.environ.get("CRYPTOMON_REAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real")
 CAPTURES = ("btcusdt_20240808.gz", "ethusdt_20240808.gz")
 MARKET_RECORDS_PER_SECOND = 11_000  # the whole market's trades + bookTickers (docs/benchmarks.md, market run)
 
@@ -37,7 +35,7 @@ MARKET_RECORDS_PER_SECOND = 11_000  # the whole market's trades + bookTickers (d
 def records() -> list[tuple[str, bytes, int]]:
     out = []
     for name in CAPTURES:
-        for _, symbol, kind, data in read_timed(REAL / name):
+        for _, symbol, kind, data in read_timed(REAL_DATA / name):
             if kind in (TRADE, BOOK_TICKER_EVENT):
                 ingestion_ms = data.get("E", 1_723_075_200_000) + 3
                 out.append((kind, encode(Event(kind, symbol, data[SEQ_FIELD[kind]], data), ingestion_ms), ingestion_ms))
@@ -71,8 +69,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not all((REAL / name).exists() for name in CAPTURES):
-        sys.exit(f"the real captures are not in {REAL} (set CRYPTOMON_REAL_DATA)")
+    if not all((REAL_DATA / name).exists() for name in CAPTURES):
+        sys.exit(f"the real captures are not in {REAL_DATA} (set CRYPTOMON_REAL_DATA)")
     rows = records()
     same = all(typed(*r) == contract(*r) for r in rows)
     us = {
