@@ -168,19 +168,20 @@ class RecentIds:
         self._set: set[int] = set()
 
     def seen(self, value: int, now_ms: int = 0) -> bool:
-        order, times = self._order, self._times
-        while times and times[0] < now_ms - self.window_ms:
-            self._set.discard(order.popleft())
-            times.popleft()
+        while self._times and self._times[0] < now_ms - self.window_ms:
+            self._forget_oldest()
         if value in self._set:
             return True
-        if len(order) >= self.size:
-            self._set.discard(order.popleft())
-            times.popleft()
-        order.append(value)
-        times.append(now_ms)
+        if len(self._order) >= self.size:
+            self._forget_oldest()
+        self._order.append(value)
+        self._times.append(now_ms)
         self._set.add(value)
         return False
+
+    def _forget_oldest(self) -> None:
+        self._set.discard(self._order.popleft())
+        self._times.popleft()
 
     def __len__(self) -> int:
         return len(self._order)
