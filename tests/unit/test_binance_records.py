@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,26 +18,7 @@ from cryptomon.ingestion.frames import encode
 from cryptomon.simulator.replay import read_timed
 from cryptomon.worker.rows import book_row, contract_book_row, contract_trade_row, trade_row
 from tests.helpers import real_capture
-
-PAYLOADS = json.loads((Path(__file__).parent / "resources" / "binance_payloads.json").read_text())
-NOW = PAYLOADS["trade"]["T"] + 5
-LATEST = NOW + limits.DEFAULT_CLOCK_SKEW_SECONDS * 1000
-
-# values at and across every bound the contract has, and the kinds of values that broke validators before
-EDGES = (
-        0, -1, 1, limits.MAX_ID, limits.MAX_ID + 1, 1 << 64, limits.FIRST_EVENT_MS - 1, limits.FIRST_EVENT_MS,
-        NOW, LATEST, LATEST + 1, 1.0, 1e3, True, False, None, "", "0", "0.00000000", "1.5", "1.5\n", " 1.5",
-        "1.123456789", "99999999.99999999", "999999999.1", "١٠٠", "\ud800", "BTCUSDT", "btcusdt", "B", "A" * 21,
-        "x" * 300, "trade", "aggTrade", [], {}, [1], {"a": 1},
-)  # fmt: skip
-NAMES = (
-    "e", "E", "s", "t", "a", "p", "q", "T", "m", "M", "f", "l", "u", "b", "B", "A", "x", "ingestion_timestamp",
-    "backfilled", "session",
-)  # fmt: skip
-values = (
-    st.sampled_from(EDGES) | st.integers() | st.text(max_size=12) | st.floats(allow_nan=False, allow_infinity=False)
-)
-names = st.sampled_from(NAMES)
+from tests.hostile import EDGES, LATEST, NAMES, NOW, PAYLOADS, names, values
 
 
 def outcome(parse, raw: bytes | None, latest: int | None):

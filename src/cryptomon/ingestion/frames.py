@@ -14,6 +14,7 @@ import orjson
 
 from cryptomon.binance import limits
 from cryptomon.binance.orderbook import QUEUED_MAX, DepthDiff
+from cryptomon.binance.payloads import Validated, decode_frame
 from cryptomon.binance.schema import DEPTH, DEPTH_SNAPSHOT, SEQ_FIELD, Event, short_repr, validate_payload
 from cryptomon.binance.streams import split_stream
 from cryptomon.errors import BadData
@@ -72,8 +73,18 @@ def parse_frame(
     return Event(kind, symbol, data[SEQ_FIELD[kind]], data)
 
 
-def encode(event: Event, ingestion_ms: int, backfilled: bool = False) -> bytes:
+def route(
+    raw: bytes | str, symbols: frozenset[str], latest_ms: int, depth_stream: str | None = None
+) -> Validated | Event | Control:
+    """The frame's event by the typed path in C (binance/payloads.py) or, for what that cannot say, by the
+    contract (parse_frame), which accepts it too or raises BadData with the reason."""
+    return decode_frame(raw, symbols, latest_ms, depth_stream) or parse_frame(raw, symbols, latest_ms, depth_stream)
+
+
+def encode(event: Event | Validated, ingestion_ms: int, backfilled: bool = False) -> bytes:
     """The Kafka message value: Binance's payload + ingestion_timestamp (+ backfilled)."""
+    if isinstance(event, Validated):  # the payload's bytes as the exchange sent them (never backfilled)
+        return event.value(ingestion_ms)
     data = event.data
     data["ingestion_timestamp"] = ingestion_ms
     if backfilled:

@@ -17,6 +17,7 @@ from confluent_kafka._types import HeadersType
 from prometheus_client import CollectorRegistry
 
 from cryptomon.binance.orderbook import DepthSnapshot
+from cryptomon.binance.payloads import Validated
 from cryptomon.binance.schema import BOOK_TICKER_EVENT, DEPTH, DEPTH_SNAPSHOT, Event
 from cryptomon.binance.streams import depth_stream, followed_kinds, streams_of
 from cryptomon.diskguard import DiskGuard
@@ -25,7 +26,7 @@ from cryptomon.ingestion import selection, state
 from cryptomon.ingestion.backfill import Backfiller
 from cryptomon.ingestion.connection import ConnectionGate, ConnOptions, Rotate, StreamConnection
 from cryptomon.ingestion.depth import FORWARD, DepthFeed, SnapshotFetcher
-from cryptomon.ingestion.frames import Control, dead_letter_value, encode, encode_snapshot, is_reply, parse_frame
+from cryptomon.ingestion.frames import Control, dead_letter_value, encode, encode_snapshot, is_reply, route
 from cryptomon.ingestion.health import IngestCollector, IngestHealth, IngestStats, RestReading
 from cryptomon.ingestion.producer import KafkaSink
 from cryptomon.ingestion.rest_client import RestBudget, RestClient, RestError
@@ -119,7 +120,7 @@ class Ingestor:
     def _handle(self, raw: str | bytes, ingestion_ms: int, session: int | None = None) -> None:
         st = self.stats
         try:
-            ev = parse_frame(raw, self.accepting, ingestion_ms + self.skew_ms, self.depth_stream)
+            ev = route(raw, self.accepting, ingestion_ms + self.skew_ms, self.depth_stream)
         except BadData as bad:
             if bad.reason == "bad_envelope" and is_reply(raw):
                 return  # {"result": .., "id": ..}: an answer to a live request, not data
@@ -130,7 +131,8 @@ class Ingestor:
             raise Rotate(ev.event)
         if ev.kind == DEPTH:
             waiting = len(self.depth.need)
-            if self.depth.observe(ev.symbol, ev.data["U"], ev.seq) is not FORWARD:
+            first = ev.first if isinstance(ev, Validated) else ev.data["U"]
+            if self.depth.observe(ev.symbol, first, ev.seq) is not FORWARD:
                 st.duplicates += 1
                 return
             if len(self.depth.need) > waiting and self.snapshots:
@@ -156,7 +158,7 @@ class Ingestor:
         self._produce(ev, ingestion_ms, headers=headers)
 
     def _produce(
-        self, ev: Event, ingestion_ms: int, backfilled: bool = False, headers: HeadersType | None = None
+        self, ev: Event | Validated, ingestion_ms: int, backfilled: bool = False, headers: HeadersType | None = None
     ) -> None:
         value = encode(ev, ingestion_ms, backfilled)
         self.sink.produce(self.topics[ROUTE[ev.kind]], ev.symbol.encode(), value, headers)
