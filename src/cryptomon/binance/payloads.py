@@ -25,7 +25,9 @@ from cryptomon.binance.schema import AGG_TRADE, BOOK_TICKER_EVENT, DEPTH, PRICE,
 from cryptomon.binance.streams import split_stream
 
 Id = Annotated[int, Meta(ge=0, le=limits.MAX_ID)]
-Millis = Annotated[int, Meta(ge=limits.FIRST_EVENT_MS, le=limits.MAX_ID)]  # the upper bound is the caller's
+# the upper bound that matters is the caller's (the ingestion time plus the skew); MAX_ID keeps it an int
+# orjson reads as one (past 64 bits it reads a float, which the contract refuses)
+Millis = Annotated[int, Meta(ge=limits.FIRST_EVENT_MS, le=limits.MAX_ID)]
 Levels = Annotated[list[tuple[str, str]], Meta(max_length=limits.DEPTH_LEVELS_MAX)]
 
 
@@ -36,10 +38,10 @@ class Frame(Struct, forbid_unknown_fields=True, frozen=True):
     data: Raw
 
 
-class TradePayload(Struct, forbid_unknown_fields=True, frozen=True):
-    e: Literal["trade"]
+class TradeFields(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a trade and an aggTrade payload both have (records.py adds what the ingestion writes to Kafka)."""
+
     s: str
-    t: Id
     p: str
     q: str
     T: Millis
@@ -48,18 +50,16 @@ class TradePayload(Struct, forbid_unknown_fields=True, frozen=True):
     M: bool | None = None
 
 
-class AggTradePayload(Struct, forbid_unknown_fields=True, frozen=True):
+class TradePayload(TradeFields, frozen=True, kw_only=True):
+    e: Literal["trade"]
+    t: Id
+
+
+class AggTradePayload(TradeFields, frozen=True, kw_only=True):
     e: Literal["aggTrade"]
-    s: str
     a: Id
-    p: str
-    q: str
     f: Id
     l: Id  # noqa: E741 (Binance's name)
-    T: Millis
-    m: bool
-    E: int | None = None
-    M: bool | None = None
 
 
 class BookTickerPayload(Struct, forbid_unknown_fields=True, frozen=True):

@@ -12,31 +12,17 @@ a trade of zero) stay in the caller, in Python, after the decode.
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
 import msgspec
-from msgspec import Meta, Struct
 
-from cryptomon.binance import limits
+from cryptomon.binance.payloads import BookTickerPayload, Id, Millis, TradeFields
 from cryptomon.binance.schema import AGG_TRADE, PRICE, QUANTITY, SYMBOL, TRADE
 
-Id = Annotated[int, Meta(ge=0, le=limits.MAX_ID)]
-# the upper bound that matters is the record's own (see the callers); MAX_ID keeps it an int orjson reads
-# as one (past 64 bits it reads a float, which the contract refuses)
-Millis = Annotated[int, Meta(ge=limits.FIRST_EVENT_MS, le=limits.MAX_ID)]
 
+class _Trades(TradeFields, frozen=True, kw_only=True):
+    """What a trade and an aggTrade of the trades topic both have: the payload's fields and the ingestion's."""
 
-class _Trades(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """What a trade and an aggTrade of the trades topic both have."""
-
-    s: str
-    p: str
-    q: str
-    T: Millis
-    m: bool
     ingestion_timestamp: Millis
-    E: int | None = None
-    M: bool | None = None
     backfilled: bool = False
 
 
@@ -54,15 +40,9 @@ class AggTradeRecord(_Trades, tag_field="e", tag=AGG_TRADE, frozen=True):
     l: Id  # noqa: E741 (Binance's name)
 
 
-class BookTickerRecord(Struct, forbid_unknown_fields=True, frozen=True):
+class BookTickerRecord(BookTickerPayload, frozen=True):
     """A bookTicker as the ingestion writes it to the book_ticker topic."""
 
-    u: Id
-    s: str
-    b: str
-    B: str
-    a: str
-    A: str
     ingestion_timestamp: Millis
 
 
