@@ -107,31 +107,40 @@ def render_sim(sim: dict, title: str) -> list[str]:
 
 def render_ingest(ing: dict) -> list[str]:
     lines = [
-        "## Ingestion: simulator → Binance client → Kafka, cryptomon against cryptofeed",
+        "## Ingestion: simulator → Binance client → Kafka, cryptomon against cryptofeed and a bare client",
         "",
-        "Both clients against the same simulator over wss://, into the same Kafka, runs interleaved (cryptomon, "
-        "cryptofeed, cryptomon, …); medians of the runs with min–max. msgs/s from the client's connection to "
-        "the last message landing in Kafka; CPU of the client process over the same span. Each client takes the "
-        "streams its Binance feed subscribes to (cryptomon: trade, aggTrade, bookTicker; cryptofeed: aggTrade, "
-        "bookTicker).",
+        "The clients against the same simulator over wss://, into the same Kafka, runs interleaved (cryptomon, "
+        "cryptofeed, bare, cryptomon, …); medians of the runs with min–max. msgs/s from the client's connection "
+        "to the last message landing in Kafka; CPU of the client process over the same span. Each client takes "
+        "the streams its Binance feed subscribes to (cryptomon: trade, aggTrade, bookTicker; cryptofeed: "
+        "aggTrade, bookTicker). The bare client is the ceiling (bench/baselines/bare_ingest.py): cryptomon's "
+        "streams over the same websockets library, each frame produced as received, unparsed, with cryptomon's "
+        "producer settings, no delivery report asked for.",
         "",
         "| source | client | runs | messages per run | msgs/s | CPU-s per 100k msgs | msgs per CPU-second | "
         "delivered = sent |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for source, x in ing["sources"].items():
-        for name in ("cryptomon", "cryptofeed"):
-            c = x[name]
+        for name in ("cryptomon", "cryptofeed", "bare"):
+            if not (c := x.get(name)):
+                continue
             lo, hi = c["msgs_per_cpu_second_min_max"]
             lines.append(
                 f"| {source} ({', '.join(x['symbols'])}) | {name} | {len(c['runs'])} | {fmt(c['runs'][0]['sent'])} | "
                 f"{fmt(c['msgs_per_second'])} | {fmt(c['cpu_s_per_100k'])} | {fmt(c['msgs_per_cpu_second'])} "
                 f"({fmt(lo)}–{fmt(hi)}) | {fmt(c['delivered_equals_sent'])} |"
             )
+        ratio = x["ratio"]
         lines.append(
-            f"| {source} | **ratio** | | | **{x['ratio']['msgs_per_second']}×** | | "
-            f"**{x['ratio']['msgs_per_cpu_second']}×** | |"
+            f"| {source} | **ratio to cryptofeed** | | | **{ratio['msgs_per_second']}×** | | "
+            f"**{ratio['msgs_per_cpu_second']}×** | |"
         )
+        if "cpu_per_msg_over_bare" in ratio:
+            lines.append(
+                f"| {source} | **CPU per message over the bare client's** | | | | "
+                f"**{ratio['cpu_per_msg_over_bare']}×** | | |"
+            )
     if ing.get("real_skipped"):
         lines += ["", f"Real captures: skipped, {ing['real_skipped']}."]
     settings = ing["producer_settings"]

@@ -1,9 +1,9 @@
-"""Ingestion benchmark: the simulator -> a Binance client -> Kafka, cryptomon against cryptofeed.
+"""Ingestion benchmark: the simulator -> a Binance client -> Kafka, cryptomon against cryptofeed and a bare client.
 
 The peer is what users would pick instead: cryptofeed's Binance feed (TRADES + TICKER) with its own Kafka
 backend (bench/baselines/cryptofeed_ingest.py). Both run against the same simulator over wss:// (cryptofeed
-refuses ws://), into the same Kafka, one after the other and interleaved (cryptomon, cryptofeed, cryptomon,
-...), on two sources:
+refuses ws://), into the same Kafka, one after the other and interleaved (cryptomon, cryptofeed, bare,
+cryptomon, ...), on two sources:
 
 - synthetic: `feed sim` in firehose mode (every frame serialised before the client connects, then sent as
   fast as it reads), the same seed and steps for every run;
@@ -15,7 +15,11 @@ cryptofeed aggTrade (its TRADES) and bookTicker (its TICKER); on the real captur
 cryptofeed gets the bookTickers only. Per run: messages landed in Kafka (high watermarks) against frames the
 simulator sent on the client's streams (delivered = sent), msgs/s from the client's connection to the last
 message landing, and the client process's CPU-seconds over the same span. Reported: medians and min-max of
-the runs; the goal is >= 3x cryptofeed's messages per CPU-second.
+the runs.
+
+The ceiling is the bare client (bench/baselines/bare_ingest.py): cryptomon's streams over the same
+websockets library, every frame produced as received, unparsed, with cryptomon's producer settings. Goals:
+cryptomon's CPU per message at most 1.5x the bare client's, and >= 10x cryptofeed's messages per CPU-second.
 
     .venv/bin/python bench/ingest.py [--quick] [--out FILE]
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines.bare_ingest import bare_config
 from baselines.cryptofeed_ingest import cryptofeed_symbol, producer_options
 from common import REAL_DATA, ROOT, TopicCounter, bench_stack, cpu_seconds, emit, env_for, machine, spawn, wait
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -42,7 +47,13 @@ from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.simulator.tls import self_signed
 
 CAPTURES = ("btcusdt_20240808.gz", "ethusdt_20240808.gz")
-KINDS = {"cryptomon": ("trade", "aggTrade", "bookTicker"), "cryptofeed": ("aggTrade", "bookTicker")}
+KINDS = {
+    "cryptomon": ("trade", "aggTrade", "bookTicker"),
+    "cryptofeed": ("aggTrade", "bookTicker"),
+    "bare": ("trade", "aggTrade", "bookTicker"),
+}
+CLIENTS = tuple(KINDS)
+BARE_TOPIC = "bench.bare-frames"
 
 
 class Candidate:
@@ -53,12 +64,17 @@ class Candidate:
     def topics(self) -> list[str]:
         if self.name == "cryptomon":
             return [topic_name(TRADES), topic_name(BOOK_TICKER)]
+        if self.name == "bare":
+            return [BARE_TOPIC]
         return [f"{k}-BINANCE-{cryptofeed_symbol(s)}" for k in ("trades", "ticker") for s in self.symbols]
 
     def command(self, port: int) -> list[str]:
         if self.name == "cryptomon":
             return [sys.executable, "-m", "cryptomon", "ingest"]
         base = f"127.0.0.1:{port}"
+        if self.name == "bare":
+            return [sys.executable, str(ROOT / "bench/baselines/bare_ingest.py"), f"wss://{base}/stream",
+                    self.settings.kafka_bootstrap, BARE_TOPIC, *self.symbols]  # fmt: skip
         return [sys.executable, str(ROOT / "bench/baselines/cryptofeed_ingest.py"), base,
                 self.settings.kafka_bootstrap, *self.symbols]  # fmt: skip
 
@@ -145,19 +161,23 @@ def create_topics(bootstrap: str, names: list[str]) -> None:
         future.result(30)
 
 
-def compare(ours: dict, peer: dict) -> dict:
+def compare(ours: dict, peer: dict, bare: dict) -> dict:
     return {
         "msgs_per_second": round(ours["msgs_per_second"] / peer["msgs_per_second"], 1),
         "msgs_per_cpu_second": round(ours["msgs_per_cpu_second"] / peer["msgs_per_cpu_second"], 1),
+        # the ceiling: cryptomon's CPU per message over the bare client's
+        "cpu_per_msg_over_bare": round(ours["cpu_s_per_100k"] / bare["cpu_s_per_100k"], 2),
     }
 
 
 def producer_settings() -> dict:
     ours = {k: v for k, v in producer_config("<bootstrap>").items() if k != "bootstrap.servers"}
     peer = {k: v for k, v in producer_options("<bootstrap>").items() if k != "bootstrap_servers"}
+    bare = {k: v for k, v in bare_config("<bootstrap>").items() if k != "bootstrap.servers"}
     return {
         "cryptomon (confluent-kafka / librdkafka)": ours,
         "cryptofeed (aiokafka, through its Kafka backend)": peer,
+        "bare client (confluent-kafka)": bare,
         "differences": [
             "cryptofeed awaits each message's acknowledgement before sending the next (its backend's writer "
             "loop); cryptomon keeps up to librdkafka's queue in flight and checks every delivery report",
@@ -195,23 +215,23 @@ def main() -> None:
     with bench_stack() as settings:
         for source, exchange in sources.items():
             symbols = list(settings.symbols) if source == "synthetic" else ["BTCUSDT", "ETHUSDT"]
-            candidates = [Candidate(n, settings, symbols, tls, logs) for n in ("cryptomon", "cryptofeed")]
-            create_topics(settings.kafka_bootstrap, [t for t in candidates[1].topics()])
+            candidates = [Candidate(n, settings, symbols, tls, logs) for n in CLIENTS]
+            create_topics(settings.kafka_bootstrap, [t for c in candidates[1:] for t in c.topics()])
             runs: dict[str, list[dict]] = {c.name: [] for c in candidates}
-            for r in range(rounds):  # interleaved: cryptomon, cryptofeed, cryptomon, ...
+            for r in range(rounds):  # interleaved: cryptomon, cryptofeed, bare, cryptomon, ...
                 for c in candidates:
                     port += 1
                     runs[c.name].append(measure(c, exchange, port, tls, f"{source}-{c.name}-{r}"))
                     print(c.name, source, runs[c.name][-1], file=sys.stderr, flush=True)
-            ours, peer = summary(runs["cryptomon"]), summary(runs["cryptofeed"])
-            result["sources"][source] = {"symbols": symbols, "cryptomon": ours, "cryptofeed": peer,
-                                         "ratio": compare(ours, peer)}  # fmt: skip
-    synthetic = result["sources"]["synthetic"]
+            ours, peer, bare = (summary(runs[n]) for n in CLIENTS)
+            result["sources"][source] = {"symbols": symbols, "cryptomon": ours, "cryptofeed": peer, "bare": bare,
+                                         "ratio": compare(ours, peer, bare)}  # fmt: skip
+    ratios = [x["ratio"] for x in result["sources"].values()]
     result["goals"] = {
-        "msgs_per_cpu_second>=3x_cryptofeed": synthetic["ratio"]["msgs_per_cpu_second"] >= 3
-        and all(x["ratio"]["msgs_per_cpu_second"] >= 3 for x in result["sources"].values()),
+        "cpu_per_msg<=1.5x_bare_client": all(r["cpu_per_msg_over_bare"] <= 1.5 for r in ratios),
+        "msgs_per_cpu_second>=10x_cryptofeed": all(r["msgs_per_cpu_second"] >= 10 for r in ratios),
         "delivered_equals_sent": all(
-            x[c]["delivered_equals_sent"] for x in result["sources"].values() for c in ("cryptomon", "cryptofeed")
+            x[c]["delivered_equals_sent"] for x in result["sources"].values() for c in CLIENTS
         ),
     }
     emit(result, args.out)

@@ -65,6 +65,10 @@ class Ingestor:
         self.accepting: frozenset[str] = frozenset()  # symbols + those just removed (their connection rotates)
         self.topics = {role: topic_name(role) for role in (TRADES, BOOK_TICKER, BOOK_DEPTH)}
         self.depth_stream = depth_stream(settings.depth)  # None: the book is off
+        # the kinds stamped with their connection session, for the book's check: none when the book is off
+        # (a header costs librdkafka about 1 us a message)
+        self.sessioned = SESSIONED if self.depth_stream else frozenset()
+        self._session_headers: tuple[int | None, HeadersType] = (None, [])  # the last session's, reused
         self.kinds = followed_kinds(settings.depth)  # the streams of each symbol, all on one connection
         self.depth = DepthFeed()
         self.snapshots: SnapshotFetcher | None = None
@@ -153,8 +157,10 @@ class Ingestor:
                 st.late += 1
         # a depth diff and a bookTicker say which connection session they came over (the book's check)
         headers: HeadersType | None = None
-        if session is not None and ev.kind in SESSIONED:
-            headers = [(SESSION_HEADER, b"%d" % session)]
+        if session is not None and ev.kind in self.sessioned:
+            if session != self._session_headers[0]:
+                self._session_headers = (session, [(SESSION_HEADER, b"%d" % session)])
+            headers = self._session_headers[1]
         self._produce(ev, ingestion_ms, headers=headers)
 
     def _produce(
