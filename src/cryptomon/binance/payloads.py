@@ -88,12 +88,12 @@ _TRADES: dict[str, msgspec.json.Decoder[TradePayload] | msgspec.json.Decoder[Agg
 }
 _BOOK_TICKER = msgspec.json.Decoder(BookTickerPayload)
 _DEPTH = msgspec.json.Decoder(DepthPayload)
-_NONZERO = r"(?=[0.]*+[1-9])"  # before a decimal the pattern allows: it has a digit other than 0
+NONZERO = r"(?=[0.]*+[1-9])"  # before a decimal the pattern allows: it has a digit other than 0
 # each kind's strings checked in one regex call ("|" is in none of them, so the whole matches exactly when
 # each part does)
-_TRADE_STRINGS = re.compile(rf"{_NONZERO}(?:{PRICE.pattern})\|{_NONZERO}(?:{QUANTITY.pattern})")
+_TRADE_STRINGS = re.compile(rf"{NONZERO}(?:{PRICE.pattern})\|{NONZERO}(?:{QUANTITY.pattern})")
 _BOOK_STRINGS = re.compile(rf"(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})")
-_LEVEL = rf"{_NONZERO}(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
+_LEVEL = rf"{NONZERO}(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
 _LEVELS = re.compile(rf"(?:{_LEVEL}(?:\|{_LEVEL})*+)?+")
 
 

@@ -1,12 +1,13 @@
 """The contract's fast path, in C: a record of the trades or book_ticker topic decoded by msgspec into a typed
 struct whose constraints are a subset of `schema.validate_payload`'s (exact JSON types, the ASCII decimal
-patterns, ids in 0..MAX_ID, times from Binance's first year, no field the payload kind does not have).
+patterns, ids in 0..MAX_ID, times from Binance's first year, no field the payload kind does not have, a
+trade's price and quantity not zero).
 
 A record this accepts, the contract accepts with the same values (property-tested in
 tests/unit/test_binance_records.py); for anything else (an unknown field, a value out of bounds, not JSON)
 `decode_*` returns None and the caller asks the contract, which accepts it or says why not. The checks that
-depend on the record's own times or on other fields (an event time past the ingestion time plus the skew,
-a trade of zero) stay in the caller, in Python, after the decode.
+depend on the record's own times (an event time past the ingestion time plus the skew) stay in the caller,
+in Python, after the decode.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 
 import msgspec
 
-from cryptomon.binance.payloads import BookTickerPayload, Id, Millis, TradeFields
+from cryptomon.binance.payloads import NONZERO, BookTickerPayload, Id, Millis, TradeFields
 from cryptomon.binance.schema import AGG_TRADE, PRICE, QUANTITY, SYMBOL, TRADE
 
 
@@ -48,7 +49,7 @@ class BookTickerRecord(BookTickerPayload, frozen=True):
 
 # the strings' patterns, checked in one regex call a record ("|" is in none of them, so the whole matches
 # exactly when each part does): msgspec's own `pattern` calls Python's re once per field, 5x slower here
-_TRADE_STRINGS = re.compile(rf"(?:{SYMBOL.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})")
+_TRADE_STRINGS = re.compile(rf"(?:{SYMBOL.pattern})\|{NONZERO}(?:{PRICE.pattern})\|{NONZERO}(?:{QUANTITY.pattern})")
 _BOOK_STRINGS = re.compile(
     rf"(?:{SYMBOL.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
 )

@@ -20,7 +20,6 @@ from cryptomon.binance.schema import (
     TRADE,
     TRADE_KINDS,
     check_time,
-    is_zero,
     short_repr,
     validate_payload,
 )
@@ -28,6 +27,7 @@ from cryptomon.errors import BadData
 from cryptomon.names import BOOK_TICKER, TRADES
 
 SKEW_MS = limits.DEFAULT_CLOCK_SKEW_SECONDS * 1000
+_new = tuple.__new__
 
 
 class TradeRow(NamedTuple):
@@ -76,12 +76,11 @@ def trade_row(value: bytes | None, latest_ms: int | None = None, skew_ms: int = 
         r is not None
         and (latest_ms is None or r.ingestion_timestamp <= latest_ms)
         and r.ingestion_timestamp + skew_ms >= r.T
-        and not is_zero(r.p)
-        and not is_zero(r.q)
     ):
+        # tuple.__new__: the NamedTuple without its Python-level constructor (0.3 us a row)
         if isinstance(r, TradeRecord):
-            return TradeRow(r.T, r.s, TRADE, r.t, r.p, r.q, r.m, r.ingestion_timestamp, r.backfilled)
-        return TradeRow(r.T, r.s, AGG_TRADE, r.a, r.p, r.q, r.m, r.ingestion_timestamp, r.backfilled)
+            return _new(TradeRow, (r.T, r.s, TRADE, r.t, r.p, r.q, r.m, r.ingestion_timestamp, r.backfilled))
+        return _new(TradeRow, (r.T, r.s, AGG_TRADE, r.a, r.p, r.q, r.m, r.ingestion_timestamp, r.backfilled))
     return contract_trade_row(value, latest_ms, skew_ms)
 
 
@@ -109,7 +108,7 @@ def book_row(value: bytes | None, latest_ms: int | None = None, skew_ms: int = S
     """A book_ticker-topic message -> its row. Raises BadData. Typed in C first, as `trade_row`."""
     r = decode_book_ticker(value) if value is not None else None
     if r is not None and (latest_ms is None or r.ingestion_timestamp <= latest_ms):
-        return BookRow(r.ingestion_timestamp, r.s, r.u, r.b, r.B, r.a, r.A)
+        return _new(BookRow, (r.ingestion_timestamp, r.s, r.u, r.b, r.B, r.a, r.A))
     return contract_book_row(value, latest_ms, skew_ms)
 
 
@@ -195,9 +194,12 @@ class Batch:
     def commit_offsets(self) -> dict[tuple[str, int], int]:
         """Next offset to commit per (topic, partition): the highest buffered offset + 1."""
         out: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in self.positions + self.poison_positions:
-            if offset + 1 > out.get((topic, partition), -1):
-                out[(topic, partition)] = offset + 1
+        for positions in (self.positions, self.poison_positions):
+            # a partition's positions are appended in Kafka's order (absorb() appends newer ones): the last wins
+            last = {(topic, partition): offset + 1 for topic, partition, offset in positions}
+            for tp, offset in last.items():
+                if offset > out.get(tp, -1):
+                    out[tp] = offset
         return out
 
     def absorb(self, newer: Batch) -> None:

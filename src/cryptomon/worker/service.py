@@ -22,6 +22,7 @@ from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.observability import health_server
+from cryptomon.runtime import tune_gc
 from cryptomon.settings import Settings
 from cryptomon.worker.ordering import CommitOrder, Partition
 from cryptomon.worker.rows import Batch, DeadLetter
@@ -399,4 +400,5 @@ def main(settings: Settings) -> None:
     worker = Worker(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop_event.set())
+    tune_gc()  # start-up is over: the loop's garbage is acyclic
     worker.run()
