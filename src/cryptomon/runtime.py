@@ -4,10 +4,10 @@ A stage's per-message objects (decoded records, rows, Kafka positions) hold no c
 frees them when their batch is written. CPython's cyclic collector still runs every 700 net allocations
 over the young objects, and every few of those over everything that survived start-up (modules, settings,
 the process's long-lived state), to find cycles that are not there: the worker spent 13 % of its main
-thread in `gc_collect_main` (py-spy --native over a drain, 2026-12-03). `tune_gc()`, called once start-up
-is over, moves what exists then out of the collector's sight (`gc.freeze()`: never scanned again) and
-lets the young generation grow to `YOUNG_OBJECTS` before a collection. Cycles are still collected, less
-often: the garbage waiting for it is bounded by that threshold.
+thread in `gc_collect_main`, the ingestion 4.5 % (py-spy --native, 2026-12-03). `tune_gc()`, called once
+start-up is over, moves what exists then out of the collector's sight (`gc.freeze()`: never scanned
+again) and lets the young generation grow to `YOUNG_OBJECTS` before a collection. Cycles are still
+collected, less often: the garbage waiting for it is bounded by that threshold.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from cryptomon.names import (
     TRADES,
 )
 from cryptomon.observability import health_server
+from cryptomon.runtime import tune_gc
 from cryptomon.settings import Settings
 from cryptomon.tasks import TaskKeeper
 
@@ -407,6 +408,7 @@ def main(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ing.stopping.set)
+        tune_gc()  # start-up is over: the hot path's garbage is acyclic (4.5% of it went to the collector)
         await ing.run()
 
     asyncio.run(amain())
