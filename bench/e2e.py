@@ -288,11 +288,6 @@ def run_rate(
                 "SELECT coalesce(sum(repaired_windows), 0) FROM stream_progress WHERE query = 'trade_repair' "
                 "AND batch_timestamp >= to_timestamp(%s)", (since,)
             ).fetchone()[0])  # fmt: skip
-            rows_in_run = conn.execute(
-                "SELECT (SELECT count(*) FROM trades WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))"
-                " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
-                (since, until, since, until),
-            ).fetchone()[0]
             # what the worker set aside, per topic and reason (the reason is the error's first word)
             dead_letters = dict(conn.execute(
                 "SELECT topic || ' ' || split_part(error, ':', 1), count(*) FROM dead_letters GROUP BY 1 ORDER BY 1"
@@ -303,6 +298,15 @@ def run_rate(
                 procs["retention"].terminate()
                 procs["retention"].wait(60)
                 archived = soak.archive_accounting(conn, s.archive_path, logs)
+            # the run's rows: in the database, and in the archive for the chunks retention dropped (read after
+            # retention stopped: no chunk moves between the two counts)
+            rows_in_run = conn.execute(
+                "SELECT (SELECT count(*) FROM trades WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))"
+                " + (SELECT count(*) FROM book_ticker WHERE ingestion_ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
+                (since, until, since, until),
+            ).fetchone()[0]
+            if archived is not None:
+                rows_in_run += soak.archived_between(s.archive_path, since, until)
         for name in procs:
             procs[name].terminate()
         for name in procs:

@@ -139,6 +139,18 @@ def archive_accounting(conn, root: Path, work: Path) -> dict:
     return out
 
 
+def archived_between(root: Path, since: float, until: float) -> int:
+    """Rows of the raw tables' archive files ingested between `since` and `until` (epoch seconds)."""
+    total = 0
+    for table in KEYS:
+        if any((root / table).glob("*/*.parquet")):
+            total += duckdb.sql(
+                f"SELECT count(*) FROM read_parquet('{root}/{table}/*/*.parquet') "
+                f"WHERE ingestion_ts BETWEEN to_timestamp({since}) AND to_timestamp({until})"
+            ).fetchall()[0][0]
+    return total
+
+
 def goals(run: dict) -> dict:
     slopes = run["rss_slope_mib_per_hour"]
     disk = run["disk"]
