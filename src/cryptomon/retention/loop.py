@@ -56,6 +56,33 @@ def one(cur: psycopg.Cursor) -> tuple:
     return row
 
 
+def _numeric_digits(
+    conn: psycopg.Connection, chunk: policy.Chunk, columns: list[tuple[str, bool]]
+) -> list[tuple[int, int]]:
+    """(largest scale, most integer digits) of each (column, is an array) in the chunk, in one scan: a
+    lateral aggregate per column and row (one row out even for an empty array), the maxima over the rows."""
+    if not columns:
+        return []
+    laterals, maxima = [], []
+    for i, (name, is_array) in enumerate(columns):
+        value = sql.SQL("unnest(t.{}) AS u(v)" if is_array else "(SELECT t.{} AS v) AS u").format(sql.Identifier(name))
+        alias = sql.Identifier(f"n{i}")
+        laterals.append(
+            sql.SQL("LATERAL (SELECT max(scale(v)) AS s, max(length(trunc(abs(v))::text)) AS d FROM {}) AS {}").format(
+                value, alias
+            )
+        )
+        maxima.append(sql.SQL("max({a}.s), max({a}.d)").format(a=alias))
+    found = one(
+        conn.execute(
+            sql.SQL("SELECT {} FROM {} AS t, {}").format(
+                sql.SQL(", ").join(maxima), chunk.identifier, sql.SQL(", ").join(laterals)
+            )
+        )
+    )
+    return [(found[2 * i] or 0, found[2 * i + 1] or 1) for i in range(len(columns))]
+
+
 class Retention:
     """The retention passes over one database, with their metrics."""
 
@@ -210,19 +237,17 @@ class Retention:
 
     @staticmethod
     def _columns(conn: psycopg.Connection, chunk: policy.Chunk) -> list[archive.Column]:
-        """The chunk's columns; a numeric without precision gets the largest the chunk's data needs."""
+        """The chunk's columns; a numeric without precision gets the largest the chunk's data needs, every
+        such column measured in one scan of the chunk."""
+        declared = list(conn.execute(COLUMNS_SQL, (chunk.qualified,)))
+        unbounded = [
+            (name, pg_type.endswith("[]")) for name, pg_type in declared if pg_type in ("numeric", "numeric[]")
+        ]
+        found = dict(zip([name for name, _ in unbounded], _numeric_digits(conn, chunk, unbounded), strict=True))
         out = []
-        for name, pg_type in conn.execute(COLUMNS_SQL, (chunk.qualified,)):
-            if pg_type in ("numeric", "numeric[]"):
-                value = sql.SQL("unnest({})" if pg_type.endswith("[]") else "{}").format(sql.Identifier(name))
-                # the digits the column needs in this chunk: its largest scale and integer part
-                found = conn.execute(
-                    sql.SQL(
-                        "SELECT max(scale(v)), max(length(trunc(abs(v))::text)) FROM (SELECT {} AS v FROM {}) x"
-                    ).format(value, chunk.identifier)
-                )
-                scale, digits = one(found)
-                scale, digits = scale or 0, digits or 1
+        for name, pg_type in declared:
+            if name in found:
+                scale, digits = found[name]
                 out.append(archive.Column(name, pg_type, digits + scale, scale))
             else:
                 out.append(archive.Column(name, pg_type))
