@@ -10,12 +10,14 @@ import gzip
 import json
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptomon.binance import limits
 from cryptomon.binance.payloads import decode_frame
 from cryptomon.binance.schema import DEPTH
+from cryptomon.errors import BadData
 from cryptomon.ingestion.frames import Control, encode, parse_frame, route
 from tests.helpers import real_capture
 from tests.hostile import EDGES, LATEST, NAMES, NOW, PAYLOADS, names, values
@@ -52,6 +54,16 @@ def agrees(raw: bytes, latest: int, depth_stream: str | None = DEPTH_STREAM) -> 
     assert fast.first == (ev.data["U"] if ev.kind == DEPTH else ev.seq)
     assert orjson.loads(encode(fast, NOW)) == orjson.loads(encode(ev, NOW)), raw
     return True
+
+
+def test_levels_hiding_the_separator_are_the_contracts():
+    """Two strings with a "|" inside keep the joined levels' parts even: the one regex call over them would
+    match (found 2026-12-03: the typed path forwarded such a diff, the contract rejects it)."""
+    for bids in ([["1|2", "3|4"]], [["1.5", "2|3"], ["4|5", "6"]], [["1|2", "3|4"], ["1", "2"]]):
+        raw = frame(DEPTH_STREAM, {"b": bids}, [])
+        assert decode_frame(raw, SYMBOLS, LATEST, DEPTH_STREAM) is None
+        with pytest.raises(BadData, match="bad_depth"):
+            route(raw, SYMBOLS, LATEST, DEPTH_STREAM)
 
 
 def test_the_documented_payloads_take_the_typed_path():

@@ -90,7 +90,9 @@ _BOOK_TICKER = msgspec.json.Decoder(BookTickerPayload)
 _DEPTH = msgspec.json.Decoder(DepthPayload)
 NONZERO = r"(?=[0.]*+[1-9])"  # before a decimal the pattern allows: it has a digit other than 0
 # each kind's strings checked in one regex call ("|" is in none of them, so the whole matches exactly when
-# each part does)
+# each part does; for a list of levels, whose number of parts the pattern does not fix, only when the
+# string also has as many separators as the parts need: two strings with a "|" inside would keep the count
+# of parts even)
 _TRADE_STRINGS = re.compile(rf"{NONZERO}(?:{PRICE.pattern})\|{NONZERO}(?:{QUANTITY.pattern})")
 _BOOK_STRINGS = re.compile(rf"(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})")
 _LEVEL = rf"{NONZERO}(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
@@ -128,7 +130,14 @@ def decode_frame(
         payload = bytes(frame.data)
         if kind == depth_stream:
             d = _DEPTH.decode(payload)
-            ok = d.u >= d.U and latest_ms >= d.E and _LEVELS.fullmatch("|".join(map("|".join, d.b + d.a)))
+            levels = d.b + d.a
+            joined = "|".join(map("|".join, levels))
+            ok = (
+                d.u >= d.U
+                and latest_ms >= d.E
+                and joined.count("|") == max(2 * len(levels) - 1, 0)
+                and _LEVELS.fullmatch(joined)
+            )
             return Validated(DEPTH, symbol, d.u, d.U, payload) if ok and d.s == symbol else None
         if kind == BOOK_TICKER_EVENT:
             k = _BOOK_TICKER.decode(payload)
