@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptomon.binance.book_check import TopOfBookCheck
-from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Side, Step
+from cryptomon.binance.orderbook import DepthDiff, DepthSnapshot, DepthSync, Side, Step, _levels, levels_one_by_one
 from cryptomon.binance.schema import DEPTH_SNAPSHOT
 from cryptomon.errors import BadData
 from cryptomon.simulator.replay import read_timed
 from tests.helpers import real_capture
+from tests.hostile import EDGES
 
 
 class NaiveBook:
@@ -225,3 +226,25 @@ def test_a_sides_band_sums_kept_between_calls_equal_the_sum_over_its_levels(ops)
         levels = side.levels.items()
         want = sum((p * Decimal(q) for p, (_, q) in levels if (p >= bound if bids else p <= bound)), Decimal(0))
         assert got == want
+
+
+level_items = st.sampled_from(EDGES) | st.text(alphabet="0123456789.|", max_size=10)
+level_lists = st.lists(
+    st.lists(level_items, min_size=1, max_size=3) | st.sampled_from(EDGES) | st.just(["1.5", "2"]), max_size=6
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(level_lists)
+def test_levels_in_one_regex_call_are_the_contracts(raw):
+    """The one-regex path of a diff's levels gives what the level-by-level contract gives: the same levels,
+    or BadData (the contract's own reason is what is raised)."""
+    try:
+        expected = levels_one_by_one(raw, "b")
+    except BadData:
+        expected = None
+    try:
+        got = _levels(raw, "b")
+    except BadData:
+        got = None
+    assert got == expected, raw

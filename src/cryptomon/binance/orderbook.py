@@ -22,6 +22,7 @@ change"); `OrderBook.known_bid` / `known_ask` say how deep the book is complete.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from enum import Enum
 from sortedcontainers import SortedList
 
 from cryptomon.binance import limits
+from cryptomon.binance.payloads import levels_ok
 from cryptomon.binance.schema import DEPTH, PRICE, QUANTITY, SYMBOL, check_time, is_id, is_zero, short_repr
 from cryptomon.errors import BadData
 
@@ -112,6 +114,16 @@ class DepthSnapshot:
 def _levels(raw: object, name: str) -> tuple[Level, ...]:
     if not isinstance(raw, list) or len(raw) > limits.DEPTH_LEVELS_MAX:
         raise BadData("bad_depth", f"{name}: not a list of at most {limits.DEPTH_LEVELS_MAX} levels")
+    # the common case in one regex call (payloads.levels_ok); anything else level by level, which says why
+    if all(type(level) is list and len(level) == 2 for level in raw):
+        with contextlib.suppress(TypeError):  # a price or quantity that is not a string
+            if levels_ok(raw):
+                return tuple(map(tuple, raw))
+    return levels_one_by_one(raw, name)
+
+
+def levels_one_by_one(raw: list, name: str) -> tuple[Level, ...]:
+    """`_levels` by the contract alone, a level at a time."""
     out = []
     for level in raw:
         # Binance's levels are [price, quantity] (older answers added an ignored third item)

@@ -99,6 +99,13 @@ _LEVEL = rf"{NONZERO}(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
 _LEVELS = re.compile(rf"(?:{_LEVEL}(?:\|{_LEVEL})*+)?+")
 
 
+def levels_ok(levels: list) -> bool:
+    """Every level of `levels` (each a [price, quantity] pair of strings) as the contract wants it (Binance's
+    decimals, a price not zero), in one regex call. Raises TypeError for an item that is not a string."""
+    joined = "|".join(map("|".join, levels))
+    return joined.count("|") == max(2 * len(levels) - 1, 0) and _LEVELS.fullmatch(joined) is not None
+
+
 class Validated(Struct, frozen=True):
     """A frame the typed path accepted: its event (`first` is a depth diff's U, else the id) and the payload's
     JSON as received (a Struct: made in 0.1 µs, a frozen dataclass takes 1.1)."""
@@ -130,15 +137,8 @@ def decode_frame(
         payload = bytes(frame.data)
         if kind == depth_stream:
             d = _DEPTH.decode(payload)
-            levels = d.b + d.a
-            joined = "|".join(map("|".join, levels))
-            ok = (
-                d.u >= d.U
-                and latest_ms >= d.E
-                and joined.count("|") == max(2 * len(levels) - 1, 0)
-                and _LEVELS.fullmatch(joined)
-            )
-            return Validated(DEPTH, symbol, d.u, d.U, payload) if ok and d.s == symbol else None
+            fit = d.u >= d.U and latest_ms >= d.E and levels_ok(d.b + d.a)
+            return Validated(DEPTH, symbol, d.u, d.U, payload) if fit and d.s == symbol else None
         if kind == BOOK_TICKER_EVENT:
             k = _BOOK_TICKER.decode(payload)
             ok = _BOOK_STRINGS.fullmatch(f"{k.b}|{k.B}|{k.a}|{k.A}")
