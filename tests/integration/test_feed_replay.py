@@ -42,7 +42,7 @@ def test_record_then_replay_delivers_the_same_events(stack, tmp_path):
         running("replay", replay_args([capture], port, "--rate", "0"), env),
         running("ingest", ["ingest"], env),
     ):
-        wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 30, "replay to finish")
+        wait_json(f"http://127.0.0.1:{port}/sim/stats", lambda b: b["done"], 90, "replay to finish")
         tap.read(lambda ms: len(ms) >= 500, 30)
         tap.drain(quiet=1.0)
     tap.close()
