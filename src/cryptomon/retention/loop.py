@@ -73,13 +73,8 @@ def _numeric_digits(
             )
         )
         maxima.append(sql.SQL("max({a}.s), max({a}.d)").format(a=alias))
-    found = one(
-        conn.execute(
-            sql.SQL("SELECT {} FROM {} AS t, {}").format(
-                sql.SQL(", ").join(maxima), chunk.identifier, sql.SQL(", ").join(laterals)
-            )
-        )
-    )
+    measured, per_row = sql.SQL(", ").join(maxima), sql.SQL(", ").join(laterals)  # from sql.SQL and Identifier
+    found = one(conn.execute(sql.SQL("SELECT {} FROM {} AS t, {}").format(measured, chunk.identifier, per_row)))
     return [(found[2 * i] or 0, found[2 * i + 1] or 1) for i in range(len(columns))]
 
 
