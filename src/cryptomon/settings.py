@@ -320,19 +320,7 @@ class Settings(BaseSettings):
         pattern=r"^\d+[mg]$",
         description="JVM heap of the Spark driver (spark.driver.memory; local mode: the whole job).",
     )
-    spark_state_memory_mb: int = Field(
-        0,
-        ge=0,
-        description="Most MiB RocksDB's state store takes outside the heap (block cache and write buffers of every "
-        "state store of the job, shared: spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB); 0: Spark's own "
-        "per-store sizes, unbounded in total (the market soak with 256 had Spark's batches far slower: not yet "
-        "told apart from its other causes).",
-    )
-    spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of both queries.")
-    spark_watermark_seconds: int = Field(10, ge=0, description="Event-time watermark: how late an event may arrive.")
-    spark_repair_interval: float = Field(
-        10.0, gt=0, description="Seconds between two looks for trades that landed after Spark closed their window."
-    )
+    spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of the streaming job.")
     spark_checkpoint_dir: Path | None = Field(
         None,
         description="Checkpoints of the streaming queries (restart point); default: spark-checkpoints in the "

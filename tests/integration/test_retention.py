@@ -242,23 +242,3 @@ def test_books_and_metrics_keep_their_unbounded_decimals_exactly(own_db):
     ) == sorted(books)
     assert archived_rows(root, "book_metrics", ["last_update_id", "microprice", "spread_bps_sum"]) == sorted(metrics)
     assert metrics[0][2] == Decimal("0.33333333333333333333")  # PostgreSQL's 1.0 / 3: 20 digits, all kept
-
-
-def test_trades_wait_for_the_repair_loop_and_their_horizon_waits_with_them(own_db):
-    settings = own_db.model_copy(update={"retention_trades": 300})
-    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        insert_trades(conn, 12 * 60)
-        conn.execute("INSERT INTO metric_repair_cursor VALUES ('trade_repair', now() - interval '1 hour')")
-        Retention(settings).run_once()
-        age_horizons(conn)
-        first = conn.execute("SELECT horizon FROM archive_horizon WHERE table_name = 'trades'").fetchone()[0]
-        chunks = chunk_names(conn, "trades")
-        # the repair loop is an hour behind: nothing goes, and a shorter age publishes no newer horizon
-        report = Retention(settings.model_copy(update={"retention_trades": 120})).run_once()["tables"]["trades"]
-        assert report["dropped"] == [] and "held" in report and chunk_names(conn, "trades") == chunks
-        assert conn.execute("SELECT horizon FROM archive_horizon WHERE table_name = 'trades'").fetchone()[0] == first
-        conn.execute("UPDATE metric_repair_cursor SET scanned_until = now()")  # caught up
-        report = Retention(settings).run_once()["tables"]["trades"]
-        assert report["dropped"] and "held" not in report
-        left = conn.execute("SELECT min(event_time) FROM trades").fetchone()[0]
-        assert left >= first  # everything before the horizon went, nothing after it

@@ -44,14 +44,6 @@ def test_chunks_go_only_below_a_horizon_that_has_stood_for_the_hold():
     assert [c.name for c in due] == ["c0", "c1", "c2", "c3"]  # oldest first; c4 ends after the horizon
 
 
-def test_trades_wait_for_the_repair_loop_to_scan_past_the_horizon():
-    published = policy.Horizon(T0, T0 + 10 * MIN)
-    effective = published.published_at + HOLD + policy.REPAIR_OVERLAP
-    assert policy.repair_caught_up(None, published, HOLD)  # no repair loop on this database
-    assert not policy.repair_caught_up(effective - timedelta(seconds=1), published, HOLD)
-    assert policy.repair_caught_up(effective, published, HOLD)
-
-
 def test_ages_read_as_seconds_or_with_a_unit():
     assert [parse_age(x) for x in ("90", "30m", "12h", "7d", "2w", " 5 m")] == [90, 1800, 43200, 604800, 1209600, 300]
     for bad in ("7x", "-1", "1.5d", ""):

@@ -1,26 +1,16 @@
-"""The Spark job's pure parts: when the repair may recompute a window, and where a query starts."""
+"""The Spark job's pure parts: which trade ids were counted, what a micro-batch adds to its windows, and
+where the query starts."""
+
+import itertools
+from collections import namedtuple
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-
-def test_repair_waits_for_sparks_watermark_or_its_silence():
-    from datetime import UTC, datetime, timedelta
-
-    from cryptomon.spark.repair import due
-
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    pending = {("A", t0): t0, ("B", t0 + timedelta(minutes=5)): t0}
-    grace = timedelta(seconds=40)
-    now = t0 + timedelta(minutes=10)
-    # the watermark has passed A's window end (t0 + 1 min) but not B's (t0 + 6 min)
-    assert due(pending, t0 + timedelta(minutes=2), now, now, grace) == [("A", t0)]
-    assert due(pending, t0 + timedelta(minutes=6), now, now, grace) == sorted(pending)
-    # no watermark and Spark silent for more than 5 minutes: by age, once the grace after the end is over
-    silent = t0  # last report at t0, 6.5 minutes before
-    assert due(pending, None, silent, t0 + timedelta(minutes=6, seconds=30), grace) == [("A", t0)]
-    assert due(pending, None, None, now, grace) == sorted(pending)
-    # Spark reported a minute ago with an old watermark: wait for it
-    assert due(pending, t0, now - timedelta(minutes=1), now, grace) == []
+from cryptomon.spark import merge, trade_ids
 
 
 def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
@@ -32,33 +22,75 @@ def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
     assert orjson.loads(starting_offsets(both, ["a", "b"])) == orjson.loads(both)
 
 
-def test_the_repair_cursor_keeps_up_while_trades_keep_coming():
-    """Rounds every 10 s over a market that never stops: five trades a second, Spark's watermark 20 s behind. Each round scans back OVERLAP (30 s) and finds, by the watermark, the
-    current minute's windows again. The cursor must stay within about a window plus the watermark of now
-    (it used to stay where it was for good, and the scan grew by every round)."""
-    from datetime import UTC, datetime, timedelta
+@given(st.lists(st.sets(st.integers(0, 60), max_size=25), max_size=6), st.integers(0, 60), st.integers(0, 10))
+def test_counted_ranges_hold_exactly_the_ids_added(batches, probe, width):
+    ranges: list = []
+    seen: set[int] = set()
+    for ids in batches:
+        ranges = trade_ids.add(ranges, trade_ids.runs(sorted(ids)))
+        seen |= ids
+    assert all(a <= b < c - 1 for (a, b), (c, _) in itertools.pairwise(ranges))  # disjoint, merged
+    assert {i for a, b in ranges for i in range(a, b + 1)} == seen
+    assert trade_ids.contains(ranges, probe) == (probe in seen)
+    assert trade_ids.overlaps(ranges, probe, probe + width) == bool(seen & set(range(probe, probe + width + 1)))
 
-    from cryptomon.spark.repair import OVERLAP, WINDOW, due, note_found, scanned_until
 
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    sec = timedelta(seconds=1)
-    pending: dict = {}
-    cursor = t0
-    for r in range(1, 61):  # ten minutes
-        now = t0 + (10 * r + 3) * sec
-        watermark = now - 20 * sec
-        # (event time, written): five trades a second, each written 0.1 s after its event time
-        rows = [(t0 + i * sec / 5 - sec / 10, t0 + i * sec / 5) for i in range((10 * r + 3) * 5 + 1)]
-        since = cursor - OVERLAP
-        flagged: dict = {}
-        for event, written in rows:
-            if since < written <= now and event < watermark:  # LATE_WINDOWS' second condition
-                start = event.replace(second=0, microsecond=0)
-                flagged[start] = min(flagged.get(start, written), written)
-        note_found(pending, [("BTCUSDT", start, first) for start, first in flagged.items()], [], cursor)
-        windows = due(pending, watermark, now, now, timedelta(seconds=40))
-        cursor = scanned_until(pending, windows, now)
-        for w in windows:
-            pending.pop(w)
-        assert r < 12 or now - cursor <= WINDOW + 20 * sec, (r, now - cursor)  # was 60 s more every minute
-    assert len(pending) <= 2
+def test_counted_ranges_keep_the_highest_when_there_are_too_many():
+    ranges = trade_ids.add([], [(2 * i, 2 * i) for i in range(trade_ids.MAX_RANGES + 5)])
+    assert len(ranges) == trade_ids.MAX_RANGES and ranges[0] == (10, 10)
+
+
+Window = namedtuple("Window", "symbol window_start n sum_pq sum_q sum_p sum_pp first_id last_id")
+Trade = namedtuple("Trade", "symbol trade_id event_time p q")
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def spark_like_sums(batch: list[Trade], overflow: set) -> list[Window]:
+    """What queries.trade_sums gives for a batch: one trade per id, then sums per (symbol, minute);
+    None sums where `overflow` says Spark's try_sum overflowed."""
+    one = {(t.symbol, t.trade_id): t for t in batch}
+    acc: dict = {}
+    for t in one.values():
+        acc.setdefault((t.symbol, merge.minute(t.event_time)), []).append(t)
+    out = []
+    for (sym, ws), ts in acc.items():
+        sums = [sum(t.p * t.q for t in ts), sum(t.q for t in ts), sum(t.p for t in ts), sum(t.p * t.p for t in ts)]
+        if (sym, ws) in overflow:
+            sums[0] = None
+        ids = [t.trade_id for t in ts]
+        out.append(Window(sym, ws, len(ts), *sums, min(ids), max(ids)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40)), min_size=1, max_size=80),
+    st.lists(st.integers(0, 79), max_size=6),
+    st.sets(st.integers(0, 3), max_size=2),
+)
+def test_batches_merged_count_every_trade_id_once_whatever_the_order_duplicates_and_gaps(order, cuts, overflowing):
+    """Trades of two symbols, ids in any order, repeated at will, cut into batches anyhow: the merged windows
+    equal an oracle of each (symbol, id) counted once (the first record of an id wins, as in the raw table)."""
+    records = [Trade(s, i, T0 + timedelta(seconds=7 * i), Decimal(f"{1 + i % 7}.{i:02d}"), Decimal(f"0.{i + 1:03d}"))
+               for s, i in order]  # fmt: skip
+    bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
+    counted: dict = {}
+    windows: dict = {}
+    for lo, hi in itertools.pairwise(bounds):
+        batch = records[lo:hi]
+        overflow = {(s, T0 + timedelta(minutes=m)) for s in "AB" for m in overflowing}
+        sums, ranges = merge.plan(spark_like_sums(batch, overflow), batch, counted)
+        counted.update(ranges)
+        for x in sums:
+            w = windows.setdefault((x.symbol, x.window_start), [0, 0, 0, 0, 0])
+            for k, v in enumerate((x.n, x.sum_pq, x.sum_q, x.sum_p, x.sum_pp)):
+                w[k] += v
+    first = {}
+    for t in records:
+        first.setdefault((t.symbol, t.trade_id), t)
+    want: dict = {}
+    for t in first.values():
+        w = want.setdefault((t.symbol, merge.minute(t.event_time)), [0, 0, 0, 0, 0])
+        for k, v in enumerate((1, t.p * t.q, t.q, t.p, t.p * t.p)):
+            w[k] += v
+    assert windows == want

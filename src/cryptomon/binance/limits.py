@@ -35,7 +35,7 @@ QUANTITY_INTEGER_DIGITS = 12  # quantities < 1,000,000,000,000: DECIMAL(20,8), t
 FIRST_EVENT_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
 # an event time may be ahead of its ingestion time (and an ingestion time ahead of its Kafka record's timestamp) by at
 # most the clock skew allowed, CRYPTOMON_MAX_CLOCK_SKEW_SECONDS (a replay shifted to now at full speed needs
-# the capture's length); anything later would move Spark's watermark and drop every on-time trade after it
+# the capture's length); anything later is a dead letter, whichever stage reads it
 DEFAULT_CLOCK_SKEW_SECONDS = 60
 MAX_ID = (1 << 63) - 1  # trade, aggTrade and update ids: 0 .. this (the tables' BIGINT; a first trade may be id 0)
 # symbols: Binance's spot symbols are upper-case letters and digits (BTCUSDT, 1000SATSUSDT), at most 20 long

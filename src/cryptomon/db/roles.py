@@ -48,6 +48,6 @@ def ensure_roles(dsn: str, app_user: str, app_password: str, reader_user: str, r
                     f"ALTER DEFAULT PRIVILEGES FOR ROLE {{}} IN SCHEMA public GRANT {privileges} ON {kind} TO {{}}"
                 ).format(sql.Identifier(owner), ident)
             )
-        # the repair and the notifier take advisory locks, the web view reads TimescaleDB's time_bucket: all
+        # the notifier takes advisory locks, the web view reads TimescaleDB's time_bucket: all
         # available to any role; nothing else is granted
     return done

@@ -96,9 +96,6 @@ class Retention:
             "cryptomon_retention_archive_failures", "Chunks kept: their archive failed or did not verify", ["table"],
             registry=r,
         )  # fmt: skip
-        self.m_held = Gauge(
-            "cryptomon_retention_held", "1 while a table's drops wait for the metric repair loop", ["table"], registry=r
-        )
         self.m_pruned = Counter("cryptomon_retention_rows_pruned", "Rows deleted by age", ["table"], registry=r)
         self.m_db = Gauge("cryptomon_retention_db_up", "1 when the last pass reached the database", registry=r)
         self.last_pass: dict = {}
@@ -144,14 +141,6 @@ class Retention:
         published = self._horizon(conn, spec.table)
         out: dict = {"chunks": len(chunks), "dropped": [], "kept": []}
         due = policy.droppable(chunks, published, now, self.hold)
-        if due and spec.table == "trades" and published is not None:
-            cursor = one(conn.execute("SELECT min(scanned_until) FROM metric_repair_cursor"))[0]
-            held = not policy.repair_caught_up(cursor, published, self.hold)
-            self.m_held.labels(spec.table).set(int(held))
-            if held:
-                log.warning("trades: %d chunks wait for the metric repair loop (it scanned up to %s)", len(due), cursor)
-                out["held"] = f"repair scanned up to {cursor}"
-                due = []
         for chunk in due:
             try:
                 out["dropped"].append(self._archive_and_drop(conn, spec, chunk))

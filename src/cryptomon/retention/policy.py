@@ -6,11 +6,10 @@ A chunk is dropped whole, and only when no writer can add to it any more:
    The worker re-reads the horizons every few seconds and sets a row older than its table's horizon aside
    as a dead letter (`before_archive_horizon`) instead of inserting it. So after `hold` no new row reaches
    the chunk: the archive is complete, and a dropped range is never re-created by a late or replayed row.
-3. For trades, the metric repair loop (spark/repair.py) has scanned past the moment the horizon took effect:
-   it recomputes a window from the raw trades, so every trade inserted before that has been looked at.
 A horizon only moves forward, and a newer one is published only once every chunk below the current one
-is gone: publishing restarts the hold, so chunks held back (by the repair loop, or an archive that failed)
-would otherwise wait for ever when chunks are shorter than the hold and the repair's lag.
+is gone: publishing restarts the hold, so chunks held back (by an archive that failed) would otherwise wait
+for ever when chunks are shorter than the hold. No reader of the raw rows holds a drop back: the streaming
+job's metrics come from Kafka, merged batch by batch (spark/merge.py), never from the raw tables.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from psycopg import sql
-
-REPAIR_OVERLAP = timedelta(seconds=30)  # the repair scans again what was written in its last 30 s
 
 
 class Chunk(NamedTuple):
@@ -66,9 +63,3 @@ def droppable(chunks: list[Chunk], published: Horizon | None, now: datetime, hol
     if published is None or now - published.published_at < hold:
         return []
     return sorted((c for c in chunks if c.end <= published.at), key=lambda c: c.start)
-
-
-def repair_caught_up(cursor: datetime | None, published: Horizon, hold: timedelta) -> bool:
-    """Whether the repair loop has scanned every trade inserted before the horizon took effect. No cursor:
-    no repair loop has ever run against this database, and none holds trades back."""
-    return cursor is None or cursor >= published.published_at + hold + REPAIR_OVERLAP

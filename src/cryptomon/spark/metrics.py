@@ -1,62 +1,53 @@
-"""The streaming job's metrics as SQL run in TimescaleDB on the exact sums Spark computes, and the oracle
-the tests compare with (formulas and flags: docs/design.md).
+"""The streaming job's metrics as SQL run in TimescaleDB on the exact sums Spark computes for each
+micro-batch, what the job counted, and the oracle the tests compare with (formulas, flags and why the
+merges are exact: docs/design.md).
 """
 
 from __future__ import annotations
 
-# Upsert of trade windows from their exact sums. {sums} yields (symbol, window_start, window_end, n,
-# sum_pq, sum_q, sum_p, sum_pp, threshold): Spark's sums (SPARK_SUMS) or the raw rows' (RAW_SUMS, the
-# repair); {only_changed} is empty, or a WHERE that leaves equal windows alone and so counts real repairs.
-_TRADE_UPSERT = """
+# A batch's sums per trade window (symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold) added
+# to the window's (trade_count is its n, volume its sum of q) and the metrics computed from the totals.
+# Windows written before migration 012 have no sums: left as they are.
+TRADE_MERGE = """
 INSERT INTO trade_metrics AS m (symbol, window_start, window_end, vwap, price_stddev, trade_count, volume,
-                                volatility_alert, volume_spike, updated_at)
-SELECT symbol, window_start, window_end,
-       round(sum_pq / sum_q, 20),
-       stddev,
-       n, sum_q,
-       coalesce(stddev > threshold, false),
-       false,
-       now()
+                                volatility_alert, volume_spike, updated_at, sum_pq, sum_p, sum_pp)
+SELECT symbol, window_start, window_start + interval '1 minute', round(sum_pq / sum_q, 20), stddev, n, sum_q,
+       coalesce(stddev > threshold, false), false, now(), sum_pq, sum_p, sum_pp
 FROM (
-    SELECT symbol, window_start, window_end, n, sum_pq, sum_q, threshold,
-           CASE WHEN n > 1 THEN sqrt(greatest((sum_pp - sum_p * sum_p / n) / (n - 1), 0))::double precision END AS stddev
-    FROM ({sums}) AS u(symbol, window_start, window_end, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
+    SELECT t.*, CASE WHEN n > 1 THEN sqrt(greatest((sum_pp - sum_p * sum_p / n) / (n - 1), 0))::double precision
+                END AS stddev
+    FROM (
+        SELECT b.symbol, b.window_start, b.threshold, b.n + coalesce(o.trade_count, 0) AS n,
+               b.sum_pq + coalesce(o.sum_pq, 0) AS sum_pq, b.sum_q + coalesce(o.volume, 0) AS sum_q,
+               b.sum_p + coalesce(o.sum_p, 0) AS sum_p, b.sum_pp + coalesce(o.sum_pp, 0) AS sum_pp
+        FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                    %s::numeric[], %s::double precision[])
+             AS b(symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
+        LEFT JOIN trade_metrics o ON o.symbol = b.symbol AND o.window_start = b.window_start
+        WHERE o.symbol IS NULL OR o.sum_pq IS NOT NULL
+    ) t
 ) x
 ON CONFLICT (symbol, window_start) DO UPDATE SET
-    window_end = EXCLUDED.window_end, vwap = EXCLUDED.vwap, price_stddev = EXCLUDED.price_stddev,
-    trade_count = EXCLUDED.trade_count, volume = EXCLUDED.volume,
-    volatility_alert = EXCLUDED.volatility_alert, updated_at = EXCLUDED.updated_at
-{only_changed}
+    vwap = EXCLUDED.vwap, price_stddev = EXCLUDED.price_stddev, trade_count = EXCLUDED.trade_count,
+    volume = EXCLUDED.volume, volatility_alert = EXCLUDED.volatility_alert, updated_at = EXCLUDED.updated_at,
+    sum_pq = EXCLUDED.sum_pq, sum_p = EXCLUDED.sum_p, sum_pp = EXCLUDED.sum_pp
 """
-SPARK_SUMS = """SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[],
-                              %s::numeric[], %s::numeric[], %s::numeric[], %s::double precision[])"""
-# (symbols[], window_starts[], thresholds[]): the 1-minute windows recomputed from the rows in `trades`
-RAW_SUMS = """
-SELECT t.symbol, w.window_start, w.window_start + interval '1 minute', count(*), sum(t.price * t.quantity),
-       sum(t.quantity), sum(t.price), sum(t.price * t.price), w.threshold
-FROM unnest(%s::text[], %s::timestamptz[], %s::double precision[]) AS w(symbol, window_start, threshold)
-JOIN trades t ON t.symbol = w.symbol AND t.event_type = 'trade'
-             AND t.event_time >= w.window_start AND t.event_time < w.window_start + interval '1 minute'
-GROUP BY t.symbol, w.window_start, w.threshold"""
-TRADE_UPSERT = _TRADE_UPSERT.format(sums=SPARK_SUMS, only_changed="")
-TRADE_REPAIR = _TRADE_UPSERT.format(
-    sums=RAW_SUMS,
-    only_changed="""WHERE (m.trade_count, m.volume, m.vwap, m.price_stddev, m.volatility_alert)
-    IS DISTINCT FROM (EXCLUDED.trade_count, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.price_stddev,
-                      EXCLUDED.volatility_alert)
-RETURNING m.symbol, m.window_start""",
-)
 
-# The 1-minute windows of rows written since the last look that Spark may not have counted: ingested more
-# than `late` after their event time (backfilled, replayed, slowed down), or written after Spark's watermark
-# had passed their event time (the worker was behind: the window may have been repaired without them); with
-# the first such row's write time, from where a restart must look again to find the window.
-LATE_WINDOWS = """
-SELECT symbol, time_bucket('1 minute', event_time), min(inserted_at)
-FROM trades
-WHERE inserted_at > %(since)s AND inserted_at <= %(until)s AND event_type = 'trade'
-  AND (ingestion_ts > event_time + %(late)s OR event_time < coalesce(%(watermark)s, '-infinity'::timestamptz))
-GROUP BY 1, 2
+# where each partition's counting stands, locked for the batch's transaction (one job writes at a time)
+OFFSETS = "SELECT topic, kafka_partition, next_offset FROM metric_offsets ORDER BY 1, 2"
+OFFSETS_LOCKED = OFFSETS + " FOR UPDATE"
+# (topics[], partitions[], next offsets[])
+OFFSETS_SAVE = """
+INSERT INTO metric_offsets (topic, kafka_partition, next_offset)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])
+ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = greatest(metric_offsets.next_offset,
+                                                                          EXCLUDED.next_offset)
+"""
+# the trade ids counted, per symbol (trade_ids.py)
+TRADE_IDS = "SELECT symbol, first_id, last_id FROM metric_trade_ids WHERE symbol = ANY(%s) ORDER BY 1, 2"
+TRADE_IDS_DELETE = "DELETE FROM metric_trade_ids WHERE symbol = ANY(%s)"
+TRADE_IDS_SAVE = """
+INSERT INTO metric_trade_ids (symbol, first_id, last_id) SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
 """
 
 # Recompute volume_spike for the symbols just written, from the earliest window that changed onwards
@@ -74,42 +65,40 @@ WHERE t.symbol = c.symbol AND t.window_start = c.window_start
   AND t.window_start >= %(since)s AND t.volume_spike IS DISTINCT FROM c.spike
 """
 
-# (symbol, window_start, window_end, n, sum_spread, max_spread, min_spread)
-SPREAD_UPSERT = """
+# A batch's spread windows (symbol, window_start, n, sum_spread, max_spread, min_spread) merged the same way.
+SPREAD_MERGE = """
 INSERT INTO spread_metrics AS m (symbol, window_start, window_end, avg_spread, max_spread, min_spread, update_count,
-                                 spread_warning, updated_at)
-SELECT symbol, window_start, window_end, round(sum_spread / n, 20), max_spread, min_spread, n,
-       max_spread > %s * min_spread, now()
-FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[],
-            %s::numeric[]) AS u(symbol, window_start, window_end, n, sum_spread, max_spread, min_spread)
+                                 spread_warning, updated_at, sum_spread)
+SELECT symbol, window_start, window_start + interval '30 seconds', round(sum_spread / n, 20), max_spread,
+       min_spread, n, max_spread > %s * min_spread, now(), sum_spread
+FROM (
+    SELECT b.symbol, b.window_start, b.n + coalesce(o.update_count, 0) AS n,
+           b.sum_spread + coalesce(o.sum_spread, 0) AS sum_spread,
+           greatest(b.max_spread, o.max_spread) AS max_spread, least(b.min_spread, o.min_spread) AS min_spread
+    FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[])
+         AS b(symbol, window_start, n, sum_spread, max_spread, min_spread)
+    LEFT JOIN spread_metrics o ON o.symbol = b.symbol AND o.window_start = b.window_start
+    WHERE o.symbol IS NULL OR o.sum_spread IS NOT NULL
+) x
 ON CONFLICT (symbol, window_start) DO UPDATE SET
-    window_end = EXCLUDED.window_end, avg_spread = EXCLUDED.avg_spread, max_spread = EXCLUDED.max_spread,
-    min_spread = EXCLUDED.min_spread, update_count = EXCLUDED.update_count,
-    spread_warning = EXCLUDED.spread_warning, updated_at = EXCLUDED.updated_at
+    avg_spread = EXCLUDED.avg_spread, max_spread = EXCLUDED.max_spread, min_spread = EXCLUDED.min_spread,
+    update_count = EXCLUDED.update_count, spread_warning = EXCLUDED.spread_warning,
+    updated_at = EXCLUDED.updated_at, sum_spread = EXCLUDED.sum_spread
 """
 
 PROGRESS_INSERT = """
-INSERT INTO stream_progress (query, batch_id, run_id, batch_timestamp, input_rows, dropped_late, duration_ms, watermark)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO stream_progress (query, batch_id, run_id, batch_timestamp, input_rows, dropped_late, duration_ms)
+VALUES (%s, %s, %s, %s, %s, 0, %s)
 ON CONFLICT (query, run_id, batch_id) DO UPDATE SET input_rows = EXCLUDED.input_rows,
-    dropped_late = EXCLUDED.dropped_late, duration_ms = EXCLUDED.duration_ms, watermark = EXCLUDED.watermark
+    duration_ms = EXCLUDED.duration_ms
 """
 
-# what the streaming job's own sinks counted in a batch or round (dead letters, repaired windows)
+# the dead letters the job sent in a batch
 PROGRESS_COUNTS = """
 INSERT INTO stream_progress AS p (query, batch_id, run_id, batch_timestamp, input_rows, dropped_late, duration_ms,
-                                  dead_letters, repaired_windows)
-VALUES (%(query)s, %(batch_id)s, %(run_id)s, now(), %(input_rows)s, 0, %(duration_ms)s, %(dead_letters)s,
-        %(repaired_windows)s)
-ON CONFLICT (query, run_id, batch_id) DO UPDATE SET dead_letters = EXCLUDED.dead_letters,
-    repaired_windows = EXCLUDED.repaired_windows
-"""
-
-# where Spark's trade query stands: the watermark of its latest batch (of the running job: a job started
-# afresh on old data has a lower one than its predecessors had), and when
-TRADE_WATERMARK = """
-SELECT watermark, batch_timestamp FROM stream_progress WHERE query = %s AND watermark IS NOT NULL
-ORDER BY batch_timestamp DESC LIMIT 1
+                                  dead_letters)
+VALUES (%(query)s, %(batch_id)s, %(run_id)s, now(), %(input_rows)s, 0, %(duration_ms)s, %(dead_letters)s)
+ON CONFLICT (query, run_id, batch_id) DO UPDATE SET dead_letters = EXCLUDED.dead_letters
 """
 
 # records the streaming job cannot convert: one dead letter per Kafka record (the worker may have

@@ -1,5 +1,6 @@
-"""The job's three Structured Streaming queries, as DataFrames: Kafka records decoded into typed columns,
-the trade and spread windows with their exact sums, and the records the metrics cannot use (poison)."""
+"""The job's DataFrames: both topics read once per trigger, each micro-batch's Kafka records decoded into
+typed columns once, and from them the batch's exact sums per trade and spread window and the records the
+metrics cannot use (poison). The driver merges the sums into the metric tables (writer.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
 
-TRADES_QUERY, SPREAD_QUERY, POISON_QUERY = "trade_metrics", "spread_metrics", "poison_records"
+METRICS_QUERY, POISON_QUERY = "metrics", "poison_records"  # the query; its dead letters' counts in stream_progress
 
 
 def starting_offsets(setting: str, topics: list[str]) -> str:
@@ -46,9 +47,10 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
 #              (Spark: p+10, capped at 38): sum(p*q) < 1e22 holds 10,000 trades of the issue's extreme
 #              notional (1e7 x 1e11 = 1e18) in one window and ~1e13 of a real one (<= 1e9 USDT); sum(p*p)
 #              < 1e22 holds 1e6 trades at price 1e8.
+# These are one micro-batch's sums: the metric tables add them up in NUMERIC, which has no such bound.
 # Casts are try_cast (NULL instead of an error under ANSI mode: the row goes to the dead letters, see
-# poison_records) and sums try_sum (NULL on overflow: the window is then computed from the raw rows in
-# PostgreSQL, whose NUMERIC has no such bound; see repair.py).
+# rejects) and sums try_sum (NULL on overflow: the driver then sums that window's trades itself in Python's
+# Decimal, see merge.py).
 PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
 KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
@@ -56,8 +58,8 @@ KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead lette
 def _trades(df, skew_ms: int):
     """Kafka records of binance.trades -> typed columns, the Kafka coordinates, and `ok`: the record is a
     trade the metrics can use (an aggTrade is fine and not used; anything else is poison). The contract is
-    the ingestion's and the worker's (cryptomon.binance.schema): a record outside it never reaches a window
-    or the watermark, and its times are not converted at all (a year-10000 time would fail the query). The
+    the ingestion's and the worker's (cryptomon.binance.schema): a record outside it never reaches a window,
+    and its times are not converted at all (a year-10000 time would fail the query). The
     ingestion time is bounded by the record's Kafka timestamp (the broker's append time), not the batch's
     clock, so that a replayed batch decides the same."""
     from pyspark.sql import functions as F
@@ -145,99 +147,117 @@ def _books(df, skew_ms: int):
     )
 
 
-def trade_windows(spark, settings: Settings, max_offsets: int | None = None):
+def source(spark, settings: Settings, max_offsets: int | None = None):
+    """Both topics, read once per trigger by the job's one query."""
+    return _kafka_source(spark, settings, f"{topic_name(TRADES)},{topic_name(BOOK_TICKER)}", max_offsets)
+
+
+def unseen(offsets: dict[tuple[str, int], int]):
+    """The records at or after each partition's next offset to count (metric_offsets): a batch replayed
+    after a crash, or a job started afresh from the earliest offsets, counts nothing twice. True without
+    offsets (nothing counted yet)."""
     from pyspark.sql import functions as F
 
-    trades = (
-        _trades(_kafka_source(spark, settings, topic_name(TRADES), max_offsets), settings.max_clock_skew_ms)
-        .where((F.col("e") == TRADE) & F.col("ok"))
+    cond = F.lit(True)
+    for (topic, partition), next_offset in sorted(offsets.items()):
+        cond = F.when((F.col("topic") == topic) & (F.col("partition") == partition),
+                      F.col("offset") >= next_offset).otherwise(cond)  # fmt: skip
+    return cond
+
+
+def batch_frames(df, settings: Settings):
+    """A micro-batch's Kafka records -> (trades, books) with typed columns and `ok`, parsed once."""
+    from pyspark.sql import functions as F
+
+    skew = settings.max_clock_skew_ms
+    trades = _trades(df.where(F.col("topic") == topic_name(TRADES)), skew)
+    books = _books(df.where(F.col("topic") == topic_name(BOOK_TICKER)), skew)
+    return trades, books
+
+
+def trade_sums(trades):
+    """The batch's new trades' exact sums per (symbol, 1-minute window), a trade id counted once, with the
+    window's lowest and highest id (what decides whether the job has counted any of them: trade_ids.py)."""
+    from pyspark.sql import functions as F
+
+    good = (
+        trades.where((F.col("e") == TRADE) & F.col("ok"))
         .select("symbol", "trade_id", "event_time", "p", "q")
-        .withWatermark("event_time", f"{settings.spark_watermark_seconds} seconds")
-        # a trade id counted once even if Kafka holds it twice
-        .dropDuplicatesWithinWatermark(["symbol", "trade_id"])
+        .dropDuplicates(["symbol", "trade_id"])
     )
-    return (
-        trades.groupBy(F.col("symbol"), F.window("event_time", "1 minute"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.try_sum(F.col("p") * F.col("q")).alias("sum_pq"),
-            F.try_sum("q").alias("sum_q"),
-            F.try_sum("p").alias("sum_p"),
-            F.try_sum(F.col("p") * F.col("p")).alias("sum_pp"),
-        )
-        .select(
-            "symbol",
-            F.col("window.start").alias("window_start"),
-            F.col("window.end").alias("window_end"),
-            "n",
-            "sum_pq",
-            "sum_q",
-            "sum_p",
-            "sum_pp",
-        )
-    )
+    return good.groupBy(F.col("symbol"), F.window("event_time", "1 minute")).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.try_sum(F.col("p") * F.col("q")).alias("sum_pq"),
+        F.try_sum("q").alias("sum_q"),
+        F.try_sum("p").alias("sum_p"),
+        F.try_sum(F.col("p") * F.col("p")).alias("sum_pp"),
+        F.min("trade_id").alias("first_id"),
+        F.max("trade_id").alias("last_id"),
+    ).select("symbol", F.col("window.start").alias("window_start"), "n", "sum_pq", "sum_q", "sum_p", "sum_pp",
+             "first_id", "last_id")  # fmt: skip
 
 
-def spread_windows(spark, settings: Settings, max_offsets: int | None = None):
+def trade_rows(trades, symbols: list[str]):
+    """The batch's good trades of `symbols`, one per id: the windows whose sums the driver computes itself
+    (some of their ids were counted before, their ids have holes, or Spark's sums overflowed)."""
     from pyspark.sql import functions as F
 
-    books = (
-        _books(_kafka_source(spark, settings, topic_name(BOOK_TICKER), max_offsets), settings.max_clock_skew_ms)
-        .where(F.col("ok"))
-        .select("symbol", "ingestion_ts", "spread")
-        .withWatermark("ingestion_ts", f"{settings.spark_watermark_seconds} seconds")
-    )
     return (
-        books.groupBy(F.col("symbol"), F.window("ingestion_ts", "30 seconds"))
+        trades.where((F.col("e") == TRADE) & F.col("ok") & F.col("symbol").isin(symbols))
+        .select("symbol", "trade_id", "event_time", "p", "q")
+        .dropDuplicates(["symbol", "trade_id"])
+    )
+
+
+def spread_sums(books):
+    from pyspark.sql import functions as F
+
+    return (
+        books.where(F.col("ok"))
+        .groupBy(F.col("symbol"), F.window("ingestion_ts", "30 seconds"))
         .agg(
             F.count(F.lit(1)).alias("n"),
             F.sum("spread").alias("sum_spread"),
             F.max("spread").alias("max_spread"),
             F.min("spread").alias("min_spread"),
         )
-        .select(
-            "symbol",
-            F.col("window.start").alias("window_start"),
-            F.col("window.end").alias("window_end"),
-            "n",
-            "sum_spread",
-            "max_spread",
-            "min_spread",
-        )
+        .select("symbol", F.col("window.start").alias("window_start"), "n", "sum_spread", "max_spread", "min_spread")
     )
 
 
-def poison_records(spark, settings: Settings, max_offsets: int | None = None):
-    """The records of both topics the metric queries cannot use, with the reason: they go to dead_letters
-    (a third query: a streaming aggregation cannot send its rejects anywhere), and the queries go on."""
+def batch_ends(trades, books):
+    """(topic, partition, last offset) of the batch's records."""
     from pyspark.sql import functions as F
 
-    trades_topic, books_topic = topic_name(TRADES), topic_name(BOOK_TICKER)
-    src = _kafka_source(spark, settings, f"{trades_topic},{books_topic}", max_offsets)
-    bad_trades = (
-        _trades(src.where(F.col("topic") == trades_topic), settings.max_clock_skew_ms)
-        .where(F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok")))
-        .select(
-            *KAFKA_COLUMNS,
-            F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
-            .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
-            .otherwise(
-                f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
-                f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/Kafka time + {settings.max_clock_skew_seconds} s, "
-                f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
-            )
-            .alias("reason"),
+    cols = ("topic", "partition", "offset")
+    return (
+        trades.select(*cols).unionByName(books.select(*cols)).groupBy("topic", "partition")
+        .agg(F.max("offset").alias("last_offset"))
+    )  # fmt: skip
+
+
+def rejects(trades, books, settings: Settings):
+    """The records of both topics the metrics cannot use, with the reason: they go to dead_letters."""
+    from pyspark.sql import functions as F
+
+    bad_trades = trades.where(
+        F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok"))
+    ).select(
+        *KAFKA_COLUMNS,
+        F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
+        .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
+        .otherwise(
+            f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
+            f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/Kafka time + {settings.max_clock_skew_seconds} s, "
+            f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
         )
+        .alias("reason"),
     )
-    bad_books = (
-        _books(src.where(F.col("topic") == books_topic), settings.max_clock_skew_ms)
-        .where(~F.col("ok"))
-        .select(
-            *KAFKA_COLUMNS,
-            F.lit(
-                f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
-                f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"
-            ).alias("reason"),
-        )
+    bad_books = books.where(~F.col("ok")).select(
+        *KAFKA_COLUMNS,
+        F.lit(
+            f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
+            f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"
+        ).alias("reason"),
     )
     return bad_trades.unionByName(bad_books)

@@ -1,6 +1,6 @@
 """`cryptomon spark`: the Structured Streaming job, from Kafka into TimescaleDB. This module builds the
-session, starts the queries (`queries.py`) with their sinks (`writer.py`) and the repair loop
-(`repair.py`), and stops them between micro-batches; the README's Spark section says what each computes.
+session, starts the one query (both topics, `queries.py`) with its sink (`writer.py`), and stops it between
+micro-batches; the README's Spark section says what it computes.
 """
 
 from __future__ import annotations
@@ -14,15 +14,7 @@ import time
 
 from cryptomon.errors import ConfigError
 from cryptomon.settings import Settings
-from cryptomon.spark.queries import (
-    POISON_QUERY,
-    SPREAD_QUERY,
-    TRADES_QUERY,
-    poison_records,
-    spread_windows,
-    trade_windows,
-)
-from cryptomon.spark.repair import Repairer
+from cryptomon.spark.queries import METRICS_QUERY, source
 from cryptomon.spark.writer import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -45,10 +37,6 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.caseSensitive", "true")  # Binance uses both `t` (trade id) and `T` (trade time)
-        .config(
-            "spark.sql.streaming.stateStore.providerClass",
-            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-        )
         .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
@@ -57,10 +45,6 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.driver.host", settings.spark_driver_host)
     )
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)  # read by the JVM PySpark starts
-    if settings.spark_state_memory_mb:  # RocksDB's block cache and memtables, bounded together for every store
-        builder = builder.config("spark.sql.streaming.stateStore.rocksdb.boundedMemoryUsage", "true").config(
-            "spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB", str(settings.spark_state_memory_mb)
-        )
     if settings.spark_ui_port:
         builder = builder.config("spark.ui.port", str(settings.spark_ui_port))
     else:
@@ -70,34 +54,19 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
     return spark
 
 
-def start_queries(
-    spark,
-    settings: Settings,
-    writer: MetricsWriter,
-    trigger: dict | None = None,
-    max_offsets: dict[str, int] | None = None,
+def start_query(
+    spark, settings: Settings, writer: MetricsWriter, trigger: dict | None = None, max_offsets: int | None = None
 ):
-    """Start both queries; returns them. `trigger` defaults to processingTime every N seconds;
-    `max_offsets` caps each query's batch ({query name: messages}), for the benchmark."""
-    max_offsets = max_offsets or {}
+    """Start the job's query; returns it. `trigger` defaults to processingTime every N seconds;
+    `max_offsets` caps its batch (messages of both topics), for the benchmark."""
     trigger = trigger or {"processingTime": f"{settings.spark_trigger_seconds} seconds"}
-    checkpoints = settings.spark_checkpoints
-    out = []
-    for name, frame, sink, mode in (
-        (TRADES_QUERY, trade_windows(spark, settings, max_offsets.get(TRADES_QUERY)), writer.write_trades, "update"),
-        (SPREAD_QUERY, spread_windows(spark, settings, max_offsets.get(SPREAD_QUERY)), writer.write_spreads, "update"),
-        (POISON_QUERY, poison_records(spark, settings, max_offsets.get(POISON_QUERY)), writer.write_dead_letters,
-         "append"),
-    ):  # fmt: skip
-        out.append(
-            frame.writeStream.queryName(name)
-            .outputMode(mode)
-            .foreachBatch(sink)
-            .trigger(**trigger)
-            .option("checkpointLocation", str(checkpoints / name))
-            .start()
-        )
-    return out
+    return (
+        source(spark, settings, max_offsets).writeStream.queryName(METRICS_QUERY)
+        .foreachBatch(writer.write_batch)
+        .trigger(**trigger)
+        .option("checkpointLocation", str(settings.spark_checkpoints / METRICS_QUERY))
+        .start()
+    )  # fmt: skip
 
 
 def install_progress_listener(spark, writer: MetricsWriter) -> None:
@@ -138,34 +107,25 @@ def stop_between_batches(query, timeout: float = 30.0) -> None:
 def main(settings: Settings, trigger: dict | None = None) -> None:
     spark = build_session(settings)
     writer = MetricsWriter(settings)
-    writer.repair = Repairer(settings, writer.in_transaction, TRADES_QUERY, settings.spark_repair_interval)
     install_progress_listener(spark, writer)
-    queries = start_queries(spark, settings, writer, trigger)
-    repair = threading.Thread(target=writer.repair.run, name="repair", daemon=True)
-    repair.start()
-    log.info(
-        "streaming: %s; checkpoints in %s; Spark UI on :%s",
-        [q.name for q in queries],
-        settings.spark_checkpoints,
-        settings.spark_ui_port or "off",
-    )
+    query = start_query(spark, settings, writer, trigger)
+    log.info("streaming: %s; checkpoint in %s; Spark UI on :%s", query.name, settings.spark_checkpoints,
+             settings.spark_ui_port or "off")  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    failed: list = []
+    failed = None
     try:
-        # until a signal, a failed query (so that a supervisor restarts the job), or every query done
-        # (with --available-now; a streaming query never finishes by itself)
-        while not stop.is_set() and not failed and any(q.isActive for q in queries):
+        # until a signal, a failed query (so that a supervisor restarts the job), or the query done (with
+        # --available-now; a streaming query never finishes by itself)
+        while not stop.is_set() and query.isActive:
             stop.wait(1.0)
-            failed = [q for q in queries if not q.isActive and q.exception()]
-        for q in failed:
-            log.error("query %s stopped: %s", q.name, q.exception())
+        failed = None if query.isActive else query.exception()
+        if failed:
+            log.error("query %s stopped: %s", query.name, failed)
     finally:
         writer.stopping.set()
-        writer.repair.stopping.set()
-        for q in queries:
-            stop_between_batches(q)  # the next start resumes from the checkpoint
+        stop_between_batches(query)  # the next start resumes from the checkpoint
         spark.stop()
     if failed:
         raise SystemExit(1)

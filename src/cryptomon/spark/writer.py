@@ -1,5 +1,6 @@
-"""The job's sinks: each micro-batch's windows upserted into TimescaleDB in one transaction, the poison
-records into dead_letters, Spark's progress into stream_progress; the database waited out when it is down."""
+"""The job's sink: each micro-batch's windows merged into TimescaleDB in one transaction with its poison
+records (dead_letters) and what it counted; Spark's progress into stream_progress; the database waited out
+when it is down."""
 
 from __future__ import annotations
 
@@ -15,26 +16,24 @@ from cryptomon.db.errors import DATA_ERRORS
 from cryptomon.diskguard import DiskGuard
 from cryptomon.errors import Unavailable
 from cryptomon.settings import Settings
-from cryptomon.spark import metrics
+from cryptomon.spark import merge, metrics, queries
 from cryptomon.spark.queries import POISON_QUERY
-from cryptomon.spark.repair import Repairer
 
 log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """foreachBatch sinks: the aggregated windows of a micro-batch are few (windows x symbols), so they
-    are collected on the driver and upserted in one statement, in one transaction."""
+    """The foreachBatch sink: the aggregated windows of a micro-batch are few (windows x symbols), so they
+    are collected on the driver and merged in one statement each, in one transaction."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()  # the two queries' batches may run concurrently
+        self._lock = threading.Lock()  # the batch's writes and the progress listener's
         self.db_failures = 0
         self.disk = DiskGuard.for_state_dir(settings.state_dir, settings.disk_min_free_mb)
         self.stopping = threading.Event()
         self.data_errors = 0  # micro-batch writes PostgreSQL refused for their data
-        self.repair: Repairer | None = None  # gets the windows whose Spark sums overflowed
         self.dead_letters = 0
         self.run_id = uuid.uuid4().hex
 
@@ -81,106 +80,100 @@ class MetricsWriter:
                     )
                     self.stopping.wait(delay)
 
-    def write_trades(self, batch_df, batch_id: int) -> None:
-        rows: list = []
-        overflowed: list = []
-        for r in batch_df.collect():
-            (overflowed if None in (r.sum_pq, r.sum_q, r.sum_p, r.sum_pp) else rows).append(r)
-        if overflowed:
-            log.warning("%d trade windows overflowed Spark's DECIMAL(38,16) sums: computed from the raw rows "
-                        "instead", len(overflowed))  # fmt: skip
-            if self.repair is not None:
-                for r in overflowed:
-                    self.repair.request(r.symbol, r.window_start)
-        if not rows:
-            return
-        data = [
-            (
-                r.symbol,
-                r.window_start,
-                r.window_end,
-                r.n,
-                r.sum_pq,
-                r.sum_q,
-                r.sum_p,
-                r.sum_pp,
-                self.settings.volatility_threshold_for(r.symbol),
-            )
-            for r in rows
-        ]
-        since = min(r.window_start for r in rows)
-        symbols = sorted({r.symbol for r in rows})
+    def offsets(self) -> dict[tuple[str, int], int]:
+        """Where each partition's counting stands (metric_offsets), waiting for the database like a write."""
+        got: dict[tuple[str, int], int] = {}
+        self.in_transaction(lambda conn: got.update(_offsets(conn)))
+        return got
+
+    def write_batch(self, batch_df, batch_id: int) -> None:
+        """One micro-batch of both topics: decoded once, its rejects, its windows' sums and where it ends
+        collected, then merged in one transaction with what it counted (offsets, trade ids)."""
+        start = self.offsets()
+        trades, books = queries.batch_frames(batch_df.where(queries.unseen(start)), self.settings)
+        trades, books = trades.persist(), books.persist()
+        try:
+            bad = queries.rejects(trades, books, self.settings).collect()
+            ends = queries.batch_ends(trades, books).collect()
+            if not ends:  # Spark runs no batch without records: these were all counted before
+                log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh "
+                            "from older offsets), skipped; if Kafka was replaced and its offsets started again, "
+                            "clear metric_offsets", batch_id)  # fmt: skip
+                return
+            windows = queries.trade_sums(trades).collect()
+            spreads = queries.spread_sums(books).collect()
+            symbols = sorted({w.symbol for w in windows})
+            counted = self._trade_ids(symbols)
+            slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
+            rows = queries.trade_rows(trades, slow).collect() if slow else []
+        finally:
+            trades.unpersist()
+            books.unpersist()
+        sums, ranges = merge.plan(windows, rows, counted)
+        self.in_transaction(lambda conn: self._merge(conn, batch_id, start, ends, bad, sums, spreads, ranges))
+        if slow:
+            log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, gaps in their ids, "
+                     "or Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
+        if bad:
+            self.dead_letters += len(bad)
+            for r in bad[:5]:
+                log.warning("dead letter %s[%d]@%d: %s | %.200r", r.topic, r.partition, r.offset, r.reason, r.value)
+            log.warning("batch %d: %d records the metrics cannot use sent to dead_letters", batch_id, len(bad))
+        log.debug("batch %d: %d trade windows, %d spread windows", batch_id, len(sums), len(spreads))
+
+    def _trade_ids(self, symbols: list[str]) -> dict[str, list]:
+        counted: dict[str, list] = {}
 
         def work(conn):
-            conn.execute(metrics.TRADE_UPSERT, metrics.columns(data))
-            conn.execute(
-                metrics.VOLUME_SPIKE_UPDATE,
-                {
-                    "k": self.settings.volume_spike_factor,
-                    "n": self.settings.volume_spike_windows,
-                    "m": min(self.settings.volume_spike_min_windows, self.settings.volume_spike_windows),
-                    "symbols": symbols,
-                    "since": since,
-                },
-            )
+            for symbol, first, last in conn.execute(metrics.TRADE_IDS, (symbols,)):
+                counted.setdefault(symbol, []).append((first, last))
 
-        self.in_transaction(work)
-        log.debug("trade batch %d: %d windows", batch_id, len(rows))
+        if symbols:
+            self.in_transaction(work)
+        return counted
 
-    def write_spreads(self, batch_df, batch_id: int) -> None:
-        rows = batch_df.collect()
-        if not rows:
-            return
-        data = [(r.symbol, r.window_start, r.window_end, r.n, r.sum_spread, r.max_spread, r.min_spread) for r in rows]
-        self.in_transaction(
-            lambda conn: conn.execute(
-                metrics.SPREAD_UPSERT, [self.settings.spread_warning_factor, *metrics.columns(data)]
-            )
-        )
-        log.debug("spread batch %d: %d windows", batch_id, len(rows))
-
-    def write_dead_letters(self, batch_df, batch_id: int) -> None:
-        rows = batch_df.collect()
-        if not rows:
-            return
-        data = [(r.topic, r.partition, r.offset, r.key, r.value, f"spark: {r.reason}") for r in rows]
-        counts = {"query": POISON_QUERY, "batch_id": batch_id, "run_id": self.run_id, "input_rows": len(rows),
-                  "duration_ms": 0, "dead_letters": len(rows), "repaired_windows": 0}  # fmt: skip
-
-        def work(conn):
-            conn.execute(metrics.DEAD_LETTER_INSERT, metrics.columns(data))
-            conn.execute(metrics.PROGRESS_COUNTS, counts)
-
-        self.in_transaction(work)
-        self.dead_letters += len(rows)
-        for r in rows[:5]:
-            log.warning("dead letter %s[%d]@%d: %s | %.200r", r.topic, r.partition, r.offset, r.reason, r.value)
-        log.warning("batch %d: %d records the metrics cannot use sent to dead_letters", batch_id, len(rows))
+    def _merge(self, conn, batch_id: int, start: dict, ends, bad, sums, spreads, ranges) -> None:
+        if _offsets(conn, locked=True) != start:  # another job counted in the meantime: this batch is stale
+            raise RuntimeError("metric_offsets moved during the micro-batch: is a second streaming job running "
+                               "against this database? This job stops; a restart goes on from the offsets")  # fmt: skip
+        if bad:
+            conn.execute(metrics.DEAD_LETTER_INSERT, metrics.columns(
+                [(r.topic, r.partition, r.offset, r.key, r.value, f"spark: {r.reason}") for r in bad]))  # fmt: skip
+            conn.execute(metrics.PROGRESS_COUNTS, {"query": POISON_QUERY, "batch_id": batch_id, "run_id": self.run_id,
+                         "input_rows": len(bad), "duration_ms": 0, "dead_letters": len(bad)})  # fmt: skip
+        if sums:
+            threshold = self.settings.volatility_threshold_for
+            conn.execute(metrics.TRADE_MERGE, metrics.columns(
+                [(s.symbol, s.window_start, s.n, s.sum_pq, s.sum_q, s.sum_p, s.sum_pp, threshold(s.symbol))
+                 for s in sums]))  # fmt: skip
+            conn.execute(metrics.VOLUME_SPIKE_UPDATE, {
+                "k": self.settings.volume_spike_factor, "n": self.settings.volume_spike_windows,
+                "m": min(self.settings.volume_spike_min_windows, self.settings.volume_spike_windows),
+                "symbols": sorted({s.symbol for s in sums}), "since": min(s.window_start for s in sums),
+            })  # fmt: skip
+        if spreads:
+            data = [(r.symbol, r.window_start, r.n, r.sum_spread, r.max_spread, r.min_spread) for r in spreads]
+            conn.execute(metrics.SPREAD_MERGE, [self.settings.spread_warning_factor, *metrics.columns(data)])
+        if ranges:
+            conn.execute(metrics.TRADE_IDS_DELETE, (list(ranges),))
+            flat = [(s, first, last) for s, rs in ranges.items() for first, last in rs]
+            conn.execute(metrics.TRADE_IDS_SAVE, metrics.columns(flat))
+        conn.execute(metrics.OFFSETS_SAVE, metrics.columns([(e.topic, e.partition, e.last_offset + 1) for e in ends]))
 
     def record_progress(self, p: dict) -> None:
-        dropped = sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
-        if dropped:
-            log.warning(
-                "%s: %d events later than the watermark were dropped in batch %s",
-                p.get("name"),
-                dropped,
-                p.get("batchId"),
-            )
-        wm = p.get("eventTime", {}).get("watermark")
-        row = (
-            p.get("name"),
-            p.get("batchId"),
-            p.get("runId"),
-            _ts(p["timestamp"]),
-            p.get("numInputRows", 0),
-            dropped,
-            p.get("batchDuration", 0),
-            _ts(wm) if wm else None,
-        )
+        """Spark's report of a batch: input rows and duration (stream_progress; the job has no watermark and
+        drops nothing for lateness, so dropped_late stays 0)."""
+        row = (p.get("name"), p.get("batchId"), p.get("runId"), _ts(p["timestamp"]), p.get("numInputRows", 0),
+               p.get("batchDuration", 0))  # fmt: skip
         try:
             self.in_transaction(lambda conn: conn.execute(metrics.PROGRESS_INSERT, row), retry=False)
         except psycopg.Error as exc:  # progress is informative: never fail the job for it
             log.warning("could not record progress: %s", exc)
+
+
+def _offsets(conn, locked: bool = False) -> dict[tuple[str, int], int]:
+    rows = (conn.execute(metrics.OFFSETS_LOCKED) if locked else conn.execute(metrics.OFFSETS)).fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}
 
 
 def _ts(value: str) -> datetime:
