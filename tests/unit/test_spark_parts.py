@@ -40,53 +40,62 @@ def test_counted_ranges_keep_the_highest_when_there_are_too_many():
     assert len(ranges) == trade_ids.MAX_RANGES and ranges[0] == (10, 10)
 
 
-Window = namedtuple("Window", "symbol window_start n sum_pq sum_q sum_p sum_pp first_id last_id")
+GROUP = (
+    "topic partition kind symbol window_start n n_ids sum_pq sum_q sum_p sum_pp first_id last_id sum_spread "
+    "max_spread min_spread last_offset bad"
+)
+Group = namedtuple("Group", GROUP)
 Trade = namedtuple("Trade", "symbol trade_id event_time p q")
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
-def spark_like_sums(batch: list[Trade], overflow: set) -> list[Window]:
-    """What queries.trade_sums gives for a batch: one trade per id, then sums per (symbol, minute);
-    None sums where `overflow` says Spark's try_sum overflowed."""
-    one = {(t.symbol, t.trade_id): t for t in batch}
+def spark_like_groups(batch: list[tuple[int, Trade]], overflow: set) -> list:
+    """What queries.batch_sums gives for a batch of (partition, trade): per partition and (symbol, minute)
+    the count, distinct ids, sums over every record (repeats included) and id bounds; None sums where
+    `overflow` says Spark's try_sum overflowed."""
     acc: dict = {}
-    for t in one.values():
-        acc.setdefault((t.symbol, merge.minute(t.event_time)), []).append(t)
+    for part, t in batch:
+        acc.setdefault((part, t.symbol, merge.minute(t.event_time)), []).append(t)
     out = []
-    for (sym, ws), ts in acc.items():
+    for (part, sym, ws), ts in acc.items():
         sums = [sum(t.p * t.q for t in ts), sum(t.q for t in ts), sum(t.p for t in ts), sum(t.p * t.p for t in ts)]
         if (sym, ws) in overflow:
             sums[0] = None
         ids = [t.trade_id for t in ts]
-        out.append(Window(sym, ws, len(ts), *sums, min(ids), max(ids)))
+        out.append(Group("binance.trades", part, "trade", sym, ws, len(ts), len(set(ids)), *sums, min(ids), max(ids),
+                         None, None, None, 1000, 0))  # fmt: skip
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40)), min_size=1, max_size=80),
+    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40), st.sampled_from([0, 0, 0, 1])), min_size=1,
+             max_size=80),
     st.lists(st.integers(0, 79), max_size=6),
     st.sets(st.integers(0, 3), max_size=2),
-)
+)  # fmt: skip
 def test_batches_merged_count_every_trade_id_once_whatever_the_order_duplicates_and_gaps(order, cuts, overflowing):
-    """Trades of two symbols, ids in any order, repeated at will, cut into batches anyhow: the merged windows
-    equal an oracle of each (symbol, id) counted once (the first record of an id wins, as in the raw table)."""
-    records = [Trade(s, i, T0 + timedelta(seconds=7 * i), Decimal(f"{1 + i % 7}.{i:02d}"), Decimal(f"0.{i + 1:03d}"))
-               for s, i in order]  # fmt: skip
+    """Trades of two symbols, ids in any order, repeated at will, now and then in a second partition, cut
+    into batches anyhow: the merged windows equal an oracle of each (symbol, id) counted once (the first
+    record of an id wins, as in the raw table)."""
+    records = [(part, Trade(s, i, T0 + timedelta(seconds=7 * i), Decimal(f"{1 + i % 7}.{i:02d}"),
+                            Decimal(f"0.{i + 1:03d}"))) for s, i, part in order]  # fmt: skip
     bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
     counted: dict = {}
     windows: dict = {}
     for lo, hi in itertools.pairwise(bounds):
         batch = records[lo:hi]
         overflow = {(s, T0 + timedelta(minutes=m)) for s in "AB" for m in overflowing}
-        sums, ranges = merge.plan(spark_like_sums(batch, overflow), batch, counted)
+        ends, trade_windows, _ = merge.split(spark_like_groups(batch, overflow))
+        assert [(e.partition, e.last_offset) for e in ends] == sorted({(p, 1000) for p, _ in batch})
+        sums, ranges = merge.plan(trade_windows, [t for _, t in batch], counted)
         counted.update(ranges)
         for x in sums:
             w = windows.setdefault((x.symbol, x.window_start), [0, 0, 0, 0, 0])
             for k, v in enumerate((x.n, x.sum_pq, x.sum_q, x.sum_p, x.sum_pp)):
                 w[k] += v
     first = {}
-    for t in records:
+    for _, t in records:
         first.setdefault((t.symbol, t.trade_id), t)
     want: dict = {}
     for t in first.values():
@@ -94,3 +103,19 @@ def test_batches_merged_count_every_trade_id_once_whatever_the_order_duplicates_
         for k, v in enumerate((1, t.p * t.q, t.q, t.p, t.p * t.p)):
             w[k] += v
     assert windows == want
+
+
+def test_spread_groups_of_one_window_in_two_partitions_add_up():
+    g = dict(topic="binance.book_ticker", kind="book", symbol="X", window_start=T0, n_ids=0, sum_pq=None, sum_q=None,
+             sum_p=None, sum_pp=None, first_id=None, last_id=None, bad=0)  # fmt: skip
+    groups = [
+        Group(partition=0, n=2, sum_spread=Decimal("0.3"), max_spread=Decimal("0.2"), min_spread=Decimal("0.1"),
+              last_offset=7, **g),
+        Group(partition=1, n=1, sum_spread=Decimal("0.5"), max_spread=Decimal("0.5"), min_spread=Decimal("0.5"),
+              last_offset=3, **g),
+        Group("binance.trades", 0, None, None, None, 4, 0, None, None, None, None, None, None, None, None, None, 9, 4),
+    ]  # fmt: skip
+    ends, trades, spreads = merge.split(groups)
+    assert trades == [] and spreads == [merge.SpreadWindow("X", T0, 3, Decimal("0.8"), Decimal("0.5"), Decimal("0.1"))]
+    assert [(e.topic, e.partition, e.last_offset, e.bad) for e in ends] == [
+        ("binance.book_ticker", 0, 7, 0), ("binance.book_ticker", 1, 3, 0), ("binance.trades", 0, 9, 4)]  # fmt: skip

@@ -1,6 +1,7 @@
-"""What one micro-batch adds to the trade windows: Spark's sums where none of a window's trades was
-counted before, otherwise the driver's own, from the window's trades, leaving out the ids counted
-already (pure; the design and why it is exact: docs/design.md).
+"""What one micro-batch adds to the metric windows: Spark's groups added up per window, and for a trade
+window Spark's sums where none of its trades was counted before, otherwise the driver's own, from the
+window's trades, leaving out the ids counted already (pure; the design and why it is exact:
+docs/design.md).
 """
 
 from __future__ import annotations
@@ -29,12 +30,81 @@ class Sums:
     sum_pp: Decimal
 
 
-def needs_rows(w, counted: dict[str, list[Range]]) -> bool:
-    """Whether Spark's sums of window row `w` (symbol, n, sums, first_id, last_id) cannot be taken as they
-    are: a sum overflowed, its ids are not exactly first..last (a gap, to be filled later), or some of them
-    were counted by an earlier batch."""
+@dataclass(frozen=True, slots=True)
+class End:
+    """Where a batch ends in a Kafka partition, and how many of its records there the metrics cannot use."""
+
+    topic: str
+    partition: int
+    last_offset: int
+    bad: int
+
+
+@dataclass(frozen=True, slots=True)
+class TradeWindow:
+    """Spark's sums of a trade window over one batch: n records, n_ids distinct ids, first and last id."""
+
+    symbol: str
+    window_start: datetime
+    n: int
+    n_ids: int
+    sum_pq: Decimal | None
+    sum_q: Decimal | None
+    sum_p: Decimal | None
+    sum_pp: Decimal | None
+    first_id: int
+    last_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpreadWindow:
+    symbol: str
+    window_start: datetime
+    n: int
+    sum_spread: Decimal
+    max_spread: Decimal
+    min_spread: Decimal
+
+
+def split(groups) -> tuple[list[End], list[TradeWindow], list[SpreadWindow]]:
+    """Spark's groups (queries.batch_sums) -> where each partition ends, the trade windows and the spread
+    windows, each window once. A symbol is one partition's (Kafka's key), so a window is one group; one
+    written into several partitions by someone else is added up here, its trades then counted on the
+    driver (their ids may repeat across the groups)."""
+    ends: dict[tuple[str, int], list[int]] = {}
+    trades: dict[tuple[str, datetime], TradeWindow] = {}
+    spreads: dict[tuple[str, datetime], SpreadWindow] = {}
+    for g in groups:
+        e = ends.setdefault((g.topic, g.partition), [g.last_offset, 0])
+        e[0], e[1] = max(e[0], g.last_offset), e[1] + g.bad
+        key = (g.symbol, g.window_start)
+        if g.kind == "trade":
+            w = TradeWindow(g.symbol, g.window_start, g.n, g.n_ids, g.sum_pq, g.sum_q, g.sum_p, g.sum_pp,
+                            g.first_id, g.last_id)  # fmt: skip
+            if (o := trades.get(key)) is not None:
+                w = TradeWindow(g.symbol, g.window_start, o.n + w.n, -1, None, None, None, None,
+                                min(o.first_id, w.first_id), max(o.last_id, w.last_id))  # fmt: skip
+            trades[key] = w
+        elif g.kind == "book":
+            sw = SpreadWindow(g.symbol, g.window_start, g.n, g.sum_spread, g.max_spread, g.min_spread)
+            if (x := spreads.get(key)) is not None:
+                sw = SpreadWindow(g.symbol, g.window_start, x.n + sw.n, x.sum_spread + sw.sum_spread,
+                                  max(x.max_spread, sw.max_spread), min(x.min_spread, sw.min_spread))  # fmt: skip
+            spreads[key] = sw
+    return (
+        [End(t, p, last, bad) for (t, p), (last, bad) in sorted(ends.items())],
+        [trades[k] for k in sorted(trades)],
+        [spreads[k] for k in sorted(spreads)],
+    )
+
+
+def needs_rows(w: TradeWindow, counted: dict[str, list[Range]]) -> bool:
+    """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
+    twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted by
+    an earlier batch."""
     return (
         None in (w.sum_pq, w.sum_q, w.sum_p, w.sum_pp)
+        or w.n != w.n_ids
         or w.n != w.last_id - w.first_id + 1
         or trade_ids.overlaps(counted.get(w.symbol, []), w.first_id, w.last_id)
     )
@@ -44,9 +114,11 @@ def minute(t: datetime) -> datetime:
     return t.replace(second=0, microsecond=0)
 
 
-def plan(windows, rows, counted: dict[str, list[Range]]) -> tuple[list[Sums], dict[str, list[Range]]]:
-    """The batch's sums to merge and the counted ranges of every symbol it touched. `windows`: Spark's rows
-    (symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, first_id, last_id); `rows`: the trades
+def plan(
+    windows: list[TradeWindow], rows, counted: dict[str, list[Range]]
+) -> tuple[list[Sums], dict[str, list[Range]]]:
+    """The batch's sums to merge and the counted ranges of every symbol it touched. `windows`: split()'s;
+    `rows`: the trades
     (symbol, trade_id, event_time, p, q) of at least every window for which needs_rows(); an id twice in
     them is counted once."""
     out: list[Sums] = []
@@ -56,6 +128,7 @@ def plan(windows, rows, counted: dict[str, list[Range]]) -> tuple[list[Sums], di
         if needs_rows(w, counted):
             slow.add((w.symbol, w.window_start))
             continue
+        assert w.sum_pq is not None and w.sum_q is not None and w.sum_p is not None and w.sum_pp is not None
         out.append(Sums(w.symbol, w.window_start, w.n, w.sum_pq, w.sum_q, w.sum_p, w.sum_pp))
         new.setdefault(w.symbol, []).append((w.first_id, w.last_id))
     acc: dict[tuple[str, datetime], list] = {}

@@ -1,6 +1,7 @@
-"""The job's DataFrames: both topics read once per trigger, each micro-batch's Kafka records decoded into
-typed columns once, and from them the batch's exact sums per trade and spread window and the records the
-metrics cannot use (poison). The driver merges the sums into the metric tables (writer.py)."""
+"""The job's DataFrames: both topics read once per trigger; in one pass over each micro-batch, its Kafka
+records decoded into typed columns and grouped into the batch's exact sums per trade and spread window,
+with where each partition ends and how many records the metrics cannot use (poison, read again only when
+there is any). The driver merges the sums into the metric tables (merge.py, writer.py)."""
 
 from __future__ import annotations
 
@@ -48,53 +49,80 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
 #              notional (1e7 x 1e11 = 1e18) in one window and ~1e13 of a real one (<= 1e9 USDT); sum(p*p)
 #              < 1e22 holds 1e6 trades at price 1e8.
 # These are one micro-batch's sums: the metric tables add them up in NUMERIC, which has no such bound.
-# Casts are try_cast (NULL instead of an error under ANSI mode: the row goes to the dead letters, see
-# rejects) and sums try_sum (NULL on overflow: the driver then sums that window's trades itself in Python's
+# Casts are try_cast (NULL instead of an error under ANSI mode: the record goes to the dead letters, see
+# batch_frame) and sums try_sum (NULL on overflow: the driver then sums that window's trades itself in Python's
 # Decimal, see merge.py).
 PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
 KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
 
-def _trades(df, skew_ms: int):
-    """Kafka records of binance.trades -> typed columns, the Kafka coordinates, and `ok`: the record is a
-    trade the metrics can use (an aggTrade is fine and not used; anything else is poison). The contract is
-    the ingestion's and the worker's (cryptomon.binance.schema): a record outside it never reaches a window,
-    and its times are not converted at all (a year-10000 time would fail the query). The
-    ingestion time is bounded by the record's Kafka timestamp (the broker's append time), not the batch's
-    clock, so that a replayed batch decides the same."""
-    from pyspark.sql import functions as F
+def _schemas():
     from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
 
-    schema = StructType(
-        [
-            StructField("e", StringType()),
-            StructField("s", StringType()),
-            StructField("t", LongType()),
-            StructField("p", StringType()),
-            StructField("q", StringType()),
-            StructField("T", LongType()),
-            StructField("m", BooleanType()),
-            StructField("ingestion_timestamp", LongType()),
-        ]
+    def struct(fields):
+        return StructType([StructField(name, kind()) for name, kind in fields])
+
+    trade = struct([("e", StringType), ("s", StringType), ("t", LongType), ("p", StringType), ("q", StringType),
+                    ("T", LongType), ("m", BooleanType), ("ingestion_timestamp", LongType)])  # fmt: skip
+    book = struct([("u", LongType), ("s", StringType), ("b", StringType), ("a", StringType),
+                   ("ingestion_timestamp", LongType)])  # fmt: skip
+    return trade, book
+
+
+def batch_frame(df, settings: Settings):
+    """A micro-batch's Kafka records of both topics -> one row each, parsed once (by its topic's schema):
+    the Kafka coordinates and bytes, typed columns, `is_trade` (a trade the metrics use), `is_book` (a
+    bookTicker they use), and `bad` with its `reason` (poison: anything else but an aggTrade, which is fine
+    and not used). The contract is the ingestion's and the worker's (cryptomon.binance.schema): a record
+    outside it never reaches a window, and its times are not converted at all (a year-10000 time would fail
+    the query). The ingestion time is bounded by the record's Kafka timestamp (the broker's append time),
+    not the batch's clock, so that a replayed batch decides the same."""
+    from pyspark.sql import functions as F
+
+    skew = settings.max_clock_skew_ms
+    trade_schema, book_schema = _schemas()
+    is_trades = F.col("topic") == topic_name(TRADES)
+    text = F.col("value").cast("string")
+    # parsed in a projection of its own, so that each record's JSON is read once however often it is used
+    parsed = df.select(*KAFKA_COLUMNS, "timestamp", F.when(is_trades, F.from_json(text, trade_schema)).alias("tr"),
+                       F.when(~is_trades, F.from_json(text, book_schema)).alias("bk"))  # fmt: skip
+    tr, bk = F.col("tr"), F.col("bk")
+    p, q = tr["p"].try_cast(PRICE_TYPE), tr["q"].try_cast(QUANTITY_TYPE)
+    trade_ok = F.coalesce(
+        _record_ok(tr, "t", ("p", "q"), skew) & _time_ok(tr["T"], tr["ingestion_timestamp"] + skew) & (p > 0) & (q > 0),
+        F.lit(False),
     )
-    d = F.from_json(F.col("value").cast("string"), schema)
-    p, q = d["p"].try_cast(PRICE_TYPE), d["q"].try_cast(QUANTITY_TYPE)
-    ok = (
-        _record_ok(d, "t", ("p", "q"), skew_ms)
-        & _time_ok(d["T"], d["ingestion_timestamp"] + skew_ms)
-        & (p > 0)
-        & (q > 0)
-    )
-    ok = F.coalesce(ok, F.lit(False))
-    return df.select(
+    bid, ask = bk["b"].try_cast(PRICE_TYPE), bk["a"].try_cast(PRICE_TYPE)
+    book_ok = F.coalesce(_record_ok(bk, "u", ("b", "a"), skew) & (bid > 0) & (ask > 0), F.lit(False))
+    e = tr["e"]
+    is_trade = is_trades & F.coalesce(e == TRADE, F.lit(False)) & trade_ok
+    is_book = ~is_trades & book_ok
+    bad = F.when(is_trades, e.isNull() | ~e.isin(TRADE, AGG_TRADE) | ((e == TRADE) & ~trade_ok)).otherwise(~book_ok)
+    reason = (
+        F.when(~is_trades, F.lit(
+            f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
+            f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"))
+        .when(e.isNull(), "not a JSON event (no event type, or a field of the wrong type)")
+        .when(~e.isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), e))
+        .otherwise(
+            f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
+            f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/Kafka time + {settings.max_clock_skew_seconds} s, "
+            f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
+        )
+    )  # fmt: skip
+    return parsed.select(
         *KAFKA_COLUMNS,
-        d["e"].alias("e"),
-        d["s"].alias("symbol"),
-        d["t"].alias("trade_id"),
-        F.when(ok, F.timestamp_millis(d["T"])).alias("event_time"),
-        p.alias("p"),
-        q.alias("q"),
-        ok.alias("ok"),
+        F.when(is_trades, tr["s"]).otherwise(bk["s"]).alias("symbol"),
+        F.when(is_trade, tr["t"]).alias("trade_id"),
+        F.when(is_trade, F.timestamp_millis(tr["T"])).alias("event_time"),
+        F.when(is_trade, p).alias("p"),
+        F.when(is_trade, q).alias("q"),
+        F.when(is_book, F.timestamp_millis(bk["ingestion_timestamp"])).alias("ingestion_ts"),
+        F.when(is_book, ask - bid).alias("spread"),
+        is_trade.alias("is_trade"),
+        is_book.alias("is_book"),
+        bad.alias("bad"),
+        reason.alias("reason"),
     )
 
 
@@ -120,33 +148,6 @@ def _time_ok(ms, latest):
     return (ms >= limits.FIRST_EVENT_MS) & (ms <= latest)
 
 
-def _books(df, skew_ms: int):
-    """Kafka records of binance.book_ticker -> symbol, ingestion time, spread, the Kafka coordinates, `ok`."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import LongType, StringType, StructField, StructType
-
-    schema = StructType(
-        [
-            StructField("u", LongType()),
-            StructField("s", StringType()),
-            StructField("b", StringType()),
-            StructField("a", StringType()),
-            StructField("ingestion_timestamp", LongType()),
-        ]
-    )
-    d = F.from_json(F.col("value").cast("string"), schema)
-    bid, ask = d["b"].try_cast(PRICE_TYPE), d["a"].try_cast(PRICE_TYPE)
-    ok = _record_ok(d, "u", ("b", "a"), skew_ms) & (bid > 0) & (ask > 0)
-    ok = F.coalesce(ok, F.lit(False))
-    return df.select(
-        *KAFKA_COLUMNS,
-        d["s"].alias("symbol"),
-        F.when(ok, F.timestamp_millis(d["ingestion_timestamp"])).alias("ingestion_ts"),
-        (ask - bid).alias("spread"),
-        ok.alias("ok"),
-    )
-
-
 def source(spark, settings: Settings, max_offsets: int | None = None):
     """Both topics, read once per trigger by the job's one query."""
     return _kafka_source(spark, settings, f"{topic_name(TRADES)},{topic_name(BOOK_TICKER)}", max_offsets)
@@ -165,99 +166,63 @@ def unseen(offsets: dict[tuple[str, int], int]):
     return cond
 
 
-def batch_frames(df, settings: Settings):
-    """A micro-batch's Kafka records -> (trades, books) with typed columns and `ok`, parsed once."""
+TRADE_WINDOW_MS, SPREAD_WINDOW_MS = 60_000, 30_000
+
+
+def _window_start(ts, ms: int):
+    """The start of the tumbling window of `ms` that holds `ts` (as Spark's window() for times after 1970)."""
     from pyspark.sql import functions as F
 
-    skew = settings.max_clock_skew_ms
-    trades = _trades(df.where(F.col("topic") == topic_name(TRADES)), skew)
-    books = _books(df.where(F.col("topic") == topic_name(BOOK_TICKER)), skew)
-    return trades, books
+    return F.timestamp_millis(F.floor(F.unix_millis(ts) / ms) * ms)
 
 
-def trade_sums(trades):
-    """The batch's new trades' exact sums per (symbol, 1-minute window), a trade id counted once, with the
-    window's lowest and highest id (what decides whether the job has counted any of them: trade_ids.py)."""
+def batch_sums(frame):
+    """One pass over a micro-batch's records, grouped by (topic, partition, kind, symbol, window): per trade
+    window ('trade') its count, distinct ids, exact sums and lowest and highest id (what decides whether the
+    job has counted any of them: trade_ids.py); per spread window ('book') count, sum, max, min; for every
+    group its partition's last offset and the records the metrics cannot use (kind NULL: those, and
+    aggTrades). The driver adds the groups up (merge.py)."""
     from pyspark.sql import functions as F
 
-    good = (
-        trades.where((F.col("e") == TRADE) & F.col("ok"))
-        .select("symbol", "trade_id", "event_time", "p", "q")
-        .dropDuplicates(["symbol", "trade_id"])
+    trade, book = F.col("is_trade"), F.col("is_book")
+    kind = F.when(trade, "trade").when(book, "book")
+    window = F.when(trade, _window_start(F.col("event_time"), TRADE_WINDOW_MS)).when(
+        book, _window_start(F.col("ingestion_ts"), SPREAD_WINDOW_MS)
     )
-    return good.groupBy(F.col("symbol"), F.window("event_time", "1 minute")).agg(
+    return frame.groupBy(
+        "topic", "partition", kind.alias("kind"), F.when(trade | book, F.col("symbol")).alias("symbol"),
+        window.alias("window_start"),
+    ).agg(
         F.count(F.lit(1)).alias("n"),
+        F.count_distinct("trade_id").alias("n_ids"),
         F.try_sum(F.col("p") * F.col("q")).alias("sum_pq"),
         F.try_sum("q").alias("sum_q"),
         F.try_sum("p").alias("sum_p"),
         F.try_sum(F.col("p") * F.col("p")).alias("sum_pp"),
         F.min("trade_id").alias("first_id"),
         F.max("trade_id").alias("last_id"),
-    ).select("symbol", F.col("window.start").alias("window_start"), "n", "sum_pq", "sum_q", "sum_p", "sum_pp",
-             "first_id", "last_id")  # fmt: skip
+        F.sum("spread").alias("sum_spread"),
+        F.max("spread").alias("max_spread"),
+        F.min("spread").alias("min_spread"),
+        F.max("offset").alias("last_offset"),
+        F.sum(F.col("bad").cast("int")).alias("bad"),
+    )  # fmt: skip
 
 
-def trade_rows(trades, symbols: list[str]):
-    """The batch's good trades of `symbols`, one per id: the windows whose sums the driver computes itself
-    (some of their ids were counted before, their ids have holes, or Spark's sums overflowed)."""
+def trade_rows(frame, symbols: list[str]):
+    """The batch's trades of `symbols`, one per id: the windows whose sums the driver computes itself
+    (some of their ids were counted before, their ids have holes or repeats, or Spark's sums overflowed)."""
     from pyspark.sql import functions as F
 
     return (
-        trades.where((F.col("e") == TRADE) & F.col("ok") & F.col("symbol").isin(symbols))
+        frame.where(F.col("is_trade") & F.col("symbol").isin(symbols))
         .select("symbol", "trade_id", "event_time", "p", "q")
         .dropDuplicates(["symbol", "trade_id"])
     )
 
 
-def spread_sums(books):
+def rejects(frame):
+    """The records of either topic the metrics cannot use, with the reason: they go to dead_letters."""
     from pyspark.sql import functions as F
 
-    return (
-        books.where(F.col("ok"))
-        .groupBy(F.col("symbol"), F.window("ingestion_ts", "30 seconds"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.sum("spread").alias("sum_spread"),
-            F.max("spread").alias("max_spread"),
-            F.min("spread").alias("min_spread"),
-        )
-        .select("symbol", F.col("window.start").alias("window_start"), "n", "sum_spread", "max_spread", "min_spread")
-    )
-
-
-def batch_ends(trades, books):
-    """(topic, partition, last offset) of the batch's records."""
-    from pyspark.sql import functions as F
-
-    cols = ("topic", "partition", "offset")
-    return (
-        trades.select(*cols).unionByName(books.select(*cols)).groupBy("topic", "partition")
-        .agg(F.max("offset").alias("last_offset"))
-    )  # fmt: skip
-
-
-def rejects(trades, books, settings: Settings):
-    """The records of both topics the metrics cannot use, with the reason: they go to dead_letters."""
-    from pyspark.sql import functions as F
-
-    bad_trades = trades.where(
-        F.col("e").isNull() | ~F.col("e").isin(TRADE, AGG_TRADE) | ((F.col("e") == TRADE) & ~F.col("ok"))
-    ).select(
-        *KAFKA_COLUMNS,
-        F.when(F.col("e").isNull(), "not a JSON event (no event type, or a field of the wrong type)")
-        .when(~F.col("e").isin(TRADE, AGG_TRADE), F.concat(F.lit("unknown event type "), F.col("e")))
-        .otherwise(
-            f"a trade outside the contract: symbol not [A-Z0-9]{{2,{limits.SYMBOL_MAX_LENGTH}}}, a negative id, "
-            f"event or ingestion time outside {limits.FIRST_EVENT_MS}..ingestion/Kafka time + {settings.max_clock_skew_seconds} s, "
-            f"or a price/quantity that is not a positive decimal of {PRICE_TYPE}/{QUANTITY_TYPE}"
-        )
-        .alias("reason"),
-    )
-    bad_books = books.where(~F.col("ok")).select(
-        *KAFKA_COLUMNS,
-        F.lit(
-            f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
-            f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"
-        ).alias("reason"),
-    )
-    return bad_trades.unionByName(bad_books)
+    return frame.where(F.col("bad")).select(*KAFKA_COLUMNS, "reason")

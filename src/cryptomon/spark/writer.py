@@ -90,25 +90,19 @@ class MetricsWriter:
         """One micro-batch of both topics: decoded once, its rejects, its windows' sums and where it ends
         collected, then merged in one transaction with what it counted (offsets, trade ids)."""
         start = self.offsets()
-        trades, books = queries.batch_frames(batch_df.where(queries.unseen(start)), self.settings)
-        trades, books = trades.persist(), books.persist()
-        try:
-            bad = queries.rejects(trades, books, self.settings).collect()
-            ends = queries.batch_ends(trades, books).collect()
-            if not ends:  # Spark runs no batch without records: these were all counted before
-                log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh "
-                            "from older offsets), skipped; if Kafka was replaced and its offsets started again, "
-                            "clear metric_offsets", batch_id)  # fmt: skip
-                return
-            windows = queries.trade_sums(trades).collect()
-            spreads = queries.spread_sums(books).collect()
-            symbols = sorted({w.symbol for w in windows})
-            counted = self._trade_ids(symbols)
-            slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
-            rows = queries.trade_rows(trades, slow).collect() if slow else []
-        finally:
-            trades.unpersist()
-            books.unpersist()
+        frame = queries.batch_frame(batch_df.where(queries.unseen(start)), self.settings)
+        groups = queries.batch_sums(frame).collect()
+        if not groups:  # Spark runs no batch without records: these were all counted before
+            log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh from "
+                        "older offsets), skipped; if Kafka was replaced and its offsets started again, clear "
+                        "metric_offsets", batch_id)  # fmt: skip
+            return
+        ends, windows, spreads = merge.split(groups)
+        # the rare passes read the batch again: the poison's bytes, the trades of windows Spark cannot sum
+        bad = queries.rejects(frame).collect() if any(e.bad for e in ends) else []
+        counted = self._trade_ids(sorted({w.symbol for w in windows}))
+        slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
+        rows = queries.trade_rows(frame, slow).collect() if slow else []
         sums, ranges = merge.plan(windows, rows, counted)
         self.in_transaction(lambda conn: self._merge(conn, batch_id, start, ends, bad, sums, spreads, ranges))
         if slow:
