@@ -93,7 +93,7 @@ def run_rate(settings, spark, rate: int, batches: int, ckpt: Path) -> dict:
 
 def _forget_counted(settings) -> None:
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        for table in ("metric_offsets", "metric_trade_ids", "trade_metrics", "spread_metrics"):
+        for table in ("metric_offsets", "trade_metrics", "spread_metrics"):
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
 
 

@@ -49,6 +49,11 @@ Trade = namedtuple("Trade", "symbol trade_id event_time p q")
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
+def spark_time(t: datetime) -> datetime:
+    """A time as PySpark collects it: naive, in the driver's local time."""
+    return datetime.fromtimestamp(t.timestamp())
+
+
 def spark_like_groups(batch: list[tuple[int, Trade]], overflow: set) -> list:
     """What queries.batch_sums gives for a batch of (partition, trade): per partition and (symbol, minute)
     the count, distinct ids, sums over every record (repeats included) and id bounds; None sums where
@@ -62,24 +67,25 @@ def spark_like_groups(batch: list[tuple[int, Trade]], overflow: set) -> list:
         if (sym, ws) in overflow:
             sums[0] = None
         ids = [t.trade_id for t in ts]
-        out.append(Group("binance.trades", part, "trade", sym, ws, len(ts), len(set(ids)), *sums, min(ids), max(ids),
+        out.append(Group("binance.trades", part, "trade", sym, spark_time(ws), len(ts), len(set(ids)), *sums, min(ids), max(ids),
                          None, None, None, 1000, 0))  # fmt: skip
     return out
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40), st.sampled_from([0, 0, 0, 1])), min_size=1,
-             max_size=80),
+    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40), st.sampled_from([0, 0, 0, 1]),
+                       st.sampled_from([0, 0, 0, 10])), min_size=1, max_size=80),
     st.lists(st.integers(0, 79), max_size=6),
     st.sets(st.integers(0, 3), max_size=2),
 )  # fmt: skip
-def test_batches_merged_count_every_trade_id_once_whatever_the_order_duplicates_and_gaps(order, cuts, overflowing):
-    """Trades of two symbols, ids in any order, repeated at will, now and then in a second partition, cut
-    into batches anyhow: the merged windows equal an oracle of each (symbol, id) counted once (the first
-    record of an id wins, as in the raw table)."""
-    records = [(part, Trade(s, i, T0 + timedelta(seconds=7 * i), Decimal(f"{1 + i % 7}.{i:02d}"),
-                            Decimal(f"0.{i + 1:03d}"))) for s, i, part in order]  # fmt: skip
+def test_batches_merged_count_every_trade_once_whatever_the_order_duplicates_and_gaps(order, cuts, overflowing):
+    """Trades of two symbols, ids in any order, repeated at will, now and then in a second partition or
+    replayed 10 minutes later (the same id at another time: another trade, as in the raw table), cut into
+    batches anyhow: the merged windows equal an oracle of each (symbol, event time, id) counted once (the
+    first record of a trade wins, as in the raw table)."""
+    records = [(part, Trade(s, i, T0 + timedelta(seconds=7 * i, minutes=shift), Decimal(f"{1 + i % 7}.{i:02d}"),
+                            Decimal(f"0.{i + 1:03d}"))) for s, i, part, shift in order]  # fmt: skip
     bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
     counted: dict = {}
     windows: dict = {}
@@ -88,15 +94,16 @@ def test_batches_merged_count_every_trade_id_once_whatever_the_order_duplicates_
         overflow = {(s, T0 + timedelta(minutes=m)) for s in "AB" for m in overflowing}
         ends, trade_windows, _ = merge.split(spark_like_groups(batch, overflow))
         assert [(e.partition, e.last_offset) for e in ends] == sorted({(p, 1000) for p, _ in batch})
-        sums, ranges = merge.plan(trade_windows, [t for _, t in batch], counted)
-        counted.update(ranges)
+        rows = [t._replace(event_time=spark_time(t.event_time)) for _, t in batch]
+        sums = merge.plan(trade_windows, rows, counted)
+        counted.update({(x.symbol, x.window_start): list(x.ids) for x in sums})
         for x in sums:
             w = windows.setdefault((x.symbol, x.window_start), [0, 0, 0, 0, 0])
             for k, v in enumerate((x.n, x.sum_pq, x.sum_q, x.sum_p, x.sum_pp)):
                 w[k] += v
     first = {}
     for _, t in records:
-        first.setdefault((t.symbol, t.trade_id), t)
+        first.setdefault((t.symbol, t.event_time, t.trade_id), t)
     want: dict = {}
     for t in first.values():
         w = want.setdefault((t.symbol, merge.minute(t.event_time)), [0, 0, 0, 0, 0])

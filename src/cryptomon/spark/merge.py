@@ -1,17 +1,23 @@
 """What one micro-batch adds to the metric windows: Spark's groups added up per window, and for a trade
 window Spark's sums where none of its trades was counted before, otherwise the driver's own, from the
-window's trades, leaving out the ids counted already (pure; the design and why it is exact:
-docs/design.md).
+window's trades, leaving out the ids the window has counted already (pure; the design and why it is
+exact: docs/design.md).
+
+A trade is the raw table's (symbol, event_time, trade_id): the same id at two offsets within its window
+is one trade, counted once; the same id in another window (a recording replayed at other times) is
+another trade of that window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 
 from cryptomon.spark import trade_ids
 from cryptomon.spark.trade_ids import Range
+
+Window = tuple[str, datetime]  # symbol, window_start
 
 # p*q has up to 16 + 20 significant digits and a day's sum a few more: Decimal's default 28 would round
 EXACT_DIGITS = 80
@@ -19,7 +25,8 @@ EXACT_DIGITS = 80
 
 @dataclass(frozen=True, slots=True)
 class Sums:
-    """A window's share of one batch: count and exact sums of p*q, q, p, p*p."""
+    """A window's share of one batch: count and exact sums of p*q, q, p, p*p, and the ids the window has
+    counted once it is merged (its earlier ones and this batch's)."""
 
     symbol: str
     window_start: datetime
@@ -28,6 +35,7 @@ class Sums:
     sum_q: Decimal
     sum_p: Decimal
     sum_pp: Decimal
+    ids: tuple[Range, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +85,21 @@ def split(groups) -> tuple[list[End], list[TradeWindow], list[SpreadWindow]]:
     for g in groups:
         e = ends.setdefault((g.topic, g.partition), [g.last_offset, 0])
         e[0], e[1] = max(e[0], g.last_offset), e[1] + g.bad
-        key = (g.symbol, g.window_start)
+        if g.kind not in ("trade", "book"):  # the partition's poison only
+            continue
+        start = utc(g.window_start)
+        key = (g.symbol, start)
         if g.kind == "trade":
-            w = TradeWindow(g.symbol, g.window_start, g.n, g.n_ids, g.sum_pq, g.sum_q, g.sum_p, g.sum_pp,
+            w = TradeWindow(g.symbol, start, g.n, g.n_ids, g.sum_pq, g.sum_q, g.sum_p, g.sum_pp,
                             g.first_id, g.last_id)  # fmt: skip
             if (o := trades.get(key)) is not None:
-                w = TradeWindow(g.symbol, g.window_start, o.n + w.n, -1, None, None, None, None,
+                w = TradeWindow(g.symbol, start, o.n + w.n, -1, None, None, None, None,
                                 min(o.first_id, w.first_id), max(o.last_id, w.last_id))  # fmt: skip
             trades[key] = w
         elif g.kind == "book":
-            sw = SpreadWindow(g.symbol, g.window_start, g.n, g.sum_spread, g.max_spread, g.min_spread)
+            sw = SpreadWindow(g.symbol, start, g.n, g.sum_spread, g.max_spread, g.min_spread)
             if (x := spreads.get(key)) is not None:
-                sw = SpreadWindow(g.symbol, g.window_start, x.n + sw.n, x.sum_spread + sw.sum_spread,
+                sw = SpreadWindow(g.symbol, start, x.n + sw.n, x.sum_spread + sw.sum_spread,
                                   max(x.max_spread, sw.max_spread), min(x.min_spread, sw.min_spread))  # fmt: skip
             spreads[key] = sw
     return (
@@ -98,47 +109,49 @@ def split(groups) -> tuple[list[End], list[TradeWindow], list[SpreadWindow]]:
     )
 
 
-def needs_rows(w: TradeWindow, counted: dict[str, list[Range]]) -> bool:
+def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
     """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
-    twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted by
-    an earlier batch."""
+    twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted in
+    this window by an earlier batch. `counted`: the ids each window has counted (trade_metrics.counted_ids)."""
     return (
         None in (w.sum_pq, w.sum_q, w.sum_p, w.sum_pp)
         or w.n != w.n_ids
         or w.n != w.last_id - w.first_id + 1
-        or trade_ids.overlaps(counted.get(w.symbol, []), w.first_id, w.last_id)
+        or trade_ids.overlaps(counted.get((w.symbol, w.window_start), []), w.first_id, w.last_id)
     )
 
 
+def utc(t: datetime) -> datetime:
+    """A time Spark collected (PySpark gives naive local times) as an aware UTC one, as PostgreSQL's are."""
+    return t.astimezone(UTC)
+
+
 def minute(t: datetime) -> datetime:
-    return t.replace(second=0, microsecond=0)
+    return utc(t).replace(second=0, microsecond=0)
 
 
-def plan(
-    windows: list[TradeWindow], rows, counted: dict[str, list[Range]]
-) -> tuple[list[Sums], dict[str, list[Range]]]:
-    """The batch's sums to merge and the counted ranges of every symbol it touched. `windows`: split()'s;
-    `rows`: the trades
-    (symbol, trade_id, event_time, p, q) of at least every window for which needs_rows(); an id twice in
-    them is counted once."""
+def plan(windows: list[TradeWindow], rows, counted: dict[Window, list[Range]]) -> list[Sums]:
+    """The batch's sums to merge, each with its window's counted ids. `windows`: split()'s; `rows`: the
+    trades (symbol, trade_id, event_time, p, q) of at least every window for which needs_rows(); an id twice
+    in a window is counted once."""
     out: list[Sums] = []
-    new: dict[str, list[Range]] = {}
-    slow: set[tuple[str, datetime]] = set()
+    slow: set[Window] = set()
     for w in windows:
+        key = (w.symbol, w.window_start)
         if needs_rows(w, counted):
-            slow.add((w.symbol, w.window_start))
+            slow.add(key)
             continue
         assert w.sum_pq is not None and w.sum_q is not None and w.sum_p is not None and w.sum_pp is not None
-        out.append(Sums(w.symbol, w.window_start, w.n, w.sum_pq, w.sum_q, w.sum_p, w.sum_pp))
-        new.setdefault(w.symbol, []).append((w.first_id, w.last_id))
-    acc: dict[tuple[str, datetime], list] = {}
-    ids: dict[str, set[int]] = {}
+        ids = trade_ids.add(counted.get(key, []), [(w.first_id, w.last_id)])
+        out.append(Sums(w.symbol, w.window_start, w.n, w.sum_pq, w.sum_q, w.sum_p, w.sum_pp, tuple(ids)))
+    acc: dict[Window, list] = {}
+    seen: dict[Window, set[int]] = {}
     with localcontext(prec=EXACT_DIGITS):
         for r in rows:
             key = (r.symbol, minute(r.event_time))
-            if key not in slow or r.trade_id in ids.get(r.symbol, ()):
+            if key not in slow or r.trade_id in seen.get(key, ()):
                 continue
-            if trade_ids.contains(counted.get(r.symbol, []), r.trade_id):
+            if trade_ids.contains(counted.get(key, []), r.trade_id):
                 continue
             a = acc.setdefault(key, [0, Decimal(0), Decimal(0), Decimal(0), Decimal(0)])
             a[0] += 1
@@ -146,9 +159,8 @@ def plan(
             a[2] += r.q
             a[3] += r.p
             a[4] += r.p * r.p
-            ids.setdefault(r.symbol, set()).add(r.trade_id)
-    out += [Sums(s, ws, *a) for (s, ws), a in sorted(acc.items())]
-    for symbol, got in ids.items():
-        new.setdefault(symbol, []).extend(trade_ids.runs(sorted(got)))
-    touched = {s for s, _ in slow} | set(new)
-    return out, {s: trade_ids.add(counted.get(s, []), new.get(s, [])) for s in sorted(touched)}
+            seen.setdefault(key, set()).add(r.trade_id)
+    for (symbol, window_start), (n, sum_pq, sum_q, sum_p, sum_pp) in sorted(acc.items()):
+        ids = trade_ids.add(counted.get((symbol, window_start), []), trade_ids.runs(sorted(seen[symbol, window_start])))
+        out.append(Sums(symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, tuple(ids)))
+    return out

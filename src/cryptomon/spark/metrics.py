@@ -5,24 +5,27 @@ merges are exact: docs/design.md).
 
 from __future__ import annotations
 
-# A batch's sums per trade window (symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold) added
-# to the window's (trade_count is its n, volume its sum of q) and the metrics computed from the totals.
+# A batch's sums per trade window (symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold, ids)
+# added to the window's (trade_count is its n, volume its sum of q) and the metrics computed from the
+# totals; ids: the ids the window has counted with this batch, '{first,last,first,last,...}'.
 # Windows written before migration 012 have no sums: left as they are.
 TRADE_MERGE = """
 INSERT INTO trade_metrics AS m (symbol, window_start, window_end, vwap, price_stddev, trade_count, volume,
-                                volatility_alert, volume_spike, updated_at, sum_pq, sum_p, sum_pp)
+                                volatility_alert, volume_spike, updated_at, sum_pq, sum_p, sum_pp,
+                                counted_ids)
 SELECT symbol, window_start, window_start + interval '1 minute', round(sum_pq / sum_q, 20), stddev, n, sum_q,
-       coalesce(stddev > threshold, false), false, now(), sum_pq, sum_p, sum_pp
+       coalesce(stddev > threshold, false), false, now(), sum_pq, sum_p, sum_pp,
+       ids::bigint[]
 FROM (
     SELECT t.*, CASE WHEN n > 1 THEN sqrt(greatest((sum_pp - sum_p * sum_p / n) / (n - 1), 0))::double precision
                 END AS stddev
     FROM (
-        SELECT b.symbol, b.window_start, b.threshold, b.n + coalesce(o.trade_count, 0) AS n,
+        SELECT b.symbol, b.window_start, b.threshold, b.ids, b.n + coalesce(o.trade_count, 0) AS n,
                b.sum_pq + coalesce(o.sum_pq, 0) AS sum_pq, b.sum_q + coalesce(o.volume, 0) AS sum_q,
                b.sum_p + coalesce(o.sum_p, 0) AS sum_p, b.sum_pp + coalesce(o.sum_pp, 0) AS sum_pp
         FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
-                    %s::numeric[], %s::double precision[])
-             AS b(symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold)
+                    %s::numeric[], %s::double precision[], %s::text[])
+             AS b(symbol, window_start, n, sum_pq, sum_q, sum_p, sum_pp, threshold, ids)
         LEFT JOIN trade_metrics o ON o.symbol = b.symbol AND o.window_start = b.window_start
         WHERE o.symbol IS NULL OR o.sum_pq IS NOT NULL
     ) t
@@ -30,7 +33,7 @@ FROM (
 ON CONFLICT (symbol, window_start) DO UPDATE SET
     vwap = EXCLUDED.vwap, price_stddev = EXCLUDED.price_stddev, trade_count = EXCLUDED.trade_count,
     volume = EXCLUDED.volume, volatility_alert = EXCLUDED.volatility_alert, updated_at = EXCLUDED.updated_at,
-    sum_pq = EXCLUDED.sum_pq, sum_p = EXCLUDED.sum_p, sum_pp = EXCLUDED.sum_pp
+    sum_pq = EXCLUDED.sum_pq, sum_p = EXCLUDED.sum_p, sum_pp = EXCLUDED.sum_pp, counted_ids = EXCLUDED.counted_ids
 """
 
 # where each partition's counting stands, locked for the batch's transaction (one job writes at a time)
@@ -43,11 +46,13 @@ SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])
 ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = greatest(metric_offsets.next_offset,
                                                                           EXCLUDED.next_offset)
 """
-# the trade ids counted, per symbol (trade_ids.py)
-TRADE_IDS = "SELECT symbol, first_id, last_id FROM metric_trade_ids WHERE symbol = ANY(%s) ORDER BY 1, 2"
-TRADE_IDS_DELETE = "DELETE FROM metric_trade_ids WHERE symbol = ANY(%s)"
-TRADE_IDS_SAVE = """
-INSERT INTO metric_trade_ids (symbol, first_id, last_id) SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
+# the ids the batch's trade windows have counted ([first, last, first, last, ...]), from the oldest window
+# (symbols[], window starts[], oldest)
+TRADE_IDS = """
+SELECT m.symbol, m.window_start, m.counted_ids
+FROM trade_metrics m
+JOIN unnest(%s::text[], %s::timestamptz[]) AS b(symbol, window_start) USING (symbol, window_start)
+WHERE m.window_start >= %s AND m.counted_ids IS NOT NULL
 """
 
 # Recompute volume_spike for the symbols just written, from the earliest window that changed onwards

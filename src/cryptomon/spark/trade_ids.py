@@ -1,9 +1,9 @@
-"""Which trade ids the metrics have counted, per symbol, as sorted disjoint ranges of ids (inclusive).
+"""Which trade ids a metric window has counted, as sorted disjoint ranges of ids (inclusive).
 
-Binance numbers each symbol's trades 1, 2, 3, ...: what a job has counted is one range per symbol that
-grows with every micro-batch, plus one more per gap that a backfill has not filled yet. A trade whose id
-is in a range is a duplicate (Kafka holding it twice, at two offsets) and is not counted again; one in no
-range is new, however late it comes (pure).
+Binance numbers each symbol's trades 1, 2, 3, ...: what a window has counted is one range of ids that
+grows with every micro-batch, plus one more per gap that a backfill has not filled yet. A trade of the
+window whose id is in a range is a duplicate (Kafka holding it twice, at two offsets) and is not counted
+again; one in no range is new, however late it comes (pure).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 
 Range = tuple[int, int]  # first id, last id, both counted
-MAX_RANGES = 1_000  # per symbol: the lowest go first (gaps that old are not backfilled any more)
+MAX_RANGES = 1_000  # per window: the lowest go first (a window's trades are one run but for gaps)
 
 
 def overlaps(ranges: list[Range], first: int, last: int) -> bool:

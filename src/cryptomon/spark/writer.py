@@ -100,11 +100,11 @@ class MetricsWriter:
         ends, windows, spreads = merge.split(groups)
         # the rare passes read the batch again: the poison's bytes, the trades of windows Spark cannot sum
         bad = queries.rejects(frame).collect() if any(e.bad for e in ends) else []
-        counted = self._trade_ids(sorted({w.symbol for w in windows}))
+        counted = self._counted_ids(windows)
         slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
         rows = queries.trade_rows(frame, slow).collect() if slow else []
-        sums, ranges = merge.plan(windows, rows, counted)
-        self.in_transaction(lambda conn: self._merge(conn, batch_id, start, ends, bad, sums, spreads, ranges))
+        sums = merge.plan(windows, rows, counted)
+        self.in_transaction(lambda conn: self._merge(conn, batch_id, start, ends, bad, sums, spreads))
         if slow:
             log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, gaps in their ids, "
                      "or Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
@@ -115,18 +115,24 @@ class MetricsWriter:
             log.warning("batch %d: %d records the metrics cannot use sent to dead_letters", batch_id, len(bad))
         log.debug("batch %d: %d trade windows, %d spread windows", batch_id, len(sums), len(spreads))
 
-    def _trade_ids(self, symbols: list[str]) -> dict[str, list]:
-        counted: dict[str, list] = {}
+    def _counted_ids(self, windows: list[merge.TradeWindow]) -> dict[merge.Window, list]:
+        """The ids each of the batch's trade windows has counted so far (trade_metrics.counted_ids)."""
+        counted: dict[merge.Window, list] = {}
 
         def work(conn):
-            for symbol, first, last in conn.execute(metrics.TRADE_IDS, (symbols,)):
-                counted.setdefault(symbol, []).append((first, last))
+            args = (
+                [w.symbol for w in windows],
+                [w.window_start for w in windows],
+                min(w.window_start for w in windows),
+            )
+            for symbol, window_start, ids in conn.execute(metrics.TRADE_IDS, args):
+                counted[(symbol, window_start)] = list(zip(ids[::2], ids[1::2], strict=True))
 
-        if symbols:
+        if windows:
             self.in_transaction(work)
         return counted
 
-    def _merge(self, conn, batch_id: int, start: dict, ends, bad, sums, spreads, ranges) -> None:
+    def _merge(self, conn, batch_id: int, start: dict, ends, bad, sums, spreads) -> None:
         if _offsets(conn, locked=True) != start:  # another job counted in the meantime: this batch is stale
             raise RuntimeError("metric_offsets moved during the micro-batch: is a second streaming job running "
                                "against this database? This job stops; a restart goes on from the offsets")  # fmt: skip
@@ -138,8 +144,8 @@ class MetricsWriter:
         if sums:
             threshold = self.settings.volatility_threshold_for
             conn.execute(metrics.TRADE_MERGE, metrics.columns(
-                [(s.symbol, s.window_start, s.n, s.sum_pq, s.sum_q, s.sum_p, s.sum_pp, threshold(s.symbol))
-                 for s in sums]))  # fmt: skip
+                [(s.symbol, s.window_start, s.n, s.sum_pq, s.sum_q, s.sum_p, s.sum_pp, threshold(s.symbol),
+                  _ids_literal(s.ids)) for s in sums]))  # fmt: skip
             conn.execute(metrics.VOLUME_SPIKE_UPDATE, {
                 "k": self.settings.volume_spike_factor, "n": self.settings.volume_spike_windows,
                 "m": min(self.settings.volume_spike_min_windows, self.settings.volume_spike_windows),
@@ -148,10 +154,6 @@ class MetricsWriter:
         if spreads:
             data = [(r.symbol, r.window_start, r.n, r.sum_spread, r.max_spread, r.min_spread) for r in spreads]
             conn.execute(metrics.SPREAD_MERGE, [self.settings.spread_warning_factor, *metrics.columns(data)])
-        if ranges:
-            conn.execute(metrics.TRADE_IDS_DELETE, (list(ranges),))
-            flat = [(s, first, last) for s, rs in ranges.items() for first, last in rs]
-            conn.execute(metrics.TRADE_IDS_SAVE, metrics.columns(flat))
         conn.execute(metrics.OFFSETS_SAVE, metrics.columns([(e.topic, e.partition, e.last_offset + 1) for e in ends]))
 
     def record_progress(self, p: dict) -> None:
@@ -168,6 +170,11 @@ class MetricsWriter:
 def _offsets(conn, locked: bool = False) -> dict[tuple[str, int], int]:
     rows = (conn.execute(metrics.OFFSETS_LOCKED) if locked else conn.execute(metrics.OFFSETS)).fetchall()
     return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def _ids_literal(ranges) -> str:
+    """A window's counted ranges as the bigint[] literal '{first,last,first,last,...}'."""
+    return "{" + ",".join(f"{first},{last}" for first, last in ranges) + "}"
 
 
 def _ts(value: str) -> datetime:

@@ -19,14 +19,11 @@ CREATE TABLE IF NOT EXISTS metric_offsets (
     PRIMARY KEY (topic, kafka_partition)
 );
 
--- per symbol, the trade ids counted, as ranges (spark/trade_ids.py): the same trade at two offsets
--- (an ingestion that produced it again) is counted once
-CREATE TABLE IF NOT EXISTS metric_trade_ids (
-    symbol    TEXT   NOT NULL,
-    first_id  BIGINT NOT NULL,
-    last_id   BIGINT NOT NULL,
-    PRIMARY KEY (symbol, first_id)
-);
+-- per trade window, the trade ids it has counted, as ranges [first, last, first, last, ...]
+-- (spark/trade_ids.py): the same trade at two offsets (an ingestion that produced it again) is counted
+-- once. A trade is the raw table's (symbol, event_time, trade_id): the same id in another window is
+-- another trade. Kept with the window, so retention ages it with the window.
+ALTER TABLE trade_metrics ADD COLUMN IF NOT EXISTS counted_ids BIGINT[];
 
 -- the repair loop that looked for trades behind Spark's watermark is gone (late trades merge into their
 -- window): its cursor, which held back the retention of trades, and its index on inserted_at go with it
