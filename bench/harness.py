@@ -324,7 +324,8 @@ def render_market(m: dict) -> list[str]:
         f"8,000 bookTickers/s), followed as `CRYPTOMON_SYMBOLS=*USDT`, for {x['seconds']:g} s; every connection "
         f"dropped twice ({drops}); gaps backfilled within Binance's REST limits (the ingestion's budget: 3,000 "
         "weight a minute), then the market goes on until every event is stored and every window with backfilled "
-        "trades equals its raw rows.",
+        "trades equals its raw rows. Late window latency: from its last backfilled row landing (or its close, if "
+        "it was still open then) to the update that made it equal to its raw rows.",
         "",
         "| events/s measured | symbols stored | raw row p50 / p99 | metric after window close p50 / p99 | "
         "windows with backfilled trades / repaired, late window p99 | every event stored once |",
