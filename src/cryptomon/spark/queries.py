@@ -210,14 +210,15 @@ def batch_sums(frame):
 
 
 def trade_rows(frame, symbols: list[str]):
-    """The batch's trades of `symbols`, one per id: the windows whose sums the driver computes itself
-    (some of their ids were counted before, their ids have holes or repeats, or Spark's sums overflowed)."""
+    """The batch's trades of `symbols`, one per (id, event time), the raw table's key: the windows whose
+    sums the driver computes itself (some of their ids were counted before, their ids have holes or
+    repeats, or Spark's sums overflowed). The same id at another time is another window's trade."""
     from pyspark.sql import functions as F
 
     return (
         frame.where(F.col("is_trade") & F.col("symbol").isin(symbols))
         .select("symbol", "trade_id", "event_time", "p", "q")
-        .dropDuplicates(["symbol", "trade_id"])
+        .dropDuplicates(["symbol", "trade_id", "event_time"])
     )
 
 
