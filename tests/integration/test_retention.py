@@ -15,11 +15,11 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from cryptomon.db.horizons import BEFORE_HORIZON
 from cryptomon.db.migrate import migrate
 from cryptomon.retention import archive
 from cryptomon.retention.loop import Retention
 from cryptomon.services.local import TimescaleDB
-from cryptomon.worker.horizons import BEFORE_HORIZON
 from cryptomon.worker.rows import DeadLetter, TradeRow
 from cryptomon.worker.sink import TimescaleSink
 from tests.helpers import env_for, wait_for

@@ -368,6 +368,66 @@ def test_poison_records_go_to_dead_letters_and_the_queries_go_on(stack, tmp_path
     assert "Traceback" not in job.log()
 
 
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def test_records_older_than_an_archive_horizon_are_set_aside_not_merged(stack, tmp_path):
+    """With the raw tables' and metric tables' horizons published (as `cryptomon retention` does), a trade
+    or a bookTicker of archived times (a hostile writer, a backfill days late) is a dead letter: no metric
+    window before a horizon is written (it could re-create an archived chunk) and none counts a trade
+    whose raw row the worker set aside. A horizon moving during a batch makes the write compute again."""
+    from cryptomon.spark.queries import NO_CUTS, Cuts
+    from cryptomon.spark.writer import HorizonMoved, MetricsWriter
+
+    sym = new_symbols("HZ", 1)[0]
+    now = int(time.time() * 1000)
+    published = {"trades": "2019-01-01T00:00:00", "trade_metrics": "2020-01-01T00:00:30",
+                 "book_ticker": "2022-01-01T00:00:00"}  # fmt: skip
+    trades = [
+        trade(sym, 1, "10", "1", ms("2018-06-01T00:00:00"), now),  # before both horizons
+        trade(sym, 2, "10", "1", ms("2019-06-01T00:00:00"), now),  # its raw row kept, its window archived
+        trade(sym, 3, "10", "1", ms("2020-01-01T00:00:45"), now),  # after the horizon, in a window before it
+        trade(sym, 4, "10", "2", ms("2020-01-01T00:01:05"), now),
+        trade(sym, 5, "10", "3", ms("2021-06-01T00:00:00"), now),
+    ]
+    books = [{"u": 1, "s": sym, "b": "1.0", "a": "1.5", "ingestion_timestamp": ms("2021-06-01T00:00:00")},
+             {"u": 2, "s": sym, "b": "1.0", "a": "1.5", "ingestion_timestamp": now}]  # fmt: skip
+    with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
+        for table, at in published.items():
+            conn.execute("INSERT INTO archive_horizon (table_name, horizon) VALUES (%s, %s::timestamp AT TIME ZONE "
+                         "'UTC') ON CONFLICT (table_name) DO UPDATE SET horizon = EXCLUDED.horizon", (table, at))  # fmt: skip
+        try:
+            job = streaming_job(stack, tmp_path, "spark-horizon")
+            try:
+                produce(stack.kafka_bootstrap, [("trade", t) for t in trades] + [("bookTicker", b) for b in books])
+                wait_for(lambda: len(dead_letters_of(stack, sym)) == 4, 120, interval=1.0, what="four dead letters")
+                wait_for(lambda: fetch(stack.pg_dsn, "SELECT count(*) FROM spread_metrics WHERE symbol = %s",
+                                       (sym,))[0][0] == 1, 60, what="the recent spread window")  # fmt: skip
+                assert job.alive()
+            finally:
+                job.stop()
+            assert "Traceback" not in job.log()
+            dead = dead_letters_of(stack, sym)
+            assert all(e.startswith("spark: before_archive_horizon") for _, _, e in dead), dead
+            assert sorted(t for t, _, _ in dead) == [topic_name(BOOK_TICKER)] + [topic_name(TRADES)] * 3
+            windows = fetch(stack.pg_dsn, "SELECT window_start, trade_count, volume FROM trade_metrics WHERE symbol = %s "
+                            "ORDER BY 1", (sym,))  # fmt: skip
+            assert windows == [(datetime(2020, 1, 1, 0, 1, tzinfo=UTC), 1, Decimal(2)),
+                               (datetime(2021, 6, 1, tzinfo=UTC), 1, Decimal(3))]  # fmt: skip
+
+            writer = MetricsWriter(stack)
+            try:
+                start, cuts = writer.offsets()
+                assert cuts == Cuts(ms("2020-01-01T00:01:00"), ms("2022-01-01T00:00:00"))
+                with pytest.raises(HorizonMoved):  # a batch begun before these horizons were published
+                    writer.in_transaction(lambda c: writer._merge(c, 0, start, NO_CUTS, [], [], [], []))
+            finally:
+                writer.stopping.set()
+        finally:  # the other tests on the test server publish none
+            conn.execute("DELETE FROM archive_horizon WHERE table_name = ANY(%s)", (list(published),))
+
+
 def test_trades_backfilled_after_their_window_closed_reach_it_within_30_s(stack, tmp_path):
     """Five trades of the first minute are held back and arrive, backfilled, 2 minutes after that window
     closed: the next micro-batch merges them into it (and the volume-spike flags after it are recomputed)."""

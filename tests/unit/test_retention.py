@@ -10,10 +10,13 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cryptomon.db.horizons import Horizons, cut
 from cryptomon.retention import archive, policy
 from cryptomon.settings import SettingsError, load_settings, parse_age
-from cryptomon.worker.horizons import Horizons
+from cryptomon.spark.queries import Cuts, cuts
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -145,3 +148,22 @@ def test_writers_read_the_horizons_again_every_few_seconds():
     assert h.get("trades", conn) == 1000
     clock[0] = 5.0
     assert h.get("trades", conn) == 2000 and conn.n == 2
+
+
+def test_the_streaming_jobs_cut_is_the_later_of_the_raw_horizon_and_the_metric_one_rounded_up_to_a_window():
+    minute = 60_000
+    t = 1_700_000_000_000 // minute * minute  # a window's start
+    assert cut({}, "trades", "trade_metrics", minute) is None  # nothing archived: nothing set aside
+    assert cut({"book_ticker": t}, "trades", "trade_metrics", minute) is None  # another table's
+    assert cut({"trades": t + 7}, "trades", "trade_metrics", minute) == t + 7  # the worker's own comparison
+    assert cut({"trade_metrics": t}, "trades", "trade_metrics", minute) == t
+    # a horizon inside a window: that whole window starts before it, so its records all go aside
+    assert cut({"trade_metrics": t + 1}, "trades", "trade_metrics", minute) == t + minute
+    assert cut({"trades": t + 5 * minute, "trade_metrics": t + 1}, "trades", "trade_metrics", minute) == t + 5 * minute
+    assert cut({"trades": t, "trade_metrics": t + 90_000}, "trades", "trade_metrics", minute) == t + 2 * minute
+    assert cuts({"trades": t, "spread_metrics": t + 1}) == Cuts(t, t + 30_000)
+
+
+@given(st.integers(0, 4_000_000_000_000), st.integers(0, 4_000_000_000_000), st.sampled_from([30_000, 60_000]))
+def test_a_record_is_cut_exactly_when_its_window_starts_before_the_metric_horizon(h, ms, window):
+    assert (ms < cut({"m": h}, "raw", "m", window)) == (ms // window * window < h)

@@ -4,8 +4,10 @@ A chunk is dropped whole, and only when no writer can add to it any more:
 1. Its whole range is older than the table's age: its end is at or before now - age.
 2. The table's *horizon* (the end of the newest such chunk) was published at least `hold` seconds ago.
    The worker re-reads the horizons every few seconds and sets a row older than its table's horizon aside
-   as a dead letter (`before_archive_horizon`) instead of inserting it. So after `hold` no new row reaches
-   the chunk: the archive is complete, and a dropped range is never re-created by a late or replayed row.
+   as a dead letter (`before_archive_horizon`) instead of inserting it; the streaming job does the same for
+   the metric windows, checked in the transaction that writes them (db/horizons.py). So after `hold`
+   no new row reaches the chunk: the archive is complete, and a dropped range is never re-created by a late
+   or replayed row.
 A horizon only moves forward, and a newer one is published only once every chunk below the current one
 is gone: publishing restarts the hold, so chunks held back (by an archive that failed) would otherwise wait
 for ever when chunks are shorter than the hold. No reader of the raw rows holds a drop back: the streaming

@@ -6,9 +6,13 @@ there is any). The driver merges the sums into the metric tables (merge.py, writ
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 from cryptomon.binance import limits
 from cryptomon.binance.schema import AGG_TRADE, SYMBOL, TRADE
+from cryptomon.db import horizons
+from cryptomon.db.horizons import BEFORE_HORIZON
 from cryptomon.kafka.security import spark_kafka_options
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
@@ -55,6 +59,27 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
 PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
 KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
+TRADE_WINDOW_MS, SPREAD_WINDOW_MS = 60_000, 30_000
+
+
+class Cuts(NamedTuple):
+    """Epoch ms before which trades (event time) and bookTickers (ingestion time) are set aside (None: none)."""
+
+    trade: int | None
+    book: int | None
+
+
+NO_CUTS = Cuts(None, None)
+
+
+def cuts(by_table: dict[str, int]) -> Cuts:
+    """The cuts from the archive horizons (db.horizons.read): trades against `trades` and
+    `trade_metrics`, bookTickers against `book_ticker` and `spread_metrics`."""
+    return Cuts(
+        horizons.cut(by_table, TRADES, "trade_metrics", TRADE_WINDOW_MS),
+        horizons.cut(by_table, BOOK_TICKER, "spread_metrics", SPREAD_WINDOW_MS),
+    )
+
 
 def _schemas():
     from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
@@ -69,14 +94,16 @@ def _schemas():
     return trade, book
 
 
-def batch_frame(df, settings: Settings):
+def batch_frame(df, settings: Settings, cuts: Cuts = NO_CUTS):
     """A micro-batch's Kafka records of both topics -> one row each, parsed once (by its topic's schema):
     the Kafka coordinates and bytes, typed columns, `is_trade` (a trade the metrics use), `is_book` (a
     bookTicker they use), and `bad` with its `reason` (poison: anything else but an aggTrade, which is fine
     and not used). The contract is the ingestion's and the worker's (cryptomon.binance.schema): a record
     outside it never reaches a window, and its times are not converted at all (a year-10000 time would fail
     the query). The ingestion time is bounded by the record's Kafka timestamp (the broker's append time),
-    not the batch's clock, so that a replayed batch decides the same."""
+    not the batch's clock, so that a replayed batch decides the same. `cuts`: the times before which a trade
+    (its event time) or a bookTicker (its ingestion time) is set aside, its raw row or its metric window
+    archived or about to be (db.horizons.cut)."""
     from pyspark.sql import functions as F
 
     skew = settings.max_clock_skew_ms
@@ -95,11 +122,18 @@ def batch_frame(df, settings: Settings):
     bid, ask = bk["b"].try_cast(PRICE_TYPE), bk["a"].try_cast(PRICE_TYPE)
     book_ok = F.coalesce(_record_ok(bk, "u", ("b", "a"), skew) & (bid > 0) & (ask > 0), F.lit(False))
     e = tr["e"]
-    is_trade = is_trades & F.coalesce(e == TRADE, F.lit(False)) & trade_ok
-    is_book = ~is_trades & book_ok
-    bad = F.when(is_trades, e.isNull() | ~e.isin(TRADE, AGG_TRADE) | ((e == TRADE) & ~trade_ok)).otherwise(~book_ok)
+    trade_old, book_old = _before(tr["T"], cuts.trade), _before(bk["ingestion_timestamp"], cuts.book)
+    is_trade = is_trades & F.coalesce(e == TRADE, F.lit(False)) & trade_ok & ~trade_old
+    is_book = ~is_trades & book_ok & ~book_old
+    bad = F.when(
+        is_trades, e.isNull() | ~e.isin(TRADE, AGG_TRADE) | ((e == TRADE) & (~trade_ok | trade_old))
+    ).otherwise(~book_ok | book_old)
     reason = (
-        F.when(~is_trades, F.lit(
+        F.when(is_trades & trade_ok & trade_old, F.lit(f"{BEFORE_HORIZON}: a trade before {_iso(cuts.trade)}, "
+                                                       "its raw row or its window archived or about to be"))
+        .when(~is_trades & book_ok & book_old, F.lit(f"{BEFORE_HORIZON}: a bookTicker before {_iso(cuts.book)}, "
+                                                     "its raw row or its window archived or about to be"))
+        .when(~is_trades, F.lit(
             f"a bookTicker outside the contract: symbol, update id, ingestion time (at most its Kafka time + "
             f"{settings.max_clock_skew_seconds} s), or a bid/ask that is not a positive {PRICE_TYPE}"))
         .when(e.isNull(), "not a JSON event (no event type, or a field of the wrong type)")
@@ -124,6 +158,17 @@ def batch_frame(df, settings: Settings):
         bad.alias("bad"),
         reason.alias("reason"),
     )
+
+
+def _before(ms, cut: int | None):
+    """Whether an epoch-ms time is before the cut (never NULL; always False without a cut)."""
+    from pyspark.sql import functions as F
+
+    return F.lit(False) if cut is None else F.coalesce(ms < cut, F.lit(False))
+
+
+def _iso(ms: int | None) -> str:
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def _record_ok(d, id_field: str, decimals: tuple[str, ...], skew_ms: int):
@@ -164,9 +209,6 @@ def unseen(offsets: dict[tuple[str, int], int]):
         cond = F.when((F.col("topic") == topic) & (F.col("partition") == partition),
                       F.col("offset") >= next_offset).otherwise(cond)  # fmt: skip
     return cond
-
-
-TRADE_WINDOW_MS, SPREAD_WINDOW_MS = 60_000, 30_000
 
 
 def _window_start(ts, ms: int):

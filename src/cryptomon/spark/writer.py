@@ -12,6 +12,7 @@ from datetime import datetime
 import psycopg
 
 from cryptomon.backoff import Backoff
+from cryptomon.db import horizons
 from cryptomon.db.errors import DATA_ERRORS
 from cryptomon.diskguard import DiskGuard
 from cryptomon.errors import Unavailable
@@ -20,6 +21,10 @@ from cryptomon.spark import merge, metrics, queries
 from cryptomon.spark.queries import POISON_QUERY
 
 log = logging.getLogger(__name__)
+
+
+class HorizonMoved(Exception):
+    """An archive horizon moved between a micro-batch's start and its write: the batch is computed again."""
 
 
 class MetricsWriter:
@@ -80,17 +85,32 @@ class MetricsWriter:
                     )
                     self.stopping.wait(delay)
 
-    def offsets(self) -> dict[tuple[str, int], int]:
-        """Where each partition's counting stands (metric_offsets), waiting for the database like a write."""
+    def offsets(self) -> tuple[dict[tuple[str, int], int], queries.Cuts]:
+        """Where each partition's counting stands (metric_offsets) and the archive horizons' cuts, waiting
+        for the database like a write."""
         got: dict[tuple[str, int], int] = {}
-        self.in_transaction(lambda conn: got.update(_offsets(conn)))
-        return got
+        cuts = [queries.NO_CUTS]
+
+        def work(conn):
+            got.update(_offsets(conn))
+            cuts[0] = queries.cuts(horizons.read(conn))
+
+        self.in_transaction(work)
+        return got, cuts[0]
 
     def write_batch(self, batch_df, batch_id: int) -> None:
         """One micro-batch of both topics: decoded once, its rejects, its windows' sums and where it ends
-        collected, then merged in one transaction with what it counted (offsets, trade ids)."""
-        start = self.offsets()
-        frame = queries.batch_frame(batch_df.where(queries.unseen(start)), self.settings)
+        collected, then merged in one transaction with what it counted (offsets, trade ids). Computed again
+        in the rare case an archive horizon moved meanwhile (the transaction checks)."""
+        while True:
+            try:
+                return self._write_batch(batch_df, batch_id)
+            except HorizonMoved as moved:
+                log.info("batch %d: %s; computed again", batch_id, moved)
+
+    def _write_batch(self, batch_df, batch_id: int) -> None:
+        start, cuts = self.offsets()
+        frame = queries.batch_frame(batch_df.where(queries.unseen(start)), self.settings, cuts)
         groups = queries.batch_sums(frame).collect()
         if not groups:  # Spark runs no batch without records: these were all counted before
             log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh from "
@@ -104,7 +124,7 @@ class MetricsWriter:
         slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
         rows = queries.trade_rows(frame, slow).collect() if slow else []
         sums = merge.plan(windows, rows, counted)
-        self.in_transaction(lambda conn: self._merge(conn, batch_id, start, ends, bad, sums, spreads))
+        self.in_transaction(lambda conn: self._merge(conn, batch_id, start, cuts, ends, bad, sums, spreads))
         if slow:
             log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, gaps in their ids, "
                      "or Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
@@ -113,6 +133,9 @@ class MetricsWriter:
             for r in bad[:5]:
                 log.warning("dead letter %s[%d]@%d: %s | %.200r", r.topic, r.partition, r.offset, r.reason, r.value)
             log.warning("batch %d: %d records the metrics cannot use sent to dead_letters", batch_id, len(bad))
+            if aside := sum(1 for r in bad if r.reason.startswith(horizons.BEFORE_HORIZON)):
+                log.warning("batch %d: %d of them older than an archive horizon (%s): their windows or raw rows "
+                            "are archived", batch_id, aside, cuts)  # fmt: skip
         log.debug("batch %d: %d trade windows, %d spread windows", batch_id, len(sums), len(spreads))
 
     def _counted_ids(self, windows: list[merge.TradeWindow]) -> dict[merge.Window, list]:
@@ -132,10 +155,14 @@ class MetricsWriter:
             self.in_transaction(work)
         return counted
 
-    def _merge(self, conn, batch_id: int, start: dict, ends, bad, sums, spreads) -> None:
+    def _merge(self, conn, batch_id: int, start: dict, cuts: queries.Cuts, ends, bad, sums, spreads) -> None:
         if _offsets(conn, locked=True) != start:  # another job counted in the meantime: this batch is stale
             raise RuntimeError("metric_offsets moved during the micro-batch: is a second streaming job running "
                                "against this database? This job stops; a restart goes on from the offsets")  # fmt: skip
+        # read in the transaction that writes: a horizon published after this read drops its chunks only a
+        # hold (>= 10 s) later, long after this commit, and the archive's lock waits for it
+        if (now := queries.cuts(horizons.read(conn))) != cuts:
+            raise HorizonMoved(f"an archive horizon moved during the micro-batch ({cuts} -> {now})")
         if bad:
             conn.execute(metrics.DEAD_LETTER_INSERT, metrics.columns(
                 [(r.topic, r.partition, r.offset, r.key, r.value, f"spark: {r.reason}") for r in bad]))  # fmt: skip

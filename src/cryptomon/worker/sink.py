@@ -11,9 +11,9 @@ from functools import lru_cache
 import psycopg
 
 from cryptomon.db.errors import DATA_ERRORS
+from cryptomon.db.horizons import BEFORE_HORIZON, Horizons
 from cryptomon.errors import Unavailable
 from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
-from cryptomon.worker.horizons import BEFORE_HORIZON, Horizons
 from cryptomon.worker.rows import DeadLetter
 
 log = logging.getLogger(__name__)
