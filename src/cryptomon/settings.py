@@ -321,6 +321,13 @@ class Settings(BaseSettings):
         description="JVM heap of the Spark driver (spark.driver.memory; local mode: the whole job).",
     )
     spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of the streaming job.")
+    spark_trigger_offset_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Micro-batches start this long after each multiple of the trigger interval, so that the "
+        "batch closing a window holds its last trades, still on their way when it ends (0: Spark's own "
+        "trigger, at the multiples; spark/pacing.py).",
+    )
     spark_checkpoint_dir: Path | None = Field(
         None,
         description="Checkpoints of the streaming queries (restart point); default: spark-checkpoints in the "

@@ -1,16 +1,20 @@
-"""The Spark job's pure parts: which trade ids were counted, what a micro-batch adds to its windows, and
-where the query starts."""
+"""The Spark job's pure parts: which trade ids were counted, what a micro-batch adds to its windows,
+where the query starts and when its batches do."""
 
 import itertools
+import threading
+import time
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptomon.spark import merge, trade_ids
+from cryptomon.spark.pacing import Pacer
 
 
 def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
@@ -126,3 +130,30 @@ def test_spread_groups_of_one_window_in_two_partitions_add_up():
     assert trades == [] and spreads == [merge.SpreadWindow("X", T0, 3, Decimal("0.8"), Decimal("0.5"), Decimal("0.1"))]
     assert [(e.topic, e.partition, e.last_offset, e.bad) for e in ends] == [
         ("binance.book_ticker", 0, 7, 0), ("binance.book_ticker", 1, 3, 0), ("binance.trades", 0, 9, 4)]  # fmt: skip
+
+
+def test_paced_batches_start_the_offset_after_each_multiple_of_the_interval_and_at_once_when_behind():
+    now = [1_000_000.0]
+    pacer = Pacer(10.0, 1.0, clock=lambda: now[0])
+    assert pacer.next_start(1_000_000.0) == 1_000_001.0  # a batch begun on a boundary: the next starts 1 s on
+    assert pacer.next_start(1_000_001.0) == 1_000_011.0  # begun at its own start: one interval later
+    assert pacer.next_start(1_000_001.05) == 1_000_011.0  # Spark's planning took a moment
+    assert pacer.next_start(1_000_010.999) == 1_000_011.0
+    assert Pacer(1.0, 1.0).offset == 0.0 and Pacer(10.0, 12.5).offset == 2.5  # the offset within an interval
+    stopping = threading.Event()
+    now[0] = 1_000_012.0  # the batch begun at 1_000_001.05 overran its interval: the next starts at once
+    assert pacer.wait(1_000_001.05, stopping) == 0.0
+    stopping.set()
+    t0 = time.monotonic()
+    now[0] = 1_000_001.5
+    assert pacer.wait(1_000_001.05, stopping) == pytest.approx(9.5)  # what it was to wait ...
+    assert time.monotonic() - t0 < 1.0  # ... cut short: the job is stopping
+
+
+@given(st.floats(0, 4e9), st.floats(0.5, 60), st.floats(0, 60))
+def test_the_next_start_is_within_one_interval_after_and_on_the_offset_grid(began, interval, offset):
+    pacer = Pacer(interval, offset)
+    start = pacer.next_start(began)
+    assert began < start <= began + interval + 1e-6 * max(1.0, began)
+    k = (start - pacer.offset) / interval
+    assert abs(k - round(k)) < 1e-6 * max(1.0, began)

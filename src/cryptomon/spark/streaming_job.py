@@ -14,6 +14,7 @@ import time
 
 from cryptomon.errors import ConfigError
 from cryptomon.settings import Settings
+from cryptomon.spark.pacing import Pacer
 from cryptomon.spark.queries import METRICS_QUERY, source
 from cryptomon.spark.writer import MetricsWriter
 
@@ -57,8 +58,16 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
 def start_query(
     spark, settings: Settings, writer: MetricsWriter, trigger: dict | None = None, max_offsets: int | None = None
 ):
-    """Start the job's query; returns it. `trigger` defaults to processingTime every N seconds;
+    """Start the job's query; returns it. `trigger` defaults to one batch every N seconds, started the
+    offset after each multiple of N by the sink (pacing.py; without an offset, Spark's processingTime);
     `max_offsets` caps its batch (messages of both topics), for the benchmark."""
+    if trigger is None and settings.spark_trigger_offset_seconds > 0:
+        writer.pacer = Pacer(settings.spark_trigger_seconds, settings.spark_trigger_offset_seconds)
+        trigger = {"processingTime": "0 seconds"}
+        # with no new records Spark asks Kafka again after this (default 10 ms: a hundred asks a second)
+        spark.conf.set(
+            "spark.sql.streaming.pollingDelay", f"{round(min(settings.spark_trigger_seconds, 1.0) * 1000)}ms"
+        )
     trigger = trigger or {"processingTime": f"{settings.spark_trigger_seconds} seconds"}
     return (
         source(spark, settings, max_offsets).writeStream.queryName(METRICS_QUERY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from cryptomon.diskguard import DiskGuard
 from cryptomon.errors import Unavailable
 from cryptomon.settings import Settings
 from cryptomon.spark import merge, metrics, queries
+from cryptomon.spark.pacing import Pacer
 from cryptomon.spark.queries import POISON_QUERY
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class MetricsWriter:
         self.data_errors = 0  # micro-batch writes PostgreSQL refused for their data
         self.dead_letters = 0
         self.run_id = uuid.uuid4().hex
+        self.pacer: Pacer | None = None  # set when the query's trigger is paced by the sink (pacing.py)
+        self.paced_ms: dict[int, int] = {}  # per batch id, how long the sink waited after writing
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -102,11 +106,15 @@ class MetricsWriter:
         """One micro-batch of both topics: decoded once, its rejects, its windows' sums and where it ends
         collected, then merged in one transaction with what it counted (offsets, trade ids). Computed again
         in the rare case an archive horizon moved meanwhile (the transaction checks)."""
+        began = time.time()
         while True:
             try:
-                return self._write_batch(batch_df, batch_id)
+                self._write_batch(batch_df, batch_id)
+                break
             except HorizonMoved as moved:
                 log.info("batch %d: %s; computed again", batch_id, moved)
+        if self.pacer is not None:  # the next batch starts at the pacer's time (pacing.py)
+            self.paced_ms[batch_id] = round(self.pacer.wait(began, self.stopping) * 1000)
 
     def _write_batch(self, batch_df, batch_id: int) -> None:
         start, cuts = self.offsets()
@@ -186,8 +194,12 @@ class MetricsWriter:
     def record_progress(self, p: dict) -> None:
         """Spark's report of a batch: input rows and duration (stream_progress; the job has no watermark and
         drops nothing for lateness, so dropped_late stays 0)."""
-        row = (p.get("name"), p.get("batchId"), p.get("runId"), _ts(p["timestamp"]), p.get("numInputRows", 0),
-               p.get("batchDuration", 0))  # fmt: skip
+        batch = p.get("batchId", -1)
+        paced = self.paced_ms.pop(batch, 0)  # the sink's wait for the next start is no part of the batch
+        for old in [b for b in self.paced_ms if b < batch]:  # reports never received
+            del self.paced_ms[old]
+        row = (p.get("name"), batch, p.get("runId"), _ts(p["timestamp"]), p.get("numInputRows", 0),
+               max(p.get("batchDuration", 0) - paced, 0))  # fmt: skip
         try:
             self.in_transaction(lambda conn: conn.execute(metrics.PROGRESS_INSERT, row), retry=False)
         except psycopg.Error as exc:  # progress is informative: never fail the job for it
