@@ -132,6 +132,16 @@ def test_spread_groups_of_one_window_in_two_partitions_add_up():
         ("binance.book_ticker", 0, 7, 0), ("binance.book_ticker", 1, 3, 0), ("binance.trades", 0, 9, 4)]  # fmt: skip
 
 
+def test_a_batch_is_counted_before_only_where_a_group_starts_below_its_partitions_next_offset():
+    Ends = namedtuple("Ends", "topic partition first_offset")
+    groups = [Ends("binance.trades", 0, 100), Ends("binance.trades", 1, 40), Ends("binance.book_ticker", 0, 7)]
+    assert not merge.counted_before(groups, {})  # nothing counted yet
+    assert not merge.counted_before(groups, {("binance.trades", 0): 100, ("binance.trades", 1): 40})
+    assert not merge.counted_before(groups, {("binance.trades", 2): 10**9})  # another partition's offsets
+    assert merge.counted_before(groups, {("binance.trades", 1): 41})  # offset 40 was counted
+    assert merge.counted_before(groups, {("binance.book_ticker", 0): 8})
+
+
 def test_paced_batches_start_the_offset_after_each_multiple_of_the_interval_and_at_once_when_behind():
     now = [1_000_000.0]
     pacer = Pacer(10.0, 1.0, clock=lambda: now[0])

@@ -109,6 +109,12 @@ def split(groups) -> tuple[list[End], list[TradeWindow], list[SpreadWindow]]:
     )
 
 
+def counted_before(groups, start: dict[tuple[str, int], int]) -> bool:
+    """Whether some group of a batch (queries.batch_sums) holds a record at an offset its partition has
+    counted already: `start` is each partition's next offset to count (metric_offsets; none: nothing yet)."""
+    return any(g.first_offset < start.get((g.topic, g.partition), 0) for g in groups)
+
+
 def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
     """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
     twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted in

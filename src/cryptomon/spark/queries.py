@@ -17,6 +17,7 @@ from cryptomon.kafka.security import spark_kafka_options
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
+from cryptomon.spark import merge
 
 METRICS_QUERY, POISON_QUERY = "metrics", "poison_records"  # the query; its dead letters' counts in stream_progress
 
@@ -201,7 +202,9 @@ def source(spark, settings: Settings, max_offsets: int | None = None):
 def unseen(offsets: dict[tuple[str, int], int]):
     """The records at or after each partition's next offset to count (metric_offsets): a batch replayed
     after a crash, or a job started afresh from the earliest offsets, counts nothing twice. True without
-    offsets (nothing counted yet)."""
+    offsets (nothing counted yet). Its offsets are literals that Spark's generated code holds as constants,
+    so each new set of them compiles the batch's code again: applied only to a batch that holds records
+    counted before (batch_groups)."""
     from pyspark.sql import functions as F
 
     cond = F.lit(True)
@@ -222,7 +225,7 @@ def batch_sums(frame):
     """One pass over a micro-batch's records, grouped by (topic, partition, kind, symbol, window): per trade
     window ('trade') its count, distinct ids, exact sums and lowest and highest id (what decides whether the
     job has counted any of them: trade_ids.py); per spread window ('book') count, sum, max, min; for every
-    group its partition's last offset and the records the metrics cannot use (kind NULL: those, and
+    group the first and last offsets of its records and the records the metrics cannot use (kind NULL: those, and
     aggTrades). The driver adds the groups up (merge.py)."""
     from pyspark.sql import functions as F
 
@@ -246,9 +249,26 @@ def batch_sums(frame):
         F.sum("spread").alias("sum_spread"),
         F.max("spread").alias("max_spread"),
         F.min("spread").alias("min_spread"),
+        F.min("offset").alias("first_offset"),
         F.max("offset").alias("last_offset"),
         F.sum(F.col("bad").cast("int")).alias("bad"),
     )  # fmt: skip
+
+
+def batch_groups(batch_df, settings: Settings, start: dict[tuple[str, int], int], cuts: Cuts = NO_CUTS):
+    """A micro-batch's groups (batch_sums) of the records not counted before, and its frame (batch_frame).
+
+    A batch normally starts where the last one ended (metric_offsets), so it is summed as it is: its plan
+    is the same in every batch and Spark reuses the code it generated for it (filtering by offsets, whose
+    values change every batch, compiled two new classes a batch, ~100 ms of Janino each and code the JIT
+    saw for the first time). Only when a partition's first record was counted before (a batch replayed after
+    a crash, or a job started afresh from older offsets) is it summed again, the counted records left out."""
+    frame = batch_frame(batch_df, settings, cuts)
+    groups = batch_sums(frame).collect()
+    if merge.counted_before(groups, start):
+        frame = batch_frame(batch_df.where(unseen(start)), settings, cuts)
+        groups = batch_sums(frame).collect()
+    return groups, frame
 
 
 def trade_rows(frame, symbols: list[str]):

@@ -118,8 +118,7 @@ class MetricsWriter:
 
     def _write_batch(self, batch_df, batch_id: int) -> None:
         start, cuts = self.offsets()
-        frame = queries.batch_frame(batch_df.where(queries.unseen(start)), self.settings, cuts)
-        groups = queries.batch_sums(frame).collect()
+        groups, frame = queries.batch_groups(batch_df, self.settings, start, cuts)
         if not groups:  # Spark runs no batch without records: these were all counted before
             log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh from "
                         "older offsets), skipped; if Kafka was replaced and its offsets started again, clear "

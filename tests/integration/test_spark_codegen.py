@@ -1,0 +1,74 @@
+"""The job's micro-batch plan in a Spark session of the test's own (no Kafka: the batches are DataFrames of
+Kafka's columns): a batch that starts where the last one ended is summed by the code Spark generated for the
+first, not compiled again, and a replayed batch counts only the records not counted before."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from cryptomon.kafka.topics import topic_name
+from cryptomon.names import BOOK_TICKER, TRADES
+from cryptomon.settings import Settings
+from cryptomon.spark import queries
+from cryptomon.spark.streaming_job import build_session
+
+pytestmark = pytest.mark.integration
+TRADES_TOPIC, BOOK_TOPIC = topic_name(TRADES), topic_name(BOOK_TICKER)
+MINUTE = 60_000
+
+
+@pytest.fixture(scope="module")
+def spark():
+    settings = Settings(spark_master="local[1]", spark_ui_port=0, spark_shuffle_partitions=1)
+    session = build_session(settings, "cryptomon-test-codegen")
+    yield session, settings
+    session.stop()
+
+
+def batch(session, first: int, n: int, t0: int):
+    """n trades and n bookTickers of one symbol at offsets first.. of partition 0 of each topic, a trade and
+    a bookTicker every 100 ms from t0 + first * 100 ms, as the ingestion writes them."""
+    rows = []
+    for offset in range(first, first + n):
+        at = t0 + offset * 100
+        trade = {"e": "trade", "E": at, "s": "CGUSDT", "t": offset + 1, "p": "100.5", "q": "0.25", "T": at,
+                 "m": offset % 2 == 0, "ingestion_timestamp": at + 5}  # fmt: skip
+        book = {"u": offset + 1, "s": "CGUSDT", "b": "100.1", "B": "1", "a": "100.3", "A": "2",
+                "ingestion_timestamp": at}  # fmt: skip
+        rows.append((TRADES_TOPIC, 0, offset, b"CGUSDT", orjson.dumps(trade), at + 10))
+        rows.append((BOOK_TOPIC, 0, offset, b"CGUSDT", orjson.dumps(book), at + 10))
+    df = session.createDataFrame(rows, "topic string, partition int, offset long, key binary, value binary, ms long")
+    return df.selectExpr("topic", "partition", "offset", "key", "value", "timestamp_millis(ms) AS timestamp")
+
+
+def compilations(session) -> int:
+    """Classes Spark's code generator has compiled in this JVM so far."""
+    return session.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
+
+
+def trades_per_minute(groups) -> dict[int, int]:
+    return {int(g.window_start.timestamp()) * 1000: g.n for g in groups if g.kind == "trade"}
+
+
+def test_the_next_batch_reuses_the_generated_code_and_a_replay_counts_only_what_is_new(spark):
+    session, settings = spark
+    t0 = (int(time.time() * 1000) // MINUTE - 10) * MINUTE
+    first, second = batch(session, 0, 900, t0), batch(session, 900, 900, t0)  # 90 s each: 1.5 minutes
+    groups, _ = queries.batch_groups(first, settings, {})
+    assert trades_per_minute(groups) == {t0: 600, t0 + MINUTE: 300}
+
+    ended = {(TRADES_TOPIC, 0): 900, (BOOK_TOPIC, 0): 900}  # where the first batch ended
+    before = compilations(session)
+    groups, _ = queries.batch_groups(second, settings, ended)
+    assert compilations(session) == before  # the same plan: no code compiled for the second batch
+    assert trades_per_minute(groups) == {t0 + MINUTE: 300, t0 + 2 * MINUTE: 600}
+    assert sum(g.n for g in groups if g.kind == "book") == 900
+
+    # the second batch replayed after its first 300 records were counted: only the other 600 count
+    groups, _ = queries.batch_groups(second, settings, {(TRADES_TOPIC, 0): 1200, (BOOK_TOPIC, 0): 1200})
+    assert trades_per_minute(groups) == {t0 + 2 * MINUTE: 600}
+    assert sum(g.n for g in groups if g.kind == "book") == 600
+    assert min(g.first_offset for g in groups) == 1200
