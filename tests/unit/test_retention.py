@@ -106,6 +106,15 @@ def test_an_archive_holds_the_exact_decimals_and_reads_without_cryptomon(tmp_pat
     assert pl.read_parquet(path)["price"].to_list() == [Decimal(r[2]) for r in ROWS]
 
 
+def test_small_reads_make_row_groups_of_the_set_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "ROW_GROUP_ROWS", 2)
+    path = archive.path_for(tmp_path, "trades", "c", T0)
+    archive.write(path, COLUMNS, iter([[r] for r in ROWS]), EXPECTED, {})  # a row a read
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 1]
+    assert pq.read_table(path).column("trade_id").to_pylist() == [r[1] for r in ROWS]
+
+
 def test_a_file_that_does_not_hold_what_the_chunk_held_is_never_left_whole(tmp_path):
     path = archive.path_for(tmp_path, "trades", "c", T0)
     wrong = archive.Expected(3, 1, 3, "trade_id", "price", Decimal("1000000097000.10000001"))  # one unit of 1e-8

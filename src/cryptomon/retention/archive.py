@@ -26,6 +26,7 @@ PARTIAL = ".parquet.partial"  # a file being written: never matched by *.parquet
 META = "cryptomon"  # key of the file's metadata: what the chunk held
 COMPRESSION = "zstd"
 DECIMAL128_DIGITS = 38
+ROW_GROUP_ROWS = 100_000  # rows a Parquet row group holds (the reads come in smaller batches: Arrow's, compact)
 
 
 class ArchiveMismatch(Exception):
@@ -166,9 +167,15 @@ def write(path: Path, columns: list[Column], batches: Iterable[list[tuple]], exp
     schema = schema_of(columns, {**info, **expected.as_meta()})
     try:
         with pq.ParquetWriter(partial, schema, compression=COMPRESSION) as out:
+            group: list[pa.RecordBatch] = []  # what the next row group holds, in Arrow's memory
             for rows in batches:
                 if rows:
-                    out.write_batch(batch_of(columns, rows))
+                    group.append(batch_of(columns, rows))
+                if sum(b.num_rows for b in group) >= ROW_GROUP_ROWS:
+                    out.write_table(pa.Table.from_batches(group), row_group_size=ROW_GROUP_ROWS)
+                    group = []
+            if group:
+                out.write_table(pa.Table.from_batches(group), row_group_size=ROW_GROUP_ROWS)
         with open(partial, "rb+") as f:
             os.fsync(f.fileno())
         verify(partial, expected)
