@@ -39,6 +39,7 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.caseSensitive", "true")  # Binance uses both `t` (trade id) and `T` (trade time)
         .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.driver.extraJavaOptions", settings.spark_driver_java_options)
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
@@ -46,6 +47,9 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.driver.host", settings.spark_driver_host)
     )
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)  # read by the JVM PySpark starts
+    # glibc gives each thread that allocates its own malloc arena (up to 8 a core), which the JVM's native
+    # allocations (compression codecs, Netty, the compiler) fragment and never give back: RSS creeps up
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     if settings.spark_ui_port:
         builder = builder.config("spark.ui.port", str(settings.spark_ui_port))
     else:
