@@ -351,6 +351,8 @@ def run_rate(
             for n, v in rss_series.items()
         },
         "disk": soak.disk_result(disk),
+        # the soak's memory, one sample a minute (MiB): warm-up and growth told apart by eye
+        "rss_mib_per_minute": soak.per_minute(rss_series, sample_every) if load.retention_minutes else None,
         "archive": archived,
         "lag_trend": round(quarter_mean(lag, 3) - quarter_mean(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {

@@ -83,6 +83,12 @@ def slope_per_hour(values: list[float], every: float, skip: float = 0.25) -> flo
     return sum((x - mx) * (y - my) for x, y in zip(xs, part, strict=True)) / var if var else None
 
 
+def per_minute(series: dict[str, list[int]], every: float) -> dict[str, list[float]]:
+    """Each process's RSS series (bytes, a sample every `every` seconds) as one value a minute, in MiB."""
+    step = max(1, round(60 / every))
+    return {n: [round(v / 2**20, 1) for v in values[::step]] for n, values in series.items()}
+
+
 def disk_result(series: list[dict]) -> dict:
     """Per component: MiB at the start, the end, the most, and the growth per hour over the run's second half
     (by then retention drops as fast as data comes: bounded means about 0 there)."""

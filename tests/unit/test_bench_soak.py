@@ -48,3 +48,12 @@ def test_the_soak_goals_need_every_measure():
     assert g["soak_exact_accounting_db_plus_archive"]
     run["archive"]["keys"]["trades"]["once"] = False
     assert not soak.goals(run)["soak_exact_accounting_db_plus_archive"]
+
+
+def test_the_rss_series_is_kept_a_value_a_minute_and_reported_at_each_quarter():
+    harness = bench_module("harness")
+    series = {"book": [i * MIB for i in range(360)]}  # a sample every 10 s for an hour, +1 MiB each
+    minutes = soak.per_minute(series, 10.0)["book"]
+    assert len(minutes) == 60 and minutes[:3] == [0, 6, 12] and minutes[-1] == 354
+    assert harness.quarters(minutes) == [84, 174, 264, 354]
+    assert harness.quarters([1.0, 2.0, 3.0]) == []
