@@ -29,6 +29,14 @@ DECIMAL128_DIGITS = 38
 ROW_GROUP_ROWS = 100_000  # rows a Parquet row group holds (the reads come in smaller batches: Arrow's, compact)
 
 
+def use_system_pool() -> None:
+    """Arrow's buffers from the C library's malloc instead of pyarrow's default (mimalloc): writing chunks of the
+    market soak's size (1M and 420k rows) one after another, a process's RSS rose 126 -> 232 MiB over 25 pairs of
+    files with mimalloc (also with `release_unused()` after each file) and stayed at 143-155 MiB with the system
+    pool, for a long-lived writer like the retention loop."""
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 class ArchiveMismatch(Exception):
     """A file does not hold what the chunk held (or what its metadata says): it is not used."""
 

@@ -28,8 +28,7 @@ from cryptomon.settings import Settings
 log = logging.getLogger(__name__)
 
 # rows a round trip while archiving: each is Python objects until it is an Arrow batch, so few at a time (a
-# 100,000-row fetch held an estimated 40 MB of them; the loop's RSS rose to 394-765 MiB in the market soaks, the
-# cause not isolated); archive.ROW_GROUP_ROWS a row group
+# 100,000-row fetch held an estimated 40 MB of them); archive.ROW_GROUP_ROWS a row group
 FETCH_ROWS = 10_000
 
 CHUNKS_SQL = (
@@ -269,6 +268,7 @@ class Retention:
 
 
 def main(settings: Settings) -> None:
+    archive.use_system_pool()  # the loop writes files for weeks: see there
     retention = Retention(settings)
     server = health_server(settings, settings.retention_health_port, retention.health, retention.registry)
     if server:
