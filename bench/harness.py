@@ -657,7 +657,7 @@ def render_market_soak(ms: dict) -> list[str]:
     ]
     lines += [
         "",
-        "| disk | start (MiB) | end (MiB) | most (MiB) | second half (MiB/h) |",
+        "| disk | start (MiB) | end (MiB) | most (MiB) | second half (MiB/h, least squares) |",
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [

@@ -74,13 +74,17 @@ def slope_per_hour(values: list[float], every: float, skip: float = 0.25) -> flo
     """Least-squares slope of a series sampled every `every` seconds, per hour, over all but its first
     `skip` share (the warm-up)."""
     part = values[int(len(values) * skip) :]
-    n = len(part)
+    return least_squares([i * every / 3600 for i in range(len(part))], part)
+
+
+def least_squares(xs: list[float], ys: list[float]) -> float | None:
+    """Slope of the least-squares line through the points (None under three of them)."""
+    n = len(xs)
     if n < 3:
         return None
-    xs = [i * every / 3600 for i in range(n)]
-    mx, my = sum(xs) / n, sum(part) / n
+    mx, my = sum(xs) / n, sum(ys) / n
     var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, part, strict=True)) / var if var else None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else None
 
 
 def per_minute(series: dict[str, list[int]], every: float) -> dict[str, list[float]]:
@@ -90,19 +94,26 @@ def per_minute(series: dict[str, list[int]], every: float) -> dict[str, list[flo
 
 
 def disk_result(series: list[dict]) -> dict:
-    """Per component: MiB at the start, the end, the most, and the growth per hour over the run's second half
-    (by then retention drops as fast as data comes: bounded means about 0 there)."""
+    """Per component: MiB at the start, the end, the most, each minute, and the growth per hour over the run's
+    second half (by then retention drops as fast as data comes: bounded means about 0 there). The growth is the
+    least-squares slope of the half's samples: the database's size is a saw (a chunk's worth of rows comes in,
+    then the chunk is dropped at once), so its two ends alone say more about where the saw stood than about
+    a trend."""
     out: dict = {}
     if len(series) < 2:
         return out
     half = series[len(series) // 2 :]
-    hours = (half[-1]["t"] - half[0]["t"]) / 3600 or 1
+    hours = [(s["t"] - half[0]["t"]) / 3600 for s in half]
     for key in ("postgres", "kafka", "checkpoint", "archive"):
+        slope = least_squares(hours, [s[key] / 2**20 for s in half])
+        if slope is None:  # two samples: from one end to the other
+            slope = (half[-1][key] - half[0][key]) / 2**20 / (hours[-1] or 1)
         out[key] = {
             "start_mib": round(series[0][key] / 2**20, 1),
             "end_mib": round(series[-1][key] / 2**20, 1),
             "max_mib": round(max(s[key] for s in series) / 2**20, 1),
-            "second_half_mib_per_hour": round((half[-1][key] - half[0][key]) / 2**20 / hours, 1),
+            "second_half_mib_per_hour": round(slope, 1),
+            "mib_per_sample": [round(s[key] / 2**20, 1) for s in series],
         }
     return out
 

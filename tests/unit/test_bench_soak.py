@@ -30,8 +30,28 @@ def test_disk_growth_is_measured_over_the_second_half():
         for i in range(20)
     ]
     disk = soak.disk_result(series)
-    assert disk["postgres"] == {"start_mib": 0.0, "end_mib": 10.0, "max_mib": 10.0, "second_half_mib_per_hour": 0.0}
+    assert {k: v for k, v in disk["postgres"].items() if k != "mib_per_sample"} == {
+        "start_mib": 0.0,
+        "end_mib": 10.0,
+        "max_mib": 10.0,
+        "second_half_mib_per_hour": 0.0,
+    }
+    assert disk["postgres"]["mib_per_sample"][:3] == [0.0, 1.0, 2.0]
     assert disk["kafka"]["second_half_mib_per_hour"] == pytest.approx(120.0)  # 2 MiB a minute
+
+
+def test_a_saw_without_a_trend_is_not_growth():
+    # an hour sampled each minute, chunks dropped at once: 100 MiB, up 50 a minute, back every third minute;
+    # the second half runs from the saw's foot to its top, which its two ends alone would call +207 MiB/h
+    saw = [100 + 50 * (i % 3) for i in range(60)]
+    series = [
+        {"t": 60.0 * i, "postgres": v * MIB, "kafka": 0, "checkpoint": 0, "archive": 0} for i, v in enumerate(saw)
+    ]
+    assert (saw[30], saw[-1]) == (100, 200)
+    assert abs(soak.disk_result(series)["postgres"]["second_half_mib_per_hour"]) < 100
+    for sample in series[-10:]:  # a real climb in the last ten minutes is still seen
+        sample["postgres"] += 300 * MIB
+    assert soak.disk_result(series)["postgres"]["second_half_mib_per_hour"] > 100
 
 
 def test_the_soak_goals_need_every_measure():
