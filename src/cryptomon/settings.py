@@ -321,12 +321,10 @@ class Settings(BaseSettings):
         description="JVM heap of the Spark driver (spark.driver.memory; local mode: the whole job).",
     )
     spark_driver_java_options: str = Field(
-        "-XX:+UseSerialGC -XX:ReservedCodeCacheSize=128m -XX:+AlwaysPreTouch",
-        description="JVM options of the Spark driver (spark.driver.extraJavaOptions; local mode: the whole job), "
-        "after -Xms set to CRYPTOMON_SPARK_DRIVER_MEMORY (an -Xms here wins): the serial collector (no concurrent GC "
-        "threads or G1's remembered sets on a small heap) and a smaller code cache, what keeps the job's RSS and CPU "
-        "down beside its heap; the whole heap committed and touched at start, so that its RSS does not creep up as "
-        "the heap grows to its maximum over hours.",
+        "-XX:+UseSerialGC -XX:ReservedCodeCacheSize=128m",
+        description="JVM options of the Spark driver (spark.driver.extraJavaOptions; local mode: the whole job): "
+        "the serial collector (no concurrent GC threads or G1's remembered sets on a small heap) and a smaller code "
+        "cache, what keeps the job's RSS and CPU down beside its heap.",
     )
     spark_trigger_seconds: float = Field(10.0, gt=0, description="Micro-batch trigger interval of the streaming job.")
     spark_trigger_offset_seconds: float = Field(

@@ -39,9 +39,7 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.caseSensitive", "true")  # Binance uses both `t` (trade id) and `T` (trade time)
         .config("spark.driver.memory", settings.spark_driver_memory)
-        .config(
-            "spark.driver.extraJavaOptions", f"-Xms{settings.spark_driver_memory} {settings.spark_driver_java_options}"
-        )
+        .config("spark.driver.extraJavaOptions", settings.spark_driver_java_options)
         .config("spark.ui.showConsoleProgress", "false")
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
