@@ -295,6 +295,9 @@ def retention(
         retention_main(s)
         return
     report = Retention(s).run_once()
+    if report.get("skipped"):
+        console.print(f"pass skipped: {report['skipped']}")
+        raise typer.Exit(1)
     for table, done in report["tables"].items():
         console.print(f"{table}: {len(done['dropped'])} chunks dropped, {len(done['kept'])} kept on error, "
                       f"{done['chunks'] - len(done['dropped'])} left; horizon {done['horizon']}"

@@ -17,8 +17,8 @@ import pytest
 
 from cryptomon.db.horizons import BEFORE_HORIZON
 from cryptomon.db.migrate import migrate
-from cryptomon.retention import archive
-from cryptomon.retention.loop import Retention
+from cryptomon.retention import archive, policy
+from cryptomon.retention.loop import CHUNKS_SQL, PASS_LOCK, Retention
 from cryptomon.services.local import TimescaleDB
 from cryptomon.worker.rows import DeadLetter, TradeRow
 from cryptomon.worker.sink import TimescaleSink
@@ -229,6 +229,12 @@ def test_books_and_metrics_keep_their_unbounded_decimals_exactly(own_db):
             "SELECT last_update_id, bid_prices, bid_qtys, ask_qtys FROM order_book_snapshots"
         ).fetchall()
         metrics = conn.execute("SELECT last_update_id, microprice, spread_bps_sum FROM book_metrics").fetchall()
+        (chunk,) = [policy.Chunk(*r) for r in conn.execute(CHUNKS_SQL, ("order_book_snapshots",))]
+        columns = {c.name: c for c in Retention._columns(conn, chunk)}  # what sizes each fetch: values a row
+        assert [columns[n].values for n in ("last_update_id", "bid_prices", "bid_qtys", "ask_prices", "ask_qtys")] == [
+            1, 2, 2, 1, 1,  # an empty array counts as one value
+        ]  # fmt: skip
+        assert (columns["bid_prices"].precision, columns["bid_prices"].scale) == (7, 2)
         retention = Retention(settings)
         retention.run_once()
         age_horizons(conn)
@@ -242,3 +248,26 @@ def test_books_and_metrics_keep_their_unbounded_decimals_exactly(own_db):
     ) == sorted(books)
     assert archived_rows(root, "book_metrics", ["last_update_id", "microprice", "spread_bps_sum"]) == sorted(metrics)
     assert metrics[0][2] == Decimal("0.33333333333333333333")  # PostgreSQL's 1.0 / 3: 20 digits, all kept
+
+
+def test_one_pass_at_a_time_on_a_database(own_db):
+    """A second retention process (a `cryptomon retention` started beside `cryptomon up`) skips its passes
+    while another holds the pass lock: it neither removes the other's partial file nor drops a chunk."""
+    settings = own_db.model_copy(update={"retention_trades": 3600})
+    partial = settings.archive_path / "trades" / "date=2026-12-05" / f"x{archive.PARTIAL}"
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn, psycopg.connect(settings.pg_dsn) as other:
+        insert_trades(conn, seconds=180, ago=7200)
+        before = chunk_names(conn, "trades")
+        retention = Retention(settings)
+        retention.run_once()
+        age_horizons(conn)
+        other.execute("SELECT pg_advisory_lock(%s)", (PASS_LOCK,))  # the other pass, writing a file
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"being written by the other pass")
+        report = retention.run_once()
+        assert report["skipped"] and retention.m_skipped._value.get() == 1
+        assert partial.exists() and chunk_names(conn, "trades") == before
+        other.execute("SELECT pg_advisory_unlock(%s)", (PASS_LOCK,))
+        report = retention.run_once()
+        assert {d["chunk"] for d in report["tables"]["trades"]["dropped"]} == before
+        assert not partial.exists() and conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0

@@ -49,6 +49,7 @@ class Column:
     pg_type: str  # format_type(): 'numeric(20,8)', 'timestamp with time zone', 'numeric[]', ...
     precision: int | None = None  # of a numeric without its own (found in the chunk's data)
     scale: int | None = None
+    values: int = 1  # most values a row holds in it (an array's elements; measured with the precision)
 
     @property
     def is_array(self) -> bool:

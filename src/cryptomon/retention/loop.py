@@ -27,10 +27,17 @@ from cryptomon.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# rows a round trip while archiving: each is Python objects until it is an Arrow batch, so few at a time (a
-# 100,000-row fetch held an estimated 40 MB of them); archive.ROW_GROUP_ROWS a row group
-FETCH_ROWS = 10_000
+# values (a scalar column's value, or an array's element) a round trip reads while archiving: they are Python
+# objects until they are an Arrow batch, so few at a time. A budget of rows instead held 10 MB of Python objects
+# for 10,000 `trades` rows but 126 MB for 10,000 `order_book_snapshots` rows (4 arrays of 20 levels each), and
+# the process kept most of each such peak: its RSS rose ~6 MiB with every set of chunks (263 -> 382 MiB over 20).
+# With this budget that fetch is ~1,200 snapshot rows; archive.ROW_GROUP_ROWS a row group.
+FETCH_VALUES = 100_000
 
+# held (pg_try_advisory_lock, for the pass's connection) by the one retention pass that may run on a database:
+# two processes archiving the same chunk write the same partial file, and the one whose drop then fails
+# (the two drops deadlock) deletes the file the other has just logged for the chunk it dropped
+PASS_LOCK = 0x63727970746F6D  # "cryptom"
 CHUNKS_SQL = (
     "SELECT chunk_schema, chunk_name, range_start, range_end FROM timescaledb_information.chunks "
     "WHERE hypertable_name = %s ORDER BY range_start"
@@ -60,9 +67,10 @@ def one(cur: psycopg.Cursor) -> tuple:
 
 def _numeric_digits(
     conn: psycopg.Connection, chunk: policy.Chunk, columns: list[tuple[str, bool]]
-) -> list[tuple[int, int]]:
-    """(largest scale, most integer digits) of each (column, is an array) in the chunk, in one scan: a
-    lateral aggregate per column and row (one row out even for an empty array), the maxima over the rows."""
+) -> list[tuple[int, int, int]]:
+    """(largest scale, most integer digits, most values a row) of each (column, is an array) in the chunk, in
+    one scan: a lateral aggregate per column and row (one row out even for an empty array), the maxima over
+    the rows."""
     if not columns:
         return []
     laterals, maxima = [], []
@@ -70,14 +78,14 @@ def _numeric_digits(
         value = sql.SQL("unnest(t.{}) AS u(v)" if is_array else "(SELECT t.{} AS v) AS u").format(sql.Identifier(name))
         alias = sql.Identifier(f"n{i}")
         laterals.append(
-            sql.SQL("LATERAL (SELECT max(scale(v)) AS s, max(length(trunc(abs(v))::text)) AS d FROM {}) AS {}").format(
-                value, alias
-            )
+            sql.SQL(
+                "LATERAL (SELECT max(scale(v)) AS s, max(length(trunc(abs(v))::text)) AS d, count(v) AS n FROM {}) AS {}"
+            ).format(value, alias)
         )
-        maxima.append(sql.SQL("max({a}.s), max({a}.d)").format(a=alias))
+        maxima.append(sql.SQL("max({a}.s), max({a}.d), max({a}.n)").format(a=alias))
     measured, per_row = sql.SQL(", ").join(maxima), sql.SQL(", ").join(laterals)  # from sql.SQL and Identifier
     found = one(conn.execute(sql.SQL("SELECT {} FROM {} AS t, {}").format(measured, chunk.identifier, per_row)))
-    return [(found[2 * i] or 0, found[2 * i + 1] or 1) for i in range(len(columns))]
+    return [(found[3 * i] or 0, found[3 * i + 1] or 1, found[3 * i + 2] or 1) for i in range(len(columns))]
 
 
 class Retention:
@@ -99,6 +107,9 @@ class Retention:
             registry=r,
         )  # fmt: skip
         self.m_pruned = Counter("cryptomon_retention_rows_pruned", "Rows deleted by age", ["table"], registry=r)
+        self.m_skipped = Counter(
+            "cryptomon_retention_passes_skipped", "Passes skipped: another retention process held the lock", registry=r
+        )
         self.m_db = Gauge("cryptomon_retention_db_up", "1 when the last pass reached the database", registry=r)
         self.last_pass: dict = {}
         self.db_ok = False
@@ -113,13 +124,19 @@ class Retention:
 
     def run_once(self) -> dict:
         """One pass over every table; returns what it did (also kept for /health)."""
-        if self.settings.archive:
-            for p in archive.remove_partials(self.root):
-                log.warning("removed %s, left by an archive write that did not finish", p)
         report: dict = {"tables": {}, "pruned": {}}
         with self.connect() as conn:
             self.db_ok = True
             self.m_db.set(1)
+            if not one(conn.execute("SELECT pg_try_advisory_lock(%s)", (PASS_LOCK,)))[0]:
+                self.m_skipped.inc()
+                log.error("another retention process is running a pass on this database: this pass is skipped "
+                          "(run one `cryptomon retention` a database)")  # fmt: skip
+                self.last_pass = {"at": time.time(), **report, "skipped": "another retention process holds the lock"}
+                return self.last_pass
+            if self.settings.archive:  # the lock held: a partial file is no other pass's write in progress
+                for p in archive.remove_partials(self.root):
+                    log.warning("removed %s, left by an archive write that did not finish", p)
             for spec in TABLES:
                 if spec.age(self.settings) > 0:
                     report["tables"][spec.table] = self._table(conn, spec)
@@ -233,8 +250,8 @@ class Retention:
         out = []
         for name, pg_type in declared:
             if name in found:
-                scale, digits = found[name]
-                out.append(archive.Column(name, pg_type, digits + scale, scale))
+                scale, digits, values = found[name]
+                out.append(archive.Column(name, pg_type, digits + scale, scale, values))
             else:
                 out.append(archive.Column(name, pg_type))
         return out
@@ -242,10 +259,11 @@ class Retention:
     @staticmethod
     def _rows(conn: psycopg.Connection, chunk: policy.Chunk, columns: list[archive.Column]) -> Iterator[list[tuple]]:
         select = sql.SQL(", ").join(c.select() for c in columns)
+        per_fetch = max(1, FETCH_VALUES // sum(c.values for c in columns))
         with conn.cursor(name=f"archive_{chunk.name}") as cur:
-            cur.itersize = FETCH_ROWS
+            cur.itersize = per_fetch
             cur.execute(sql.SQL("SELECT {} FROM {}").format(select, chunk.identifier))
-            while rows := cur.fetchmany(FETCH_ROWS):
+            while rows := cur.fetchmany(per_fetch):
                 yield rows
 
     # ---------------------------------------------------------------- the process
