@@ -278,6 +278,7 @@ class Retention:
                 log.warning("database unavailable, retention waits for the next pass: %s", str(exc).strip())
             except Exception:  # a failed pass is retried by the next; the loop never dies
                 log.exception("retention pass failed")
+            archive.release_memory()  # a pass's rows are gone: its peak need not stay the process's
             self.stopping.wait(self.settings.retention_interval_seconds)
 
     def health(self) -> tuple[bool, dict]:
