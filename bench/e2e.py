@@ -320,6 +320,10 @@ def run_rate(
         "load": load.name,
         "symbols_stored": symbols_stored,
         "disconnects": drops,
+        # the soak: how long after each cut the last gap began to fill (the ingestion logs INFO there only)
+        "backfill_after_cuts": soak.backfill_after_cuts(logs / f"{rate}-ingest.log")
+        if load.retention_minutes
+        else None,
         "target_events_per_second": rate,
         "seconds": round(elapsed, 1),
         "measured_events_per_second": measured_rate,

@@ -677,6 +677,14 @@ def render_market_soak(ms: dict) -> list[str]:
         f"{', '.join(f'{k} {v:,}' for k, v in acc['dead_letters'].items()) or 'none' if 'dead_letters' in acc else 'not recorded'}.",
         "",
     ]
+    if cuts := x.get("backfill_after_cuts"):
+        lines[-2] += (
+            " After each cut of the connections the ingestion backfilled "
+            f"{' / '.join(str(c['gaps']) for c in cuts)} gaps, the last begun "
+            f"{' / '.join(fmt(c['last_fill_began_after_s'], ' s') for c in cuts)} after the cut (REST weight bound: "
+            "a trade gap costs 25, an aggTrade gap 4, of 3,000 a minute); a row that arrives older than the "
+            "retention's 10 minutes is set aside as `before_archive_horizon`."
+        )
     metric = x["metric_after_window_close"]
     lines += [
         f"Metric rows after their window closed: p50 {fmt(metric['p50_ms'], ' ms')} / p99 {fmt(metric['p99_ms'], ' ms')}."

@@ -8,7 +8,9 @@ drops chunks all along. At the end every generated event must be in the database
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -25,6 +27,8 @@ RETENTION_HEALTH_PORT = 39450
 SLOPE_BOUND_MIB_PER_HOUR = 10
 SPARK_RSS_BOUND_MIB = 1536
 PIPELINE = ("ingest", "worker", "spark", "book", "retention")
+# the ingestion's log lines (cryptomon.setup_logging's format) that say a connection was cut, and a gap's fill began
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+\s+\S+: (.*)$")
 KEYS = {"trades": ("symbol", "event_type", "trade_id"), "book_ticker": ("symbol", "update_id")}
 
 
@@ -182,3 +186,27 @@ def goals(run: dict) -> dict:
         and run["archive"]["rows_in_files_equal_logged"]
         and not run["archive"]["files_bad"],
     }
+
+
+def backfill_after_cuts(ingest_log: Path) -> list[dict]:
+    """For each cut of the connections (the first "reconnecting" line of a burst), how many gaps the
+    ingestion began to backfill before the next cut and how many seconds after the cut the last one began: a
+    row older than the retention's age when it arrives is set aside (`before_archive_horizon`), so this must
+    stay well below RETENTION_MINUTES."""
+    cuts: list[dict] = []
+    if not ingest_log.exists():
+        return cuts
+    t0 = None
+    for line in ingest_log.read_text(errors="replace").splitlines():
+        m = LOG_LINE.match(line)
+        if m is None:
+            continue
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        message = m.group(2)
+        if ": reconnecting in " in message and (t0 is None or at - t0 > 60):
+            t0 = at
+            cuts.append({"gaps": 0, "last_fill_began_after_s": None})
+        elif message.startswith("backfilling ") and cuts and t0 is not None:
+            cuts[-1]["gaps"] += 1
+            cuts[-1]["last_fill_began_after_s"] = round(at - t0, 1)
+    return cuts

@@ -77,3 +77,21 @@ def test_the_rss_series_is_kept_a_value_a_minute_and_reported_at_each_quarter():
     assert len(minutes) == 60 and minutes[:3] == [0, 6, 12] and minutes[-1] == 354
     assert harness.quarters(minutes) == [84, 174, 264, 354]
     assert harness.quarters([1.0, 2.0, 3.0]) == []
+
+
+def test_the_backfill_after_each_cut_is_timed_from_the_ingestion_log(tmp_path):
+    log = tmp_path / "ingest.log"
+    log.write_text(
+        "2026-12-05 12:20:20,088 INFO    cryptomon.ingestion.connection: connection 0: connected (1024 streams)\n"
+        "2026-12-05 12:35:25,170 INFO    cryptomon.ingestion.connection: connection 0: reconnecting in 1.0s (attempt 1)\n"
+        "2026-12-05 12:35:25,172 INFO    cryptomon.ingestion.connection: connection 1: reconnecting in 0.7s (attempt 1)\n"
+        "2026-12-05 12:35:27,099 INFO    cryptomon.ingestion.backfill: backfilling BTCUSDT trade ids 1..3\n"
+        "2026-12-05 12:38:59,670 INFO    cryptomon.ingestion.backfill: backfilling ZZZUSDT aggTrade ids 7..9\n"
+        "a line of something else\n"
+        "2026-12-05 12:50:26,735 INFO    cryptomon.ingestion.connection: connection 1: reconnecting in 0.6s (attempt 1)\n"
+    )
+    assert soak.backfill_after_cuts(log) == [
+        {"gaps": 2, "last_fill_began_after_s": 214.5},
+        {"gaps": 0, "last_fill_began_after_s": None},
+    ]
+    assert soak.backfill_after_cuts(tmp_path / "absent.log") == []
