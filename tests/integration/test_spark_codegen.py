@@ -1,6 +1,7 @@
 """The job's micro-batch plan in a Spark session of the test's own (no Kafka: the batches are DataFrames of
 Kafka's columns): a batch that starts where the last one ended is summed by the code Spark generated for the
-first, not compiled again, and a replayed batch counts only the records not counted before."""
+first, not compiled again (nor for new archive horizons), and a replayed batch counts only the records
+not counted before."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import orjson
 import pytest
 
+from cryptomon.db.horizons import BEFORE_HORIZON
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
@@ -72,3 +74,29 @@ def test_the_next_batch_reuses_the_generated_code_and_a_replay_counts_only_what_
     assert trades_per_minute(groups) == {t0 + 2 * MINUTE: 600}
     assert sum(g.n for g in groups if g.kind == "book") == 600
     assert min(g.first_offset for g in groups) == 1200
+
+
+def test_new_archive_horizons_compile_nothing_until_a_batch_holds_a_record_older_than_them(spark):
+    """The retention publishes a horizon every chunk interval: batches with nothing older than the cuts are
+    summed by the same code whatever the cuts, and one that holds older records sets exactly those aside."""
+    session, settings = spark
+    t0 = (int(time.time() * 1000) // MINUTE - 10) * MINUTE
+    second = batch(session, 900, 900, t0)  # trades and bookTickers from t0 + 90 s to t0 + 180 s
+    ended = {(TRADES_TOPIC, 0): 900, (BOOK_TOPIC, 0): 900}
+    queries.batch_groups(second, settings, ended, queries.Cuts(t0 - 20 * MINUTE, t0 - 20 * MINUTE))
+    before = compilations(session)
+    for back in (19, 18, 5, 1):  # each horizon later than the last, all before the batch's records
+        groups, _ = queries.batch_groups(second, settings, ended, queries.Cuts(t0 - back * MINUTE, t0))
+        assert trades_per_minute(groups) == {t0 + MINUTE: 300, t0 + 2 * MINUTE: 600}
+    assert compilations(session) == before
+
+    # trades before t0 + 2 min (offsets 900..1199) and bookTickers before t0 + 150 s (900..1499) set aside
+    cut = queries.Cuts(t0 + 2 * MINUTE, t0 + 150_000)
+    groups, frame = queries.batch_groups(second, settings, ended, cut)
+    assert trades_per_minute(groups) == {t0 + 2 * MINUTE: 600}
+    assert sum(g.n for g in groups if g.kind == "book") == 300
+    aside = queries.rejects(frame).collect()
+    assert sorted((r.topic, r.offset) for r in aside) == sorted(
+        [(TRADES_TOPIC, o) for o in range(900, 1200)] + [(BOOK_TOPIC, o) for o in range(900, 1500)]
+    )
+    assert all(r.reason.startswith(BEFORE_HORIZON) for r in aside)

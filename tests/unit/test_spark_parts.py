@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cryptomon.spark import merge, trade_ids
 from cryptomon.spark.pacing import Pacer
+from cryptomon.spark.queries import Cuts
 
 
 def test_spark_starting_offsets_are_cut_to_the_topics_of_a_query():
@@ -140,6 +141,17 @@ def test_a_batch_is_counted_before_only_where_a_group_starts_below_its_partition
     assert not merge.counted_before(groups, {("binance.trades", 2): 10**9})  # another partition's offsets
     assert merge.counted_before(groups, {("binance.trades", 1): 41})  # offset 40 was counted
     assert merge.counted_before(groups, {("binance.book_ticker", 0): 8})
+
+
+def test_a_batch_is_summed_again_with_the_cuts_only_where_a_window_of_its_kind_starts_before_its_cut():
+    Windows = namedtuple("Windows", "kind window_start")
+    ms = int(T0.timestamp() * 1000)
+    groups = [Windows("trade", T0), Windows("book", T0 + timedelta(seconds=30)), Windows(None, None)]  # None: poison
+    assert not merge.before_cuts(groups, Cuts(None, None))
+    assert not merge.before_cuts(groups, Cuts(ms, ms + 30_000))  # each window starts at its cut
+    assert merge.before_cuts(groups, Cuts(ms + 1, None))  # a raw table's chunk boundary inside the trade window
+    assert merge.before_cuts(groups, Cuts(None, ms + 30_001))
+    assert not merge.before_cuts(groups, Cuts(None, ms + 30_000))  # the trade window is no bookTicker's
 
 
 def test_paced_batches_start_the_offset_after_each_multiple_of_the_interval_and_at_once_when_behind():

@@ -115,6 +115,16 @@ def counted_before(groups, start: dict[tuple[str, int], int]) -> bool:
     return any(g.first_offset < start.get((g.topic, g.partition), 0) for g in groups)
 
 
+def before_cuts(groups, cuts) -> bool:
+    """Whether some trade or spread window of a batch (queries.batch_sums, summed without cuts) starts
+    before its kind's cut (queries.Cuts, epoch ms; None: none), so that some of its records, or all, are to
+    be set aside. A cut is a window's start when it comes from a metric table's horizon, and a chunk's
+    boundary from a raw table's: a window that starts before a cut that is not a window's start may hold
+    no record before it, and is then only summed once more."""
+    limit = {"trade": cuts.trade, "book": cuts.book}
+    return any((c := limit.get(g.kind)) is not None and g.window_start.timestamp() * 1000 < c for g in groups)
+
+
 def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
     """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
     twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted in

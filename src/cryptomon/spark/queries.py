@@ -202,9 +202,8 @@ def source(spark, settings: Settings, max_offsets: int | None = None):
 def unseen(offsets: dict[tuple[str, int], int]):
     """The records at or after each partition's next offset to count (metric_offsets): a batch replayed
     after a crash, or a job started afresh from the earliest offsets, counts nothing twice. True without
-    offsets (nothing counted yet). Its offsets are literals that Spark's generated code holds as constants,
-    so each new set of them compiles the batch's code again: applied only to a batch that holds records
-    counted before (batch_groups)."""
+    offsets (nothing counted yet). Applied only to a batch that holds records counted before (batch_groups:
+    its offsets compile the batch's code again)."""
     from pyspark.sql import functions as F
 
     cond = F.lit(True)
@@ -256,17 +255,23 @@ def batch_sums(frame):
 
 
 def batch_groups(batch_df, settings: Settings, start: dict[tuple[str, int], int], cuts: Cuts = NO_CUTS):
-    """A micro-batch's groups (batch_sums) of the records not counted before, and its frame (batch_frame).
+    """A micro-batch's groups (batch_sums) of the records not counted before and not older than the archive
+    horizons' cuts, and its frame (batch_frame).
 
-    A batch normally starts where the last one ended (metric_offsets), so it is summed as it is: its plan
-    is the same in every batch and Spark reuses the code it generated for it (filtering by offsets, whose
-    values change every batch, compiled two new classes a batch, ~100 ms of Janino each and code the JIT
-    saw for the first time). Only when a partition's first record was counted before (a batch replayed after
-    a crash, or a job started afresh from older offsets) is it summed again, the counted records left out."""
-    frame = batch_frame(batch_df, settings, cuts)
+    A batch normally starts where the last one ended (metric_offsets) and holds nothing older than the cuts,
+    so it is summed as it is: its plan is the same in every batch and Spark reuses the code it generated for
+    it. Offsets and cuts are literals that Spark's generated code holds as constants: filtering by the
+    offsets, which change every batch, compiled two new classes a batch (~100 ms of Janino each, then code the
+    JIT saw for the first time), and so did each new cut (once a chunk interval, when the retention publishes
+    a horizon; tests/integration/test_spark_codegen.py counts the compilations). Only when a
+    partition's first record was counted before (a batch replayed after a crash, or a job started afresh from
+    older offsets), or some window starts before its cut (merge.before_cuts), is the batch summed again, the
+    counted records left out and the old ones set aside."""
+    frame = batch_frame(batch_df, settings)
     groups = batch_sums(frame).collect()
-    if merge.counted_before(groups, start):
-        frame = batch_frame(batch_df.where(unseen(start)), settings, cuts)
+    recount = merge.counted_before(groups, start)
+    if recount or merge.before_cuts(groups, cuts):
+        frame = batch_frame(batch_df.where(unseen(start)) if recount else batch_df, settings, cuts)
         groups = batch_sums(frame).collect()
     return groups, frame
 
