@@ -213,7 +213,8 @@ def test_books_and_metrics_keep_their_unbounded_decimals_exactly(own_db):
         conn.execute("SELECT set_chunk_time_interval('book_metrics', INTERVAL '1 day')")
         conn.execute(
             "INSERT INTO order_book_snapshots (snapshot_time, symbol, last_update_id, bid_prices, bid_qtys, "
-            "ask_prices, ask_qtys) SELECT now() - interval '4 hours' + g * interval '1 second', 'BTCUSDT', g, "
+            "ask_prices, ask_qtys) SELECT date_trunc('hour', now()) - interval '4 hours' + g * interval '1 second', "
+            "'BTCUSDT', g, "  # in one hour's chunk, whatever the time of day
             "ARRAY[97000.01 - g * 0.01, 96999.99]::numeric[], ARRAY[0.00000001, 12345678.12345678]::numeric[], "
             "ARRAY[97000.02]::numeric[], ARRAY[]::numeric[] FROM generate_series(1, 500) g"
         )
@@ -221,7 +222,8 @@ def test_books_and_metrics_keep_their_unbounded_decimals_exactly(own_db):
             "INSERT INTO book_metrics (window_start, symbol, last_update_id, samples, mid, microprice, spread_sum, "
             "spread_bps_sum, spread_max, depth_10bps_samples, bid_depth_10bps_sum, ask_depth_10bps_sum, "
             "imbalance_10bps_sum, depth_1pct_samples, bid_depth_1pct_sum, ask_depth_1pct_sum, checks, mismatches, "
-            "liquidity_drop) SELECT now() - interval '10 days' + g * interval '30 seconds', 'ETHUSDT', g, 30, "
+            "liquidity_drop) SELECT date_trunc('day', now()) - interval '10 days' + g * interval '30 seconds', "
+            "'ETHUSDT', g, 30, "  # in one day's chunk
             "3000.005, 3000.00512345678901234567, 0.3, 1.0 / 3, 0.02, 30, 123456789.123456789, 1, -0.5, 0, 0, 0, "
             "30, 0, false FROM generate_series(1, 100) g"
         )
@@ -272,3 +274,31 @@ def test_one_pass_at_a_time_on_a_database(own_db):
         report = retention.run_once()
         assert {d["chunk"] for d in report["tables"]["trades"]["dropped"]} == before
         assert not partial.exists() and conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0
+
+
+def test_the_loop_runs_each_pass_in_a_child_and_counts_what_it_did(own_db):
+    """`cryptomon retention` (the loop) runs a pass in a child process, so what the pass read leaves with the
+    child; the loop's metrics count what the child dropped and archived, and a database it cannot reach is
+    waited out (db_up 0), not a crash."""
+    settings = own_db.model_copy(update={"retention_trades": 300})
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        insert_trades(conn, seconds=180, per_second=100, ago=900)  # 18,000 rows
+        before = chunk_names(conn, "trades")
+        retention = Retention(settings)
+        first = retention.pass_in_child()
+        assert first is not None and first["pid"] != os.getpid()
+        age_horizons(conn)
+        report = retention.pass_in_child()
+        assert report is not None and {d["chunk"] for d in report["tables"]["trades"]["dropped"]} == before
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0
+    sample = retention.registry.get_sample_value
+    assert sample("cryptomon_retention_chunks_dropped_total", {"table": "trades"}) == len(before)
+    assert sample("cryptomon_retention_rows_archived_total", {"table": "trades"}) == 18_000
+    assert sample("cryptomon_retention_archive_bytes_total", {"table": "trades"}) == sum(
+        p.stat().st_size for p in archive.files(settings.archive_path)
+    )
+    assert sample("cryptomon_retention_db_up") == 1 and retention.last_pass["pid"] == report["pid"]
+
+    unreachable = Retention(settings.model_copy(update={"pg_dsn": "postgresql://nobody@127.0.0.1:1/none"}))
+    assert unreachable.pass_in_child() is None
+    assert unreachable.registry.get_sample_value("cryptomon_retention_db_up") == 0 and not unreachable.db_ok

@@ -9,7 +9,6 @@ What it was checked against is kept in the file's own metadata, so `cryptomon ar
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,17 +33,8 @@ def use_system_pool() -> None:
     """Arrow's buffers from the C library's malloc instead of pyarrow's default (mimalloc): writing chunks of the
     market soak's size (1M and 420k rows) one after another, a process's RSS rose 126 -> 232 MiB over 25 pairs of
     files with mimalloc (also with `release_unused()` after each file) and stayed at 143-155 MiB with the system
-    pool, for a long-lived writer like the retention loop."""
+    pool. (The retention loop now writes from a child process per pass, which gives all of it back.)"""
     pa.set_memory_pool(pa.system_memory_pool())
-
-
-def release_memory() -> None:
-    """Hand the C library's free memory back to the system (glibc's malloc_trim; elsewhere nothing). After a pass
-    over soak-sized chunks (three tables, 1.35M rows), a process that did so stayed at 216-264 MiB over 20
-    passes; one that did not, at 272-329 MiB (both with Arrow's system pool)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 class ArchiveMismatch(Exception):

@@ -3,12 +3,14 @@ allows (each archived and verified first, in the transaction that drops it), pub
 prune the dead letters and Spark's progress rows by age.
 
 A database that is down is waited out (the pass is retried at the next interval); a chunk whose archive does
-not verify is kept, with a log line and a metric, and the other chunks go on.
+not verify is kept, with a log line and a metric, and the other chunks go on. The long-lived process runs each
+pass in a child process (isolated.call): the memory a pass touched leaves with the child.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import sql
 
 from cryptomon.observability import health_server
-from cryptomon.retention import archive, policy
+from cryptomon.retention import archive, isolated, policy
 from cryptomon.retention.tables import METRICS, PRUNED, TABLES, Retained
 from cryptomon.settings import Settings
 
@@ -124,16 +126,12 @@ class Retention:
 
     def run_once(self) -> dict:
         """One pass over every table; returns what it did (also kept for /health)."""
-        report: dict = {"tables": {}, "pruned": {}}
+        report: dict = {"tables": {}, "pruned": {}, "pid": os.getpid()}
         with self.connect() as conn:
-            self.db_ok = True
-            self.m_db.set(1)
             if not one(conn.execute("SELECT pg_try_advisory_lock(%s)", (PASS_LOCK,)))[0]:
-                self.m_skipped.inc()
                 log.error("another retention process is running a pass on this database: this pass is skipped "
                           "(run one `cryptomon retention` a database)")  # fmt: skip
-                self.last_pass = {"at": time.time(), **report, "skipped": "another retention process holds the lock"}
-                return self.last_pass
+                return self.record({**report, "skipped": "another retention process holds the lock"})
             if self.settings.archive:  # the lock held: a partial file is no other pass's write in progress
                 for p in archive.remove_partials(self.root):
                     log.warning("removed %s, left by an archive write that did not finish", p)
@@ -149,8 +147,22 @@ class Retention:
                         ),
                         (age,),
                     ).rowcount
-                    self.m_pruned.labels(table).inc(n)
                     report["pruned"][table] = n
+        return self.record(report)
+
+    def record(self, report: dict) -> dict:
+        """A pass's report into the metrics and /health (the same whether the pass ran here or in a child)."""
+        self.db_ok = True
+        self.m_db.set(1)
+        self.m_skipped.inc(1 if "skipped" in report else 0)
+        for table, done in report["tables"].items():
+            for d in done["dropped"]:
+                self.m_dropped.labels(table).inc()
+                self.m_rows.labels(table).inc(d["rows"] if d["path"] else 0)
+                self.m_bytes.labels(table).inc(d["bytes"] or 0)
+            self.m_failed.labels(table).inc(len(done["kept"]))
+        for table, n in report["pruned"].items():
+            self.m_pruned.labels(table).inc(n)
         self.last_pass = {"at": time.time(), **report}
         return report
 
@@ -164,7 +176,6 @@ class Retention:
             try:
                 out["dropped"].append(self._archive_and_drop(conn, spec, chunk))
             except (archive.ArchiveMismatch, OSError) as exc:
-                self.m_failed.labels(spec.table).inc()
                 log.error("%s: chunk %s kept, its archive failed: %s", spec.table, chunk.name, exc)
                 out["kept"].append({"chunk": chunk.name, "error": str(exc)})
         dropped = {d["chunk"] for d in out["dropped"]}
@@ -216,9 +227,6 @@ class Retention:
                 if path is not None:
                     path.unlink(missing_ok=True)
                 raise
-        self.m_dropped.labels(spec.table).inc()
-        self.m_rows.labels(spec.table).inc(expected.rows if path else 0)
-        self.m_bytes.labels(spec.table).inc(size or 0)
         log.info("%s: chunk %s [%s, %s) of %d rows %s and dropped in %.1f s", spec.table, chunk.name, chunk.start,
                  chunk.end, expected.rows, f"archived to {path} ({size} bytes)" if path else "not archived (off)",
                  time.monotonic() - started)  # fmt: skip
@@ -270,24 +278,41 @@ class Retention:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            try:
-                self.run_once()
-            except psycopg.OperationalError as exc:
-                self.db_ok = False
-                self.m_db.set(0)
-                log.warning("database unavailable, retention waits for the next pass: %s", str(exc).strip())
-            except Exception:  # a failed pass is retried by the next; the loop never dies
-                log.exception("retention pass failed")
-            archive.release_memory()  # a pass's rows are gone: its peak need not stay the process's
+            self.pass_in_child()
             self.stopping.wait(self.settings.retention_interval_seconds)
+
+    def pass_in_child(self) -> dict | None:
+        """One pass in a child process; its report (recorded here), or None when it failed (the next pass
+        retries; the loop never dies). In the market soak, a loop that ran its passes itself rose from 105 to
+        ~270 MiB RSS in the first half hour of archiving (+61.8 MiB/h over the last three quarters), with
+        Arrow's system pool and malloc_trim after each pass."""
+        try:
+            report = isolated.call(_pass, self.settings, name="cryptomon-retention-pass")
+        except (isolated.ChildFailed, isolated.ChildDied) as exc:
+            log.error("retention pass failed, the next one retries it: %s", exc)
+            return None
+        if "database_unavailable" in report:
+            self.db_ok = False
+            self.m_db.set(0)
+            log.warning("database unavailable, retention waits for the next pass: %s", report["database_unavailable"])
+            return None
+        return self.record(report)
 
     def health(self) -> tuple[bool, dict]:
         archive_dir = str(self.root.resolve()) if self.settings.archive else None
         return self.db_ok, {"archive": archive_dir, "last_pass": self.last_pass}
 
 
+def _pass(settings: Settings) -> dict:
+    """A pass as the child runs it: the report, or why the database could not be reached."""
+    archive.use_system_pool()
+    try:
+        return Retention(settings).run_once()
+    except psycopg.OperationalError as exc:
+        return {"database_unavailable": str(exc).strip()}
+
+
 def main(settings: Settings) -> None:
-    archive.use_system_pool()  # the loop writes files for weeks: see there
     retention = Retention(settings)
     server = health_server(settings, settings.retention_health_port, retention.health, retention.registry)
     if server:
