@@ -125,18 +125,23 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.05):
     raise TimeoutError(f"benchmark: timed out waiting for {what}")
 
 
-def _stat(pid: int) -> tuple[int, float, int] | None:
-    """(parent pid, CPU seconds, RSS bytes) of a process, from /proc; None if it is gone."""
+def _stat(pid: int) -> tuple[int, float, int, float] | None:
+    """(parent pid, CPU seconds of it and of its children it has reaped, RSS bytes, seconds since boot at its
+    start) of a process, from /proc; None if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return None
     tck, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tck, int(fields[21]) * page
+    # utime, stime, cutime, cstime: a child that has ended (a retention pass, a PostgreSQL backend) still counts
+    cpu = sum(int(f) for f in fields[11:15]) / tck
+    return int(fields[1]), cpu, int(fields[21]) * page, int(fields[19]) / tck
 
 
-def tree_usage(root: int) -> tuple[float, int]:
-    """CPU seconds and RSS of a process and all its descendants."""
+def tree_usage(root: int, settled_after: float = 60.0) -> tuple[float, int, int]:
+    """CPU seconds and RSS of a process and all its descendants, and the RSS of those of them that have lived
+    `settled_after` seconds or more: a child that lives seconds (one retention pass) is in the peak, but a
+    trend of a long-lived process's memory is not a sample that happened to catch it."""
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (st := _stat(int(entry))):
@@ -144,13 +149,16 @@ def tree_usage(root: int) -> tuple[float, int]:
     members, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, _, _) in stats.items():
+        for pid, (ppid, *_) in stats.items():
             if ppid == parent and pid not in members:
                 members.add(pid)
                 frontier.append(pid)
-    cpu = sum(stats[p][1] for p in members if p in stats)
-    rss = sum(stats[p][2] for p in members if p in stats)
-    return cpu, rss
+    now = float(Path("/proc/uptime").read_text().split()[0])
+    alive = [stats[p] for p in members if p in stats]
+    cpu = sum(st[1] for st in alive)
+    rss = sum(st[2] for st in alive)
+    settled = sum(st[2] for st in alive if now - st[3] >= settled_after)
+    return cpu, rss, settled
 
 
 def quarter_mean(values: list[float], q: int) -> float:

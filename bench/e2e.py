@@ -13,7 +13,9 @@ simulator at R events/s for the stated time. Measured:
 - the rate: rows ingested per second, against the rate the simulator offered in the same run (the goal's
   "sustained" is >= 95% of it, and the simulator within 90% of the target);
 - the worker's consumer lag (sampled every second), CPU (cores) and peak RSS per process (a process
-  tree: the Spark driver's JVM counts with Spark, PostgreSQL's backends with PostgreSQL);
+  tree: the Spark driver's JVM counts with Spark, PostgreSQL's backends with PostgreSQL, ended children in
+  their parent's CPU); the RSS trend (slope, per-minute series) counts the processes that have lived a
+  minute, so a retention pass's child of a few seconds is in the peak, not in the trend;
 - exact accounting after the feed stops: every event the simulator generated is one row
   (trade + aggTrade -> trades, bookTicker -> book_ticker);
 - a quarter of the way through, the simulator stalls for 30 s and its REST answers take 20 s for the next
@@ -222,9 +224,9 @@ def run_rate(
                 _control(port, f"rest?delay={REST_DELAY_SECONDS}")
                 stalled = True
             for n, p in pids.items():
-                rss = tree_usage(p)[1]
+                _, rss, settled = tree_usage(p)
                 peak[n] = max(peak[n], rss)
-                rss_series[n].append(rss)
+                rss_series[n].append(settled)  # the trend: processes that have lived a minute (not a pass's child)
             body = _get(f"http://127.0.0.1:{worker_health}/health")
             if body:
                 lag.append(body.get("consumer_lag_total", 0))
@@ -357,6 +359,7 @@ def run_rate(
         "disk": soak.disk_result(disk),
         # the soak's memory, one sample a minute (MiB): warm-up and growth told apart by eye
         "rss_mib_per_minute": soak.per_minute(rss_series, sample_every) if load.retention_minutes else None,
+        "rss_trend_settled_after_s": 60,  # the slope and the series count processes that had lived this long
         "archive": archived,
         "lag_trend": round(quarter_mean(lag, 3) - quarter_mean(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {

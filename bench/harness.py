@@ -644,7 +644,13 @@ def render_market_soak(ms: dict) -> list[str]:
         f"{x['disconnects'][0]['at_s'] if x['disconnects'] else '–'} s ({len(x['disconnects'] or [])} times); raw tables "
         "in chunks of 2 minutes kept 10 minutes, so `cryptomon retention` (a pass every 30 s) archives and drops "
         f"chunks all along. Raw rows p50 {fmt(raw['p50_ms'], ' ms')} / p99 {fmt(raw['p99_ms'], ' ms')}. "
-        "Memory sampled every 10 s; its slope is a least-squares fit over the last three quarters.",
+        "Memory sampled every 10 s; its slope is a least-squares fit over the last three quarters"
+        + (
+            ", of the processes of a tree that had lived a minute (a retention pass's child, seconds long, is in "
+            "the peak only); a tree's CPU counts its children that have ended."
+            if x.get("rss_trend_settled_after_s")
+            else "."
+        ),
         "",
         "| process tree | CPU (cores) | peak RSS (MiB) | RSS slope (MiB/h) | RSS at each quarter's end (MiB) |",
         "| --- | --- | --- | --- | --- |",

@@ -95,3 +95,39 @@ def test_the_backfill_after_each_cut_is_timed_from_the_ingestion_log(tmp_path):
         {"gaps": 0, "last_fill_began_after_s": None},
     ]
     assert soak.backfill_after_cuts(tmp_path / "absent.log") == []
+
+
+def test_a_tree_counts_its_ended_children_cpu_and_trends_only_settled_processes():
+    import os
+    import subprocess
+    import sys
+
+    common = bench_module("common")
+    cpu0, rss, _ = common.tree_usage(os.getpid())
+    assert rss > 10 * MIB
+    # a child that burns CPU and ends: its CPU stays with the tree (its parent's reaped children)
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"], check=True)  # fmt: skip
+    assert common.tree_usage(os.getpid())[0] - cpu0 >= 0.35
+    child = subprocess.Popen([sys.executable, "-c", "import time; print(1, flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert child.stdout.readline() == b"1\n"  # started and loaded
+        _, with_child, settled = common.tree_usage(os.getpid(), settled_after=3600.0 * 24 * 365 * 100)
+        assert settled == 0  # nothing here has lived a century
+        _, _, young_out = common.tree_usage(os.getpid(), settled_after=0.0)
+        assert young_out >= with_child - 2 * MIB  # everything has lived 0 s: all of the tree
+        # a settled_after between the test's own age and the child's leaves out the just-started child
+        _, _, without_child = common.tree_usage(os.getpid(), settled_after=_age(child.pid) + 0.5)
+        child_rss = int(Path(f"/proc/{child.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        assert child_rss > 2 * MIB
+        assert abs(with_child - without_child - child_rss) < child_rss / 2
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _age(pid: int) -> float:
+    import os
+
+    start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return float(Path("/proc/uptime").read_text().split()[0]) - start
