@@ -28,7 +28,8 @@ class ChildDied(RuntimeError):
 
 def call(fn: Callable[..., Any], *args: Any, name: str) -> Any:
     """fn(*args) in a child process named `name`; its result, or ChildFailed / ChildDied. The child is a daemon:
-    a parent that exits normally ends it; one killed with -9 leaves it to finish what it does."""
+    a parent that exits normally ends it; one killed (-9, or a signal it does not handle) leaves it to finish
+    what it does, then to say in a log line that nobody took its answer."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     root = logging.getLogger()
@@ -58,5 +59,9 @@ def _run(send: Connection, logs: tuple[int, str | None], fn: Callable[..., Any],
         answer = ("ok", fn(*args))
     except Exception:
         answer = ("failed", traceback.format_exc())
-    send.send(answer)
+    try:
+        send.send(answer)
+    except OSError:  # BrokenPipeError: the parent was killed (-9) while the pass ran; the pass itself is done
+        logging.getLogger(__name__).warning("the process that started %s is gone: its answer is dropped",
+                                            multiprocessing.current_process().name)  # fmt: skip
     send.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -304,7 +305,11 @@ class Retention:
 
 
 def _pass(settings: Settings) -> dict:
-    """A pass as the child runs it: the report, or why the database could not be reached."""
+    """A pass as the child runs it: the report, or why the database could not be reached. The signals that
+    stop the loop (SIGTERM to it, Ctrl-C to its terminal's process group) do not cut the pass: the loop stops
+    after it."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     archive.use_system_pool()
     try:
         return Retention(settings).run_once()
@@ -314,6 +319,10 @@ def _pass(settings: Settings) -> dict:
 
 def main(settings: Settings) -> None:
     retention = Retention(settings)
+    # SIGTERM (`cryptomon up`, systemd, a container's stop) ends the loop after the pass in flight: its child
+    # finishes and answers, nothing goes on after the process is gone
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: retention.stopping.set())
     server = health_server(settings, settings.retention_health_port, retention.health, retention.registry)
     if server:
         server.start()
@@ -322,8 +331,7 @@ def main(settings: Settings) -> None:
              retention.root if settings.archive else "off")  # fmt: skip
     try:
         retention.run()
-    except KeyboardInterrupt:
-        pass
     finally:
         if server:
             server.stop()
+    log.info("retention stopped")
