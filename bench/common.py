@@ -138,7 +138,11 @@ def _stat(pid: int) -> tuple[int, float, int, float] | None:
     return int(fields[1]), cpu, int(fields[21]) * page, int(fields[19]) / tck
 
 
-def tree_usage(root: int, settled_after: float = 60.0) -> tuple[float, int, int]:
+# a process of a tree that has lived this long counts in its memory's trend (a retention pass's child does not)
+SETTLED_AFTER_S = 60.0
+
+
+def tree_usage(root: int, settled_after: float = SETTLED_AFTER_S) -> tuple[float, int, int]:
     """CPU seconds and RSS of a process and all its descendants, and the RSS of those of them that have lived
     `settled_after` seconds or more: a child that lives seconds (one retention pass) is in the peak, but a
     trend of a long-lived process's memory is not a sample that happened to catch it."""

@@ -48,7 +48,18 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak
-from common import bench_stack, bytes_under, emit, env_for, machine, quarter_mean, spawn, tree_usage, wait
+from common import (
+    SETTLED_AFTER_S,
+    bench_stack,
+    bytes_under,
+    emit,
+    env_for,
+    machine,
+    quarter_mean,
+    spawn,
+    tree_usage,
+    wait,
+)
 
 from cryptomon.services.local import TimescaleDB, kafka_nodes
 from cryptomon.spark.queries import METRICS_QUERY
@@ -359,7 +370,7 @@ def run_rate(
         "disk": soak.disk_result(disk),
         # the soak's memory, one sample a minute (MiB): warm-up and growth told apart by eye
         "rss_mib_per_minute": soak.per_minute(rss_series, sample_every) if load.retention_minutes else None,
-        "rss_trend_settled_after_s": 60,  # the slope and the series count processes that had lived this long
+        "rss_trend_settled_after_s": SETTLED_AFTER_S,  # the slope and the series: processes that lived this long
         "archive": archived,
         "lag_trend": round(quarter_mean(lag, 3) - quarter_mean(lag, 1), 1) if len(lag) >= 4 else None,
         "accounting": {

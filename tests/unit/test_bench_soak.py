@@ -117,17 +117,12 @@ def test_a_tree_counts_its_ended_children_cpu_and_trends_only_settled_processes(
         _, _, young_out = common.tree_usage(os.getpid(), settled_after=0.0)
         assert young_out >= with_child - 2 * MIB  # everything has lived 0 s: all of the tree
         # a settled_after between the test's own age and the child's leaves out the just-started child
-        _, _, without_child = common.tree_usage(os.getpid(), settled_after=_age(child.pid) + 0.5)
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        child_age = uptime - common._stat(child.pid)[3]
+        _, _, without_child = common.tree_usage(os.getpid(), settled_after=child_age + 0.5)
         child_rss = int(Path(f"/proc/{child.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         assert child_rss > 2 * MIB
         assert abs(with_child - without_child - child_rss) < child_rss / 2
     finally:
         child.kill()
         child.wait()
-
-
-def _age(pid: int) -> float:
-    import os
-
-    start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
-    return float(Path("/proc/uptime").read_text().split()[0]) - start
