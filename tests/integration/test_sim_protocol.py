@@ -4,6 +4,7 @@ limits, the depth stream's consistency with the REST snapshot, and bounded histo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from decimal import Decimal
 
@@ -270,6 +271,29 @@ def test_depth_stream_applied_to_a_snapshot_keeps_the_book():
         return last > snap["lastUpdateId"]
 
     assert run(sim(symbols=("BTCUSDT",), rate=50.0), scenario)
+
+
+def test_depth_diffs_go_on_while_nobody_listens_so_a_reconnect_misses_them():
+    """As on Binance: the diff stream is the exchange's, not the connection's. The first diff on a new
+    connection starts after the ones sent while the client was away, so its book must resync."""
+
+    simulator = sim(symbols=("BTCUSDT",), rate=50.0)
+
+    async def scenario(session, base):
+        async with session.ws_connect(f"ws://{base}/ws/btcusdt@depth@100ms") as ws:
+            before = await frames_until(ws, lambda fs: len(fs) >= 3)
+        assert all(b["U"] == a["u"] + 1 for a, b in itertools.pairwise(before))  # consecutive
+        while "btcusdt@depth@100ms" in simulator.subscribers:  # noqa: ASYNC110 - the server's state, no event
+            await asyncio.sleep(0.02)
+        gone_at = simulator._depth_sent["BTCUSDT"]  # the last diff anyone can have received
+        while simulator._depth_sent["BTCUSDT"] == gone_at:  # noqa: ASYNC110 - a diff goes out to nobody
+            await asyncio.sleep(0.02)
+        async with session.ws_connect(f"ws://{base}/ws/btcusdt@depth@100ms") as ws:
+            (after,) = await frames_until(ws, lambda fs: True)
+        return gone_at, after["U"]
+
+    last_u, first_u = run(simulator, scenario, timeout=20.0)
+    assert first_u > last_u + 1, (last_u, first_u)
 
 
 def test_history_is_a_bounded_ring():

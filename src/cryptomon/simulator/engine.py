@@ -109,6 +109,9 @@ class Simulator:
         self._tasks: list[asyncio.Task] = []
         self._symbol_cycle = itertools.cycle(self.symbols)
         self._depth_sent: dict[str, int] = {}  # per symbol: the u of its last depthUpdate
+        # depth streams someone has listened to: published from then on, listened to or not, as Binance's
+        # are (a client that reconnects has missed the diffs sent meanwhile, and its book must resync)
+        self._depth_streams: set[str] = set()
         self.ready_frames: int | None = None  # firehose mode: frames pre-generated
 
     # ---------------------------------------------------------------- subscriptions
@@ -128,6 +131,8 @@ class Simulator:
         for s in streams:
             conn.streams.add(s)
             self.subscribers.setdefault(s, set()).add(conn)
+            if "@depth" in s:
+                self._depth_streams.add(s)
 
     def unsubscribe(self, conn: Connection, streams: list[str]) -> None:
         for s in streams:
@@ -314,21 +319,22 @@ class Simulator:
 
     async def _periodic_streams(self) -> None:
         """depth@100ms every 100 ms, depth every second, kline_1m every 2 s, for the symbols someone
-        listens to: each depth event carries the levels that changed since the last one (U..u update ids),
-        so a client that applies them to a /api/v3/depth snapshot keeps the simulator's book."""
+        listens to (depth: that anyone has listened to, see `_depth_streams`): each depth event carries the
+        levels that changed since the last one (U..u update ids), so a client that applies them to a
+        /api/v3/depth snapshot keeps the simulator's book."""
         tick = 0
         while self.source is None:  # a replay's depth is the recorded one
             await asyncio.sleep(0.1)
             tick += 1
             now_ms = time.time_ns() // 1_000_000
-            for stream in [s for s in self.subscribers if "@depth" in s or "@kline_" in s]:
+            for stream in [*self._depth_streams, *(s for s in self.subscribers if "@kline_" in s)]:
                 symbol, kind = split_stream(stream)
                 if symbol not in self.market.state:
                     continue
                 if kind == "depth@100ms" or (kind == "depth" and tick % 10 == 0):
                     payload = self._depth_update(symbol, now_ms)
-                    if not payload:
-                        continue
+                    if not payload or stream not in self.subscribers:
+                        continue  # nobody listens now: the diff is gone for good, as on Binance
                     corrupt = self.depth_faults.pending[("depth_corrupt", symbol)]
                     best_bid = self.market.depth_levels(symbol, 1)[0][0] if corrupt else None
                     for diff in self.depth_faults.diffs_to_send(symbol, payload, best_bid):
