@@ -163,6 +163,13 @@ class Settings(BaseSettings):
         "makes sense against the simulator with a higher limit).",
     )
     backfill_concurrency: int = Field(4, ge=1, le=64, description="Gaps backfilled at the same time.")
+    depth_snapshot_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="While the backfill has gaps to fill, the share of the REST weight budget depth snapshots "
+        "may take in a minute (the backfill keeps the rest; 1: first come, first served).",
+    )
     depth: Literal["100ms", "1000ms", "off"] = Field(
         "100ms",
         description="The order book: follow `<symbol>@depth@100ms` (`100ms`) or `<symbol>@depth` (`1000ms`) into "

@@ -75,7 +75,8 @@ class FakeRest:
     def __init__(self, answers):
         self.answers, self.asked = list(answers), []
 
-    async def get(self, path, params, weight=None):
+    async def get(self, path, params, weight=None, deferrable=False):
+        assert deferrable  # a snapshot yields to the backfill
         self.asked.append((path, params["symbol"], params["limit"], weight))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):

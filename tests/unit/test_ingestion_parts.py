@@ -72,6 +72,30 @@ def test_budget_takes_the_exchanges_count_and_holds_everything_after_429_or_418(
     assert b.limited == {429: 1, 418: 1}
 
 
+def test_deferrable_requests_take_their_share_while_urgent_work_is_declared_and_all_of_it_after():
+    b = RestBudget(budget=100, window=60.0, deferrable_share=0.25)
+    b.declare(3)  # the backfill has 3 gaps due
+    assert [b.reserve(10, 60.0 + i, deferrable=True) for i in range(2)] == [0.0, 0.0]
+    assert b.reserve(10, 62.0, deferrable=True) == pytest.approx(1.0)  # 30 > 25: looks again in a second
+    assert b.reserve(10, 119.5, deferrable=True) == pytest.approx(0.5)  # never past the window's end
+    assert [b.reserve(20, 63.0 + i) for i in range(4)] == [0.0] * 4  # urgent work has the other 80
+    assert b.reserve(1, 70.0) == pytest.approx(50.0) and b.used == 100
+    assert b.reserve(10, 120.0, deferrable=True) == 0.0  # a new window: a new share
+    b.declare(0)  # the backfill is done: the rest of the window to whoever comes
+    assert [b.reserve(10, 121.0 + i, deferrable=True) for i in range(9)] == [0.0] * 9
+    assert b.reserve(10, 131.0, deferrable=True) == pytest.approx(49.0) and b.used == 100
+
+
+def test_urgent_work_is_not_held_by_the_share_and_a_429_holds_both():
+    b = RestBudget(budget=100, window=60.0, deferrable_share=0.0)
+    b.declare(1)
+    assert b.reserve(5, 0.0, deferrable=True) == pytest.approx(1.0)  # share 0: snapshots wait out the backfill
+    assert b.reserve(100, 0.5) == 0.0
+    b.block(429, 10.0, 1.0)
+    b.declare(0)
+    assert b.reserve(5, 2.0, deferrable=True) == pytest.approx(9.0) and b.reserve(5, 2.0) == pytest.approx(9.0)
+
+
 # ---------------------------------------------------------------- durable state
 
 

@@ -6,7 +6,8 @@ late frames, then is fetched page by page (`fromId`, 1,000 ids a page) from /api
 `rest.py`). A failed page (a cut body, a timeout, a 5xx, a 429) is tried again with backoff, without end:
 a gap is given up only when the exchange no longer has those ids, which shows as a page that starts
 above the requested `fromId` (Binance keeps trades for a limited time; the ids below the first one it
-returns are gone). Those ids are counted and logged with that reason; nothing else is dropped.
+returns are gone). Those ids are counted and logged with that reason; nothing else is dropped. While gaps
+are due, the budget knows (`RestBudget.declare`): depth snapshots then take only their share of it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Backfiller:
                 await asyncio.sleep(0.2)
                 self._start_due()
         finally:
+            self.rest.budget.declare(0)
             for task in self.active.values():
                 task.cancel()
             await asyncio.gather(*self.active.values(), return_exceptions=True)
@@ -80,6 +82,7 @@ class Backfiller:
         for key in [k for k, t in self.active.items() if t.done()]:
             self.active.pop(key).result()  # a bug in a fill is raised here, not lost
         due = self.tracker.pending(older_than=time.monotonic() - self.grace)
+        self.rest.budget.declare(len(due))
         for key, start, end in due:
             if len(self.active) >= self.concurrency:
                 return

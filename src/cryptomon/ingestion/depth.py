@@ -8,7 +8,8 @@ the diffs already sent: any reader of the topic syncs the same book at the same 
 
 Snapshots are paced by the process's one REST budget (shared with the backfill), at the weight Binance
 charges for the depth asked (`limits.depth_weight`), so 400 symbols starting at once are fetched within
-the budget, never in a burst of 429s.
+the budget, never in a burst of 429s. They are deferrable: while the backfill has gaps to fill they get
+only a share of the budget (see rest_client.py).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class SnapshotFetcher:
         """One attempt for `symbol`; a failure waits and leaves the need in place (it is tried again)."""
         weight = limits.depth_weight(self.limit)
         try:
-            body = await self.rest.get("/api/v3/depth", {"symbol": symbol, "limit": self.limit}, weight=weight)
+            params = {"symbol": symbol, "limit": self.limit}
+            body = await self.rest.get("/api/v3/depth", params, weight=weight, deferrable=True)
         except RateLimited as exc:  # the budget holds every request until Retry-After: just wait it out
             self.failures += 1
             await asyncio.sleep(min(exc.retry_after, 5.0))

@@ -7,6 +7,13 @@ that keeps calling (418, 2 minutes up to 3 days). So every REST call of the proc
 `RestBudget`: it spends at most `budget` weight per minute (the exchange's count, read from each answer,
 overrides the local estimate: other processes on the IP count too), and after a 429 or a 418 it lets no
 request out until `Retry-After` has passed. The budget is pure (time is an argument) and unit-tested.
+
+Two kinds of work share the budget, and they are not equal. The backfill's pages fill trades the database
+has not got: a late one delays every metric of its windows and, past the retention age, is set aside. A
+depth snapshot resyncs a book, which can wait (its diffs are kept meanwhile). After a cut both want the
+whole budget at once (the whole market: ~11,600 weight of backfill, 20,000 of snapshots, at 3,000 a
+minute), so the backfiller declares its open gaps (`declare`) and, while it has any, a deferrable request
+gets at most `deferrable_share` of a window's weight: the books still move, the backfill keeps the rest.
 """
 
 from __future__ import annotations
@@ -44,30 +51,51 @@ class RateLimited(RestError):
         self.retry_after = retry_after
 
 
+DEFERRED_RECHECK_SECONDS = 1.0  # a deferred request looks again this soon: the backfill may have finished
+
+
 class RestBudget:
     """The process's REST request weight per minute: what may be sent now, and the wait after a 429/418."""
 
-    def __init__(self, budget: int = limits.REQUEST_WEIGHT_PER_MINUTE // 2, window: float = 60.0):
+    def __init__(
+        self,
+        budget: int = limits.REQUEST_WEIGHT_PER_MINUTE // 2,
+        window: float = 60.0,
+        deferrable_share: float = 0.25,
+    ):
         self.budget = budget
         self.window = window
+        self.deferrable_share = deferrable_share
         self.window_start = -1.0
         self.used = 0  # weight used in the current window, as far as this process knows
+        self.deferrable_used = 0  # of which by deferrable requests
+        self.urgent = 0  # work declared that deferrable requests yield to (the backfill's open gaps)
         self.blocked_until = 0.0  # after a 429/418: nothing is sent before this
         self.limited = {429: 0, 418: 0}
 
     def _roll(self, now: float) -> None:
         start = now - now % self.window
         if start != self.window_start:
-            self.window_start, self.used = start, 0
+            self.window_start, self.used, self.deferrable_used = start, 0, 0
 
-    def reserve(self, weight: int, now: float) -> float:
-        """0 when a request of `weight` may go now (and it is counted); otherwise seconds to wait."""
+    def declare(self, urgent: int) -> None:
+        """How much urgent work is waiting now (0: none, deferrable requests may take the whole budget)."""
+        self.urgent = urgent
+
+    def reserve(self, weight: int, now: float, deferrable: bool = False) -> float:
+        """0 when a request of `weight` may go now (and it is counted); otherwise seconds to wait. A
+        deferrable request, while urgent work is declared, fits in `deferrable_share` of the window or waits."""
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
+        window_left = self.window_start + self.window - now
+        if deferrable and self.urgent and self.deferrable_used + weight > self.budget * self.deferrable_share:
+            return min(DEFERRED_RECHECK_SECONDS, window_left)
         if self.used + weight > self.budget:
-            return self.window_start + self.window - now
+            return window_left
         self.used += weight
+        if deferrable:
+            self.deferrable_used += weight
         return 0.0
 
     def observe(self, used: int | None, now: float) -> None:
@@ -107,12 +135,13 @@ class RestClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def get(self, path: str, params: dict[str, Any], weight: int | None = None) -> Any:
+    async def get(self, path: str, params: dict[str, Any], weight: int | None = None, deferrable: bool = False) -> Any:
         """The JSON of GET path?params, once the budget allows it (`weight`: the request's, when it depends
-        on the parameters, as /api/v3/depth's on `limit`). Raises RateLimited, RestError,
-        aiohttp.ClientError or asyncio.TimeoutError; never sends inside a Retry-After."""
+        on the parameters, as /api/v3/depth's on `limit`; `deferrable`: it yields to urgent work, see
+        RestBudget). Raises RateLimited, RestError, aiohttp.ClientError or asyncio.TimeoutError; never sends
+        inside a Retry-After."""
         weight = limits.WEIGHTS.get(path, 1) if weight is None else weight
-        while (wait := self.budget.reserve(weight, self.clock())) > 0:  # noqa: ASYNC110 - waits on the clock
+        while (wait := self.budget.reserve(weight, self.clock(), deferrable)) > 0:  # noqa: ASYNC110 - waits on the clock
             await asyncio.sleep(min(wait, 5.0))
         self.requests += 1
         async with self._session.get(path, params=params) as resp:

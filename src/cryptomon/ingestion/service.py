@@ -92,7 +92,7 @@ class Ingestor:
                                    settings.backoff_initial, settings.backoff_max)  # fmt: skip
         self.connections: list[StreamConnection] = []
         self._conn_tasks: dict[str, asyncio.Task] = {}
-        self.budget = RestBudget(settings.rest_weight_budget)
+        self.budget = RestBudget(settings.rest_weight_budget, deferrable_share=settings.depth_snapshot_share)
         self.rest: RestClient | None = None
         self.backfill: Backfiller | None = None
         self.publisher = state.StatePublisher(self.sink, topic_name(INGEST_STATE), self.tracker,
