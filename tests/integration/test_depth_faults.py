@@ -81,7 +81,11 @@ def test_each_depth_fault_resyncs_that_book_only_and_every_book_stays_right(stac
         with running("book-faults", ["book"], book_env):  # after the snapshots: its books ask for new ones
             wait_for(lambda: checked_again({}), 120, 0.5, "every book synced and checked")
             asked = wait_json(books_url, lambda b: True, 10, "health")["snapshots_asked"]
+            rows_since = lambda ms, n: all(len(update_ids(stack.pg_dsn, s, ms)) >= n for s in SYMBOLS)  # noqa: E731
+            wait_for(lambda: rows_since(t0, 3), 60, 0.5, "3 rows of every book")
+            faults_ms = time.time_ns() // 1_000_000
             for kinds, resyncs in FAULTS:
+                last_fault_ms = time.time_ns() // 1_000_000
                 before = books()
                 for kind in kinds:
                     if kind == "depth_drop" and len(kinds) > 1:  # the kept snapshot is older than the diffs to come
@@ -91,6 +95,7 @@ def test_each_depth_fault_resyncs_that_book_only_and_every_book_stays_right(stac
                 wait_json(stats_url, lambda b, k=kinds: all(b["depth_faults"].get(x) for x in k), 30, f"{kinds} sent")
                 wait_for(lambda b=before, n=resyncs: books()[FAULTY]["resyncs"] == b[FAULTY]["resyncs"] + n
                          and checked_again(b), 90, 0.5, f"{kinds}: {FAULTY} resynced and checked again")  # fmt: skip
+            wait_for(lambda: rows_since(last_fault_ms, 3), 60, 0.5, "3 rows of every book after the last fault")
             after = books()
             health = wait_json(books_url, lambda b: True, 10, "health")
         ingest, sim = wait_json(ingest_url, lambda b: True, 10, "health"), wait_json(stats_url, lambda b: True, 10, "")
@@ -112,6 +117,8 @@ def test_each_depth_fault_resyncs_that_book_only_and_every_book_stays_right(stac
     assert (
         all(weights[s] >= 10 and weights[s] % 5 == 0 for s in OTHERS) and weights[FAULTY] > max(weights.values()) - 1
     ), weights
-    for s in SYMBOLS:  # every book's rows go on, in update-id order, before the faults and after
+    for s in SYMBOLS:  # every book's rows go on, in update-id order, before the faults and after the last one
         ids = update_ids(stack.pg_dsn, s, t0)
-        assert len(ids) > 10 and ids == sorted(set(ids)), s
+        before_faults = len(ids) - len(update_ids(stack.pg_dsn, s, faults_ms))
+        assert before_faults >= 3 and len(update_ids(stack.pg_dsn, s, last_fault_ms)) >= 3, s
+        assert ids == sorted(set(ids)), s
