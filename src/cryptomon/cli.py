@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cryptomon.errors import ConfigError, CryptomonError
 from cryptomon.settings import SettingsError, get_settings
+from cryptomon.stopping import stop_on_signals
 
 console = Console(stderr=True)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Real-time crypto market monitoring pipeline.")
@@ -174,8 +175,6 @@ def up(
     live: bool = typer.Option(True, help="Live status table (off: a status line every 10 s)."),
 ) -> None:
     """Run the whole pipeline, supervised, until Ctrl-C: services, feed, ingestion, worker, Spark."""
-    import signal
-
     from rich.live import Live
 
     from cryptomon.supervisor import Pipeline, status_table
@@ -195,8 +194,7 @@ def up(
         sim_max_steps=sim_max_steps,
         external_services=external,
     )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    stop_on_signals(pipeline.stop_event)
     report = lambda msg: console.print(f"[green]✓[/] {msg}")  # noqa: E731
     try:
         with console.status("starting the pipeline"):

@@ -24,6 +24,7 @@ from cryptomon.alerts.rules import Key, Transition, email_for, transitions
 from cryptomon.dashboards.definitions import ALERT_RULES, AlertRule
 from cryptomon.dashboards.macros import expand
 from cryptomon.settings import Settings
+from cryptomon.stopping import stop_on_signals
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = 0x616C65727473  # "alerts": one round at a time, whatever the number of notifiers
@@ -159,14 +160,11 @@ class Notifier:
 
 
 def main(settings: Settings) -> None:
-    import signal
-
     from cryptomon.observability import health_server
 
     notifier = Notifier(settings)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     server = health_server(settings, settings.notify_health_port, notifier.health, notifier.registry)
     if server:
         server.start()

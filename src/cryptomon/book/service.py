@@ -9,7 +9,6 @@ its last checkpoint, reads again from there and writes the same rows (no-ops), n
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from decimal import Decimal
@@ -31,6 +30,7 @@ from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEPTH_REQUESTS, SESSION_HEADER
 from cryptomon.observability import health_server
 from cryptomon.settings import Settings
+from cryptomon.stopping import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +281,7 @@ class BookService:
 
 def main(settings: Settings) -> None:
     service = BookService(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.stop_event.set())
+    stop_on_signals(service.stop_event)
     service.run()
 
 

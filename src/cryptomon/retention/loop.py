@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from cryptomon.observability import health_server
 from cryptomon.retention import archive, isolated, policy
 from cryptomon.retention.tables import METRICS, PRUNED, TABLES, Retained
 from cryptomon.settings import Settings
+from cryptomon.stopping import ignore_stop_signals, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,7 @@ def _pass(settings: Settings) -> dict:
     """A pass as the child runs it: the report, or why the database could not be reached. The signals that
     stop the loop (SIGTERM to it, Ctrl-C to its terminal's process group) do not cut the pass: the loop stops
     after it."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()
     archive.use_system_pool()
     try:
         return Retention(settings).run_once()
@@ -321,8 +320,7 @@ def main(settings: Settings) -> None:
     retention = Retention(settings)
     # SIGTERM (`cryptomon up`, systemd, a container's stop) ends the loop after the pass in flight: its child
     # finishes and answers, nothing goes on after the process is gone
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: retention.stopping.set())
+    stop_on_signals(retention.stopping)
     server = health_server(settings, settings.retention_health_port, retention.health, retention.registry)
     if server:
         server.start()

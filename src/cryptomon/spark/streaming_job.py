@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 
@@ -17,6 +16,7 @@ from cryptomon.settings import Settings
 from cryptomon.spark.pacing import Pacer
 from cryptomon.spark.queries import METRICS_QUERY, source
 from cryptomon.spark.writer import MetricsWriter
+from cryptomon.stopping import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
     log.info("streaming: %s; checkpoint in %s; Spark UI on :%s", query.name, settings.spark_checkpoints,
              settings.spark_ui_port or "off")  # fmt: skip
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     failed = None
     try:
         # until a signal, a failed query (so that a supervisor restarts the job), or the query done (with

@@ -5,7 +5,6 @@ partition, write on several connections, commit offsets only after the database 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -24,6 +23,7 @@ from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.observability import health_server
 from cryptomon.runtime import tune_gc
 from cryptomon.settings import Settings
+from cryptomon.stopping import stop_on_signals
 from cryptomon.worker.ordering import CommitOrder, Partition
 from cryptomon.worker.rows import Batch, DeadLetter
 from cryptomon.worker.sink import DatabaseUnavailable, TimescaleSink
@@ -398,7 +398,6 @@ class Worker:
 
 def main(settings: Settings) -> None:
     worker = Worker(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop_event.set())
+    stop_on_signals(worker.stop_event)
     tune_gc()  # start-up is over: the loop's garbage is acyclic
     worker.run()
