@@ -90,6 +90,7 @@ def test_m_messages_become_exactly_m_rows_with_exact_values(stack):
         wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="all rows")
         health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
     assert health["status"] == "ok" and health["db_reachable"] is True
+    assert health["copy_conflicts"] == 0  # fresh rows: every batch went by COPY
     with psycopg.connect(stack.pg_dsn) as conn:
         rows = conn.execute(
             "SELECT symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
@@ -201,6 +202,7 @@ def test_replay_from_offset_0_by_a_new_group_adds_no_row(stack):
     assert counts(stack.pg_dsn, symbols) == (len(trades), len(books))
     assert after == before
     assert health["rows_inserted"] == {"trades": 0, "book_ticker": 0}
+    assert health["copy_conflicts"] >= 2  # a COPY of each table met the rows, then INSERT skipped them
 
 
 def test_poison_messages_go_to_dead_letters_and_good_ones_around_them_are_inserted(stack):
@@ -282,3 +284,63 @@ def test_the_sink_writes_any_symbol_text_and_every_decimal_extreme_as_sent(stack
     # (a symbol may start with a digit: the random tag does 10 times in 16)
     assert len(got_t) == len(trades) and all(same(s, g, range(4, 6)) for s, g in zip(trades, got_t, strict=True)), got_t
     assert len(got_b) == len(books) and all(same(s, g, range(3, 7)) for s, g in zip(books, got_b, strict=True)), got_b
+
+
+def test_the_sink_copies_fresh_rows_and_writes_a_replayed_batch_by_insert_exactly_once(stack):
+    """COPY first: a fresh batch goes by COPY with its dead letters, atomically; a batch half of which is
+    already there makes the COPY fail and then inserts exactly its new half; the next batches go by INSERT
+    until the cooldown is over; a row PostgreSQL refuses is set aside and the rest is copied."""
+    from cryptomon.worker.rows import DeadLetter
+    from cryptomon.worker.sink import COPY_COOLDOWN_BATCHES, TimescaleSink
+
+    sym = symbols_for_test(1)[0]
+    now = int(time.time() * 1000)
+    prices = ["0.00000001", "99999999.99999999", "61583.22", "1"]
+    qtys = ["99999999999.99999999", "0.00000001", "92233720368", "0.5"]
+
+    def trade(i: int, price: str | None = None) -> tuple:
+        return (now + i, sym, "trade", i, price or prices[i % 4], qtys[i % 4], i % 2 == 0, now + i + 7, i % 3 == 0)
+
+    def letter(offset: int, error: str) -> DeadLetter:
+        return DeadLetter(topic_name(TRADES), 0, 10**15 + offset, sym.encode(), b"{bad", error)
+
+    sink = TimescaleSink(stack.pg_dsn)
+    try:
+        # fresh: by COPY, with two dead letters in the same transaction
+        assert sink.write(TRADES, [trade(i) for i in range(100)], [letter(0, "a"), letter(1, "b")], letter) == (100, [])
+        assert sink.copy_conflicts == 0
+        # rows 50..99 are there: the COPY fails on them, the INSERT writes 100..149 and skips the rest
+        assert sink.write(TRADES, [trade(i) for i in range(50, 150)], [], letter) == (50, [])
+        assert sink.copy_conflicts == 1
+        # the cooldown: these batches go by INSERT (their replayed rows do not make a COPY fail again)
+        for k in range(COPY_COOLDOWN_BATCHES):
+            assert sink.write(TRADES, [trade(149 + k), trade(150 + k)], [], letter) == (1, [])
+        assert sink.copy_conflicts == 1
+        # then COPY again: a replayed row fails it once more
+        assert sink.write(TRADES, [trade(150 + COPY_COOLDOWN_BATCHES - 1), trade(1000)], [], letter) == (1, [])
+        assert sink.copy_conflicts == 2
+        for k in range(COPY_COOLDOWN_BATCHES):
+            sink.write(TRADES, [trade(2000 + k)], [], letter)
+        # a price beyond NUMERIC(20,8): that row goes aside as a dead letter, the others are copied
+        batch = [trade(3000), trade(3001, "123456789012345.5"), trade(3002)]
+        inserted, rejected = sink.write(TRADES, batch, [], lambda i, e: letter(3000 + i, e))
+        assert inserted == 2 and [d.offset for d in rejected] == [10**15 + 3001], rejected
+        assert sink.copy_conflicts == 2
+    finally:
+        sink.close()
+    expected = [trade(i) for i in range(150 + COPY_COOLDOWN_BATCHES)] + [trade(1000)]
+    expected += [trade(2000 + k) for k in range(COPY_COOLDOWN_BATCHES)] + [trade(3000), trade(3002)]
+    with psycopg.connect(stack.pg_dsn) as conn:
+        got = conn.execute(
+            "SELECT (extract(epoch FROM event_time) * 1000)::bigint, symbol, event_type, trade_id, price, quantity,"
+            " is_buyer_maker, (extract(epoch FROM ingestion_ts) * 1000)::bigint, backfilled"
+            " FROM trades WHERE symbol = %s ORDER BY trade_id",
+            (sym,),
+        ).fetchall()
+        dead = conn.execute(
+            "SELECT kafka_offset - %s, error FROM dead_letters WHERE kafka_key = %s ORDER BY kafka_offset",
+            (10**15, sym.encode()),
+        ).fetchall()
+    as_numbers = [(*r[:4], Decimal(r[4]), Decimal(r[5]), *r[6:]) for r in expected]
+    assert got == as_numbers  # every row once, exact to the 8th decimal and to the millisecond
+    assert [d[0] for d in dead] == [0, 1, 3001] and "numeric field overflow" in dead[2][1], dead

@@ -119,6 +119,11 @@ class Worker:
             "cryptomon_worker_disk_free_bytes", "Free bytes on the state folder's disk", registry=r
         )
         self.m_disk_free.set_function(self._disk_free)
+        Gauge(
+            "cryptomon_worker_copy_conflicts",
+            "COPYs that met a row already written (the batch then went by INSERT … ON CONFLICT)",
+            registry=r,
+        ).set_function(self._copy_conflicts)
         port = settings.worker_health_port if health_port is None else health_port
         self.health_server = health_server(settings, port, self.health, r)
 
@@ -369,6 +374,9 @@ class Worker:
         st = self.disk.status()
         return float("nan") if st is None else st.free_bytes
 
+    def _copy_conflicts(self) -> int:
+        return sum(w.sink.copy_conflicts for w in self.writers)
+
     def health(self) -> tuple[bool, dict]:
         age = time.monotonic() - self.last_flush
         total_lag = sum(self.lag.values())
@@ -382,6 +390,7 @@ class Worker:
             "consumer_lag_total": total_lag,
             "rows_inserted": self.rows_inserted,
             "dead_letters": self.dead_letters,
+            "copy_conflicts": self._copy_conflicts(),
             "buffered": {
                 t: sum(len(b) for b in list(self.batches.values()) if b.table == t) for t in self.table_of.values()
             },
