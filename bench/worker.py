@@ -201,6 +201,7 @@ def _function(frame: str) -> str:
 
 def per_row_costs(n: int = 20_000) -> dict:
     """Microseconds per trade row of each step of the worker's path, in this process (same interpreter)."""
+    from cryptomon.worker.copytext import copy_text
     from cryptomon.worker.rows import Batch, trade_row
     from cryptomon.worker.sink import row_arrays
 
@@ -227,6 +228,7 @@ def per_row_costs(n: int = 20_000) -> dict:
         "orjson_loads_us": timed(lambda: [orjson.loads(v) for v in values]),
         "parse_and_validate_us": timed(lambda: [trade_row(v) for v in values]),
         "batch_add_us": timed(lambda: [grown.add("t", 0, i, b"k", v, 0.0) for i, v in enumerate(values)]),
+        "copy_text_us": timed(lambda: [copy_text(TRADES, batch.rows[i : i + 500]) for i in chunks]),
         "array_literals_us": timed(lambda: [row_arrays(TRADES, batch.rows[i : i + 500]) for i in chunks]),
     }
 

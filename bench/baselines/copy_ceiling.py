@@ -10,34 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 
 import psycopg
 
 from cryptomon.kafka.clients import read_to_end
 from cryptomon.kafka.topics import topic_name
-from cryptomon.names import BOOK_TICKER, TABLE_COLUMNS, TRADES
+from cryptomon.names import BOOK_TICKER, TRADES
+from cryptomon.worker.copytext import COPY_SQL, copy_text
 from cryptomon.worker.rows import PARSERS
 
 
-def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000).isoformat()
-
-
-def _field(value) -> str:
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    return str(value)
-
-
 def render(table: str, rows: list[tuple]) -> bytes:
-    """Rows of cryptomon.worker.rows as COPY text (times in epoch ms become timestamps)."""
-    times = (0, 7) if table == TRADES else (0,)
-    lines = []
-    for row in rows:
-        fields = [_time(v) if i in times else _field(v) for i, v in enumerate(row)]
-        lines.append("\t".join(fields))
-    return ("\n".join(lines) + "\n").encode()
+    """Rows of cryptomon.worker.rows as COPY text, as the worker renders them (not timed here)."""
+    text = copy_text(table, rows)
+    assert text is not None, "the benchmark's rows are plain symbols and decimals"
+    return text
 
 
 def batches(bootstrap: str, batch_rows: int) -> list[tuple[str, bytes, int]]:
@@ -58,7 +45,6 @@ def batches(bootstrap: str, batch_rows: int) -> list[tuple[str, bytes, int]]:
 
 def copy_all(dsn: str, work: list[tuple[str, bytes, int]], connections: int) -> dict:
     """COPY every batch with `connections` connections; rows/s from the first COPY to the last commit."""
-    statements = {t: f"COPY {t} ({', '.join(TABLE_COLUMNS[t])}) FROM STDIN" for t in TABLE_COLUMNS}
     lock, queue = threading.Lock(), list(reversed(work))
     conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
 
@@ -68,7 +54,7 @@ def copy_all(dsn: str, work: list[tuple[str, bytes, int]], connections: int) -> 
                 if not queue:
                     return
                 table, data, _ = queue.pop()
-            with conn.cursor() as cur, cur.copy(statements[table]) as copy:
+            with conn.cursor() as cur, cur.copy(COPY_SQL[table]) as copy:
                 copy.write(data)
 
     threads = [threading.Thread(target=run, args=(c,)) for c in conns]
