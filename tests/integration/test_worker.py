@@ -71,6 +71,14 @@ def counts(dsn: str, symbols: tuple[str, ...]) -> tuple[int, int]:
     return t, b
 
 
+# trades rows as the sink is given them: times in epoch ms, decimals as text
+TRADE_ROWS_SQL = (
+    "SELECT (extract(epoch FROM event_time) * 1000)::bigint, symbol, event_type, trade_id, price::text,"
+    " quantity::text, is_buyer_maker, (extract(epoch FROM ingestion_ts) * 1000)::bigint, backfilled"
+    " FROM trades WHERE symbol = ANY(%s) ORDER BY trade_id"
+)
+
+
 def worker_env(stack, group: str | None = None, **extra) -> tuple[dict, int]:
     port = free_port()
     return env_for(
@@ -263,12 +271,7 @@ def test_the_sink_writes_any_symbol_text_and_every_decimal_extreme_as_sent(stack
     finally:
         sink.close()
     with psycopg.connect(stack.pg_dsn) as conn:
-        got_t = conn.execute(
-            "SELECT (extract(epoch FROM event_time) * 1000)::bigint, symbol, event_type, trade_id, price::text,"
-            " quantity::text, is_buyer_maker, (extract(epoch FROM ingestion_ts) * 1000)::bigint, backfilled"
-            " FROM trades WHERE symbol = ANY(%s) ORDER BY trade_id",
-            (names,),
-        ).fetchall()
+        got_t = conn.execute(TRADE_ROWS_SQL, (names,)).fetchall()
         got_b = conn.execute(
             "SELECT (extract(epoch FROM ingestion_ts) * 1000)::bigint, symbol, update_id, best_bid_price::text,"
             " best_bid_qty::text, best_ask_price::text, best_ask_qty::text FROM book_ticker WHERE symbol = ANY(%s) ORDER BY update_id",
@@ -331,16 +334,14 @@ def test_the_sink_copies_fresh_rows_and_writes_a_replayed_batch_by_insert_exactl
     expected = [trade(i) for i in range(150 + COPY_COOLDOWN_BATCHES)] + [trade(1000)]
     expected += [trade(2000 + k) for k in range(COPY_COOLDOWN_BATCHES)] + [trade(3000), trade(3002)]
     with psycopg.connect(stack.pg_dsn) as conn:
-        got = conn.execute(
-            "SELECT (extract(epoch FROM event_time) * 1000)::bigint, symbol, event_type, trade_id, price, quantity,"
-            " is_buyer_maker, (extract(epoch FROM ingestion_ts) * 1000)::bigint, backfilled"
-            " FROM trades WHERE symbol = %s ORDER BY trade_id",
-            (sym,),
-        ).fetchall()
+        got = conn.execute(TRADE_ROWS_SQL, ([sym],)).fetchall()
         dead = conn.execute(
             "SELECT kafka_offset - %s, error FROM dead_letters WHERE kafka_key = %s ORDER BY kafka_offset",
             (10**15, sym.encode()),
         ).fetchall()
-    as_numbers = [(*r[:4], Decimal(r[4]), Decimal(r[5]), *r[6:]) for r in expected]
-    assert got == as_numbers  # every row once, exact to the 8th decimal and to the millisecond
+
+    def as_numbers(rows: list[tuple]) -> list[tuple]:
+        return [(*r[:4], Decimal(r[4]), Decimal(r[5]), *r[6:]) for r in rows]
+
+    assert as_numbers(got) == as_numbers(expected)  # every row once, exact to the 8th decimal and to the millisecond
     assert [d[0] for d in dead] == [0, 1, 3001] and "numeric field overflow" in dead[2][1], dead
