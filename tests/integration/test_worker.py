@@ -98,7 +98,6 @@ def test_m_messages_become_exactly_m_rows_with_exact_values(stack):
         wait_for(lambda: counts(stack.pg_dsn, symbols) == (len(trades), len(books)), 90, what="all rows")
         health = wait_json(f"http://127.0.0.1:{port}/health", lambda b: b["consumer_lag_total"] == 0, 30, "lag 0")
     assert health["status"] == "ok" and health["db_reachable"] is True
-    assert health["copy_conflicts"] == 0  # fresh rows: every batch went by COPY
     with psycopg.connect(stack.pg_dsn) as conn:
         rows = conn.execute(
             "SELECT symbol, event_type, trade_id, price, quantity, is_buyer_maker,"
