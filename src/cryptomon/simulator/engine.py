@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from cryptomon.errors import ConfigError
 from cryptomon.simulator.depth_faults import DEPTH_FAULTS, DepthFaults
 from cryptomon.simulator.enforcement import RequestWeights
 from cryptomon.simulator.instruments import Instrument, instrument
-from cryptomon.simulator.market import Conditions, Market
+from cryptomon.simulator.market import TRADES_PER_STEP, Conditions, Market
 from cryptomon.simulator.replay import ReplayHistory, Timed
 from cryptomon.simulator.rest_api import RestApi
 from cryptomon.simulator.scenarios import SCENARIOS, Phase
@@ -39,7 +40,20 @@ MALFORMED = [
     b"[1,2,3]",
 ]
 KLINE_PUSH_S = 2.0  # Binance pushes kline updates every 2 s
-HISTORY_BUDGET = 2_000_000  # trades (and aggTrades) kept over all symbols, unless --history says otherwise
+HISTORY_BUDGET = 2_000_000  # trades (and aggTrades) kept over all symbols at least, unless --history says otherwise
+# and at least this long of each symbol's trades at the market's rate: Binance serves any past trade id, and a
+# backfill at the ingestion's share of the REST weight (historicalTrades: 1,000 ids for 25 of 3,000 a minute,
+# 2,000 trades/s) of a 30 s stall at 20,000 events/s (~440,000 trades) reaches its last ids ~4 minutes later
+HISTORY_SECONDS = 600
+
+
+def history_per_symbol(rate: float, trading: int, listed: int) -> int:
+    """Trades (and aggTrades) kept per symbol: a share of HISTORY_BUDGET over the listed symbols (1,000 to
+    100,000), or HISTORY_SECONDS of a symbol's trades at `rate` market steps a second over `trading` symbols
+    if that is more."""
+    share = max(1_000, min(100_000, HISTORY_BUDGET // max(1, listed)))
+    mean_trades = sum(TRADES_PER_STEP) / len(TRADES_PER_STEP)
+    return max(share, math.ceil(rate / max(1, trading) * mean_trades * HISTORY_SECONDS))
 
 
 @dataclass
@@ -83,7 +97,8 @@ class Simulator:
         self.rate = rate
         self.book_updates = book_updates  # extra bookTicker-only updates per market step (quotes move more)
         self.speed = speed  # a replay with receive times: paced at that many times the recorded pace
-        per_symbol = history or max(1_000, min(100_000, HISTORY_BUDGET // max(1, len(self.instruments))))
+        market_rate = 0.0 if source is not None else rate  # a replay serves what it replayed (ReplayHistory)
+        per_symbol = history or history_per_symbol(market_rate, len(self.symbols), len(self.instruments))
         self.market = Market(tuple(self.instruments), seed=seed, history=per_symbol, instruments=self.instruments)
         self.source = source
         # a replay serves what it replayed, and the depth snapshots recorded (`snapshots`: the first of each symbol)

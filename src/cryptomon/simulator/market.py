@@ -28,6 +28,9 @@ class Conditions:
     spread: float = 1.0
 
 
+TRADES_PER_STEP = (1, 1, 1, 2, 3)  # a step's taker order fills 1-3 makers: 1.6 trades on average
+
+
 class Ring:
     """The last `capacity` rows of consecutive ids, in fixed-size arrays: row of id i at i % capacity."""
 
@@ -171,7 +174,7 @@ class Market:
         price = st.price
         buyer_maker = rng.random() < 0.5
         events: list[tuple[str, dict]] = []
-        n = rng.choice((1, 1, 1, 2, 3))
+        n = rng.choice(TRADES_PER_STEP)
         first = st.next_trade_id
         total = 0
         kline = self._kline(st, now_ms, price)
