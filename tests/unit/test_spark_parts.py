@@ -77,6 +77,48 @@ def spark_like_groups(batch: list[tuple[int, Trade]], overflow: set) -> list:
     return out
 
 
+def spark_like_runs(batch: list[tuple[int, Trade]]) -> dict:
+    """What queries.trade_runs gives: per (symbol, minute) the runs of consecutive distinct ids (an id minus
+    its rank is one number along a run)."""
+    ids: dict = {}
+    for _, t in batch:
+        ids.setdefault((t.symbol, merge.minute(t.event_time)), set()).add(t.trade_id)
+    out: dict = {}
+    for key, got in ids.items():
+        islands: dict = {}
+        for rank, i in enumerate(sorted(got)):
+            islands.setdefault(i - rank, []).append(i)
+        out[key] = sorted((min(v), max(v)) for v in islands.values())
+    return out
+
+
+def test_a_gap_and_its_backfill_take_sparks_sums_and_count_their_runs():
+    """A window with a hole in its ids, then the hole filled (a backfill) with newer trades of the window:
+    neither needs its trades on the driver, and the counted ids end as one range."""
+    trades = [Trade("A", i, T0 + timedelta(seconds=i), Decimal(f"{i}.5"), Decimal("0.1")) for i in range(1, 21)]
+    first = [(0, t) for t in trades if not 5 <= t.trade_id <= 8 and t.trade_id <= 15]
+    second = [(0, t) for t in trades if 5 <= t.trade_id <= 8 or t.trade_id > 15]
+    counted: dict = {}
+    total = [0, Decimal(0)]
+    for batch in (first, second):
+        _, windows, _ = merge.split(spark_like_groups(batch, set()))
+        runs = spark_like_runs(batch)
+        assert [merge.needs_runs(w, counted) for w in windows] == [True]
+        assert not merge.needs_rows(windows[0], counted, runs)
+        (s,) = merge.plan(windows, [], counted, runs)
+        counted[(s.symbol, s.window_start)] = list(s.ids)
+        total[0] += s.n
+        total[1] += s.sum_pq
+    assert counted == {("A", T0): [(1, 20)]}
+    assert total == [20, sum(t.p * t.q for t in trades)]
+    # the same hole's trades once more (another offset): counted before, so their trades go to the driver
+    again = [(0, t) for t in trades if 5 <= t.trade_id <= 6] + [(0, trades[9])]
+    _, windows, _ = merge.split(spark_like_groups(again, set()))
+    assert merge.needs_rows(windows[0], counted, spark_like_runs(again))
+    assert merge.plan(windows, [t._replace(event_time=spark_time(t.event_time)) for _, t in again], counted,
+                      spark_like_runs(again)) == []  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40), st.sampled_from([0, 0, 0, 1]),
@@ -99,8 +141,13 @@ def test_batches_merged_count_every_trade_once_whatever_the_order_duplicates_and
         overflow = {(s, T0 + timedelta(minutes=m)) for s in "AB" for m in overflowing}
         ends, trade_windows, _ = merge.split(spark_like_groups(batch, overflow))
         assert [(e.partition, e.last_offset) for e in ends] == sorted({(p, 1000) for p, _ in batch})
-        rows = [t._replace(event_time=spark_time(t.event_time)) for _, t in batch]
-        sums = merge.plan(trade_windows, rows, counted)
+        runs = spark_like_runs(batch)
+        # as the writer: the trades of only the windows whose runs cannot decide (an id counted before, an id
+        # twice, an overflow, a window in two partitions)
+        slow = {(w.symbol, w.window_start) for w in trade_windows if merge.needs_rows(w, counted, runs)}
+        rows = [t._replace(event_time=spark_time(t.event_time)) for _, t in batch
+                if (t.symbol, merge.minute(t.event_time)) in slow]  # fmt: skip
+        sums = merge.plan(trade_windows, rows, counted, runs)
         counted.update({(x.symbol, x.window_start): list(x.ids) for x in sums})
         for x in sums:
             w = windows.setdefault((x.symbol, x.window_start), [0, 0, 0, 0, 0])

@@ -125,16 +125,44 @@ def before_cuts(groups, cuts) -> bool:
     return any((c := limit.get(g.kind)) is not None and g.window_start.timestamp() * 1000 < c for g in groups)
 
 
-def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
-    """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
-    twice, its ids are not exactly first..last (a gap, to be filled later), or some of them were counted in
-    this window by an earlier batch. `counted`: the ids each window has counted (trade_metrics.counted_ids)."""
-    return (
-        None in (w.sum_pq, w.sum_q, w.sum_p, w.sum_pp)
-        or w.n != w.n_ids
-        or w.n != w.last_id - w.first_id + 1
-        or trade_ids.overlaps(counted.get((w.symbol, w.window_start), []), w.first_id, w.last_id)
+def exact(w: TradeWindow) -> bool:
+    """Whether Spark's sums of window `w` over the batch are each trade once: none overflowed, no id twice."""
+    return None not in (w.sum_pq, w.sum_q, w.sum_p, w.sum_pp) and w.n == w.n_ids
+
+
+def whole(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
+    """Whether the batch's ids of window `w` are exactly first..last and none of them was counted in it
+    before. `counted`: the ids each window has counted (trade_metrics.counted_ids)."""
+    return w.n == w.last_id - w.first_id + 1 and not trade_ids.overlaps(
+        counted.get((w.symbol, w.window_start), []), w.first_id, w.last_id
     )
+
+
+def needs_runs(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
+    """Whether Spark's sums of `w` are exact but its ids are not one new range (a gap, to be filled later,
+    or a backfill filling one): then its runs of ids (queries.trade_runs) decide whether any was counted."""
+    return exact(w) and not whole(w, counted)
+
+
+def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]], runs: dict[Window, list[Range]]) -> bool:
+    """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
+    twice, or some of its ids were counted in this window by an earlier batch (by its runs when its ids are
+    not first..last; no runs: counted as overlapping). `runs`: the batch's runs of ids per window."""
+    if not exact(w):
+        return True
+    if whole(w, counted):
+        return False
+    key = (w.symbol, w.window_start)
+    got = runs.get(key)
+    return got is None or any(trade_ids.overlaps(counted.get(key, []), first, last) for first, last in got)
+
+
+def runs_by_window(rows) -> dict[Window, list[Range]]:
+    """queries.trade_runs' rows (symbol, window_start, first_id, last_id) as each window's sorted runs."""
+    out: dict[Window, list[Range]] = {}
+    for r in rows:
+        out.setdefault((r.symbol, utc(r.window_start)), []).append((r.first_id, r.last_id))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def utc(t: datetime) -> datetime:
@@ -146,19 +174,23 @@ def minute(t: datetime) -> datetime:
     return utc(t).replace(second=0, microsecond=0)
 
 
-def plan(windows: list[TradeWindow], rows, counted: dict[Window, list[Range]]) -> list[Sums]:
-    """The batch's sums to merge, each with its window's counted ids. `windows`: split()'s; `rows`: the
-    trades (symbol, trade_id, event_time, p, q) of at least every window for which needs_rows(); an id twice
-    in a window is counted once."""
+def plan(
+    windows: list[TradeWindow], rows, counted: dict[Window, list[Range]], runs: dict[Window, list[Range]]
+) -> list[Sums]:
+    """The batch's sums to merge, each with its window's counted ids. `windows`: split()'s; `runs`: the
+    runs of ids of at least every window for which needs_runs(); `rows`: the trades (symbol, trade_id,
+    event_time, p, q) of at least every window for which needs_rows(); an id twice in a window is counted
+    once."""
     out: list[Sums] = []
     slow: set[Window] = set()
     for w in windows:
         key = (w.symbol, w.window_start)
-        if needs_rows(w, counted):
+        if needs_rows(w, counted, runs):
             slow.add(key)
             continue
         assert w.sum_pq is not None and w.sum_q is not None and w.sum_p is not None and w.sum_pp is not None
-        ids = trade_ids.add(counted.get(key, []), [(w.first_id, w.last_id)])
+        new = [(w.first_id, w.last_id)] if whole(w, counted) else runs[key]
+        ids = trade_ids.add(counted.get(key, []), new)
         out.append(Sums(w.symbol, w.window_start, w.n, w.sum_pq, w.sum_q, w.sum_p, w.sum_pp, tuple(ids)))
     acc: dict[Window, list] = {}
     seen: dict[Window, set[int]] = {}

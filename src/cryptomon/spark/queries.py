@@ -276,6 +276,25 @@ def batch_groups(batch_df, settings: Settings, start: dict[tuple[str, int], int]
     return groups, frame
 
 
+def trade_runs(frame, symbols: list[str]):
+    """The runs of consecutive ids in the batch's trade windows of `symbols`, (symbol, window_start,
+    first_id, last_id): the ids a window with gaps counts, without its trades leaving Spark. Gaps and
+    islands: along a run of consecutive ids an id minus its dense rank in the window is one number."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    trades = frame.where(F.col("is_trade") & F.col("symbol").isin(symbols)).select(
+        "symbol", _window_start(F.col("event_time"), TRADE_WINDOW_MS).alias("window_start"), "trade_id"
+    )
+    rank = F.dense_rank().over(Window.partitionBy("symbol", "window_start").orderBy("trade_id"))
+    return (
+        trades.withColumn("run", F.col("trade_id") - rank)
+        .groupBy("symbol", "window_start", "run")
+        .agg(F.min("trade_id").alias("first_id"), F.max("trade_id").alias("last_id"))
+        .drop("run")
+    )
+
+
 def trade_rows(frame, symbols: list[str]):
     """The batch's trades of `symbols`, one per (id, event time), the raw table's key: the windows whose
     sums the driver computes itself (some of their ids were counted before, their ids have holes or

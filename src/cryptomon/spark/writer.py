@@ -128,13 +128,18 @@ class MetricsWriter:
         # the rare passes read the batch again: the poison's bytes, the trades of windows Spark cannot sum
         bad = queries.rejects(frame).collect() if any(e.bad for e in ends) else []
         counted = self._counted_ids(windows)
-        slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted)})
+        gaps = sorted({w.symbol for w in windows if merge.needs_runs(w, counted)})
+        runs = merge.runs_by_window(queries.trade_runs(frame, gaps).collect()) if gaps else {}
+        slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted, runs)})
         rows = queries.trade_rows(frame, slow).collect() if slow else []
-        sums = merge.plan(windows, rows, counted)
+        sums = merge.plan(windows, rows, counted, runs)
         self.in_transaction(lambda conn: self._merge(conn, batch_id, start, cuts, ends, bad, sums, spreads))
+        if gaps:
+            log.info("batch %d: %d symbols' windows with gaps in their ids, or filling some: their runs of ids "
+                     "found by Spark", batch_id, len(gaps))  # fmt: skip
         if slow:
-            log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, gaps in their ids, "
-                     "or Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
+            log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, an id twice, or "
+                     "Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
         if bad:
             self.dead_letters += len(bad)
             for r in bad[:5]:
