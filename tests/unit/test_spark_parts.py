@@ -1,6 +1,7 @@
 """The Spark job's pure parts: which trade ids were counted, what a micro-batch adds to its windows,
 where the query starts and when its batches do."""
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -46,7 +47,7 @@ def test_counted_ranges_keep_the_highest_when_there_are_too_many():
 
 
 GROUP = (
-    "topic partition kind symbol window_start n n_ids sum_pq sum_q sum_p sum_pp first_id last_id sum_spread "
+    "topic partition kind symbol window_start n n_ids sum_pq sum_q sum_p sum_pp first_id last_id sum_id sum_id2 sum_spread "
     "max_spread min_spread last_offset bad"
 )
 Group = namedtuple("Group", GROUP)
@@ -73,7 +74,7 @@ def spark_like_groups(batch: list[tuple[int, Trade]], overflow: set) -> list:
             sums[0] = None
         ids = [t.trade_id for t in ts]
         out.append(Group("binance.trades", part, "trade", sym, spark_time(ws), len(ts), len(set(ids)), *sums, min(ids), max(ids),
-                         None, None, None, 1000, 0))  # fmt: skip
+                         sum(ids), Decimal(sum(i * i for i in ids)), None, None, None, 1000, 0))  # fmt: skip
     return out
 
 
@@ -119,6 +120,48 @@ def test_a_gap_and_its_backfill_take_sparks_sums_and_count_their_runs():
                       spark_like_runs(again)) == []  # fmt: skip
 
 
+def trade_window(ids: list[int]) -> merge.TradeWindow:
+    """A window of distinct ids as Spark sums it (queries.batch_sums), prices left out."""
+    one = Decimal(1)
+    return merge.TradeWindow("A", T0, len(ids), len(set(ids)), one, one, one, one, min(ids), max(ids), sum(ids),
+                             sum(i * i for i in ids))  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, (1 << 63) - 5_000),
+    st.lists(st.integers(0, 60), min_size=2, max_size=400, unique=True),
+    st.lists(st.integers(0, 60), max_size=4),
+)
+def test_one_hole_is_known_from_the_sums_of_the_ids_exactly_when_there_is_one(base, offsets, extra):
+    """Any distinct ids (up to Binance's largest, whose squares only a DECIMAL(38,0) holds): the runs from
+    the sums equal the islands of the sorted ids when the missing ones are one run, and are None otherwise
+    (no hole, or several: the second pass's)."""
+    ids = sorted({base + o for o in [*offsets, *(60 + 5 * e for e in extra)]})
+    islands: list[list[int]] = []
+    for i in ids:  # independent of trade_ids.runs: a new island where the next id is not the last + 1
+        if islands and i == islands[-1][-1] + 1:
+            islands[-1].append(i)
+        else:
+            islands.append([i])
+    want = [(r[0], r[-1]) for r in islands] if len(islands) == 2 else None
+    assert merge.one_hole(trade_window(ids)) == want
+
+
+def test_sums_of_the_ids_that_are_not_one_run_are_left_to_the_second_pass():
+    # ids 10..20 without 12 and 18 (two holes): the missing sum and squares of one run could not be these
+    w = trade_window([i for i in range(10, 21) if i not in (12, 18)])
+    assert merge.one_hole(w) is None
+    # 10..20 without 12, 14 and 16: the count, sum and bounds of 10..20 without 13..15, not its squares
+    assert merge.one_hole(trade_window([i for i in range(10, 21) if i not in (12, 14, 16)])) is None
+    one = trade_window([i for i in range(10, 21) if i not in (13, 14, 15)])
+    assert merge.one_hole(one) == [(10, 12), (16, 20)]
+    assert merge.one_hole(dataclasses.replace(one, sum_id2=one.sum_id2 + 2)) is None  # sums of no such ids
+    # unknown sums (a window in two partitions, an overflow) or an id twice: None
+    assert merge.one_hole(dataclasses.replace(one, sum_id=None)) is None
+    assert merge.one_hole(trade_window([10, 10, 13])) is None
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 40), st.sampled_from([0, 0, 0, 1]),
@@ -141,9 +184,11 @@ def test_batches_merged_count_every_trade_once_whatever_the_order_duplicates_and
         overflow = {(s, T0 + timedelta(minutes=m)) for s in "AB" for m in overflowing}
         ends, trade_windows, _ = merge.split(spark_like_groups(batch, overflow))
         assert [(e.partition, e.last_offset) for e in ends] == sorted({(p, 1000) for p, _ in batch})
-        runs = spark_like_runs(batch)
-        # as the writer: the trades of only the windows whose runs cannot decide (an id counted before, an id
-        # twice, an overflow, a window in two partitions)
+        # as the writer: runs from the sums of the ids where one hole, a second pass for the symbols of the others
+        known, gaps = merge.runs_from_sums(trade_windows, counted)
+        runs = {**{k: v for k, v in spark_like_runs(batch).items() if k[0] in gaps}, **known}
+        # and the trades of only the windows whose runs cannot decide (an id counted before, an id twice, an
+        # overflow, a window in two partitions)
         slow = {(w.symbol, w.window_start) for w in trade_windows if merge.needs_rows(w, counted, runs)}
         rows = [t._replace(event_time=spark_time(t.event_time)) for _, t in batch
                 if (t.symbol, merge.minute(t.event_time)) in slow]  # fmt: skip
@@ -166,13 +211,14 @@ def test_batches_merged_count_every_trade_once_whatever_the_order_duplicates_and
 
 def test_spread_groups_of_one_window_in_two_partitions_add_up():
     g = dict(topic="binance.book_ticker", kind="book", symbol="X", window_start=T0, n_ids=0, sum_pq=None, sum_q=None,
-             sum_p=None, sum_pp=None, first_id=None, last_id=None, bad=0)  # fmt: skip
+             sum_p=None, sum_pp=None, first_id=None, last_id=None, sum_id=None, sum_id2=None, bad=0)  # fmt: skip
     groups = [
         Group(partition=0, n=2, sum_spread=Decimal("0.3"), max_spread=Decimal("0.2"), min_spread=Decimal("0.1"),
               last_offset=7, **g),
         Group(partition=1, n=1, sum_spread=Decimal("0.5"), max_spread=Decimal("0.5"), min_spread=Decimal("0.5"),
               last_offset=3, **g),
-        Group("binance.trades", 0, None, None, None, 4, 0, None, None, None, None, None, None, None, None, None, 9, 4),
+        Group("binance.trades", 0, None, None, None, 4, 0, None, None, None, None, None, None, None, None, None, None,
+              None, 9, 4),
     ]  # fmt: skip
     ends, trades, spreads = merge.split(groups)
     assert trades == [] and spreads == [merge.SpreadWindow("X", T0, 3, Decimal("0.8"), Decimal("0.5"), Decimal("0.1"))]

@@ -62,6 +62,8 @@ class TradeWindow:
     sum_pp: Decimal | None
     first_id: int
     last_id: int
+    sum_id: int | None = None  # the sums of the ids and of their squares (None: unknown, or overflowed)
+    sum_id2: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,8 @@ def split(groups) -> tuple[list[End], list[TradeWindow], list[SpreadWindow]]:
         start = utc(g.window_start)
         key = (g.symbol, start)
         if g.kind == "trade":
-            w = TradeWindow(g.symbol, start, g.n, g.n_ids, g.sum_pq, g.sum_q, g.sum_p, g.sum_pp,
-                            g.first_id, g.last_id)  # fmt: skip
+            w = TradeWindow(g.symbol, start, g.n, g.n_ids, g.sum_pq, g.sum_q, g.sum_p, g.sum_pp, g.first_id,
+                            g.last_id, _int(g.sum_id), _int(g.sum_id2))  # fmt: skip
             if (o := trades.get(key)) is not None:
                 w = TradeWindow(g.symbol, start, o.n + w.n, -1, None, None, None, None,
                                 min(o.first_id, w.first_id), max(o.last_id, w.last_id))  # fmt: skip
@@ -144,6 +146,45 @@ def needs_runs(w: TradeWindow, counted: dict[Window, list[Range]]) -> bool:
     return exact(w) and not whole(w, counted)
 
 
+def one_hole(w: TradeWindow) -> list[Range] | None:
+    """The runs of ids of window `w` when the ids missing between its first and last are one run (a gap
+    not yet filled: a stall), from the sums of its ids and their squares alone; None otherwise or unknown.
+
+    The missing ids are the range's less the batch's (distinct when exact(w)): m of them, sum M1 and sum of
+    squares M2, all exact integers. For m distinct integers, m * M2 - M1^2 is the sum of (a_j - a_i)^2 over
+    their pairs, at least the sum of (j - i)^2 = m^2 (m^2 - 1) / 12 with equality only when they are
+    consecutive; then their mean places them."""
+    if not exact(w) or w.sum_id is None or w.sum_id2 is None:
+        return None
+    first, last = w.first_id, w.last_id
+    m = last - first + 1 - w.n
+    if m <= 0:
+        return None
+    # sums over first..last of i and of i^2, each as the difference of two prefix sums
+    m1 = _prefix1(last) - _prefix1(first - 1) - w.sum_id
+    m2 = _prefix2(last) - _prefix2(first - 1) - w.sum_id2
+    if m * m2 - m1 * m1 != m * m * (m * m - 1) // 12:
+        return None
+    low, rest = divmod(m1 - m * (m - 1) // 2, m)
+    if rest or not first < low <= last - m:
+        return None  # not sums of ids of this window: set aside for the runs of Spark's pass
+    return [(first, low - 1), (low + m, last)]
+
+
+def _prefix1(k: int) -> int:
+    """0 + 1 + ... + k (0 for k < 1; trade ids are >= 0)."""
+    return k * (k + 1) // 2 if k > 0 else 0
+
+
+def _prefix2(k: int) -> int:
+    return k * (k + 1) * (2 * k + 1) // 6 if k > 0 else 0
+
+
+def _int(v) -> int | None:
+    """A sum Spark collected (an int, or a Decimal of scale 0 for the squares) as an int."""
+    return None if v is None else int(v)
+
+
 def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]], runs: dict[Window, list[Range]]) -> bool:
     """Whether Spark's sums of window `w` cannot be taken as they are: a sum overflowed, an id is there
     twice, or some of its ids were counted in this window by an earlier batch (by its runs when its ids are
@@ -155,6 +196,20 @@ def needs_rows(w: TradeWindow, counted: dict[Window, list[Range]], runs: dict[Wi
     key = (w.symbol, w.window_start)
     got = runs.get(key)
     return got is None or any(trade_ids.overlaps(counted.get(key, []), first, last) for first, last in got)
+
+
+def runs_from_sums(windows: list[TradeWindow], counted: dict[Window, list[Range]]):
+    """For the windows that need runs (needs_runs): those one_hole() knows, and the symbols of the others,
+    whose runs a second pass over the batch must find (queries.trade_runs)."""
+    known: dict[Window, list[Range]] = {}
+    rest: set[str] = set()
+    for w in windows:
+        if needs_runs(w, counted):
+            if (got := one_hole(w)) is not None:
+                known[(w.symbol, w.window_start)] = got
+            else:
+                rest.add(w.symbol)
+    return known, sorted(rest)
 
 
 def runs_by_window(rows) -> dict[Window, list[Range]]:

@@ -58,6 +58,8 @@ def _kafka_source(spark, settings: Settings, topic: str, max_offsets: int | None
 # batch_frame) and sums try_sum (NULL on overflow: the driver then sums that window's trades itself in Python's
 # Decimal, see merge.py).
 PRICE_TYPE, QUANTITY_TYPE = "decimal(16,8)", "decimal(20,8)"
+# a trade id (< 2^63 < 1e19) as a decimal: its square (< 8.6e37) is a DECIMAL(38,0), exact; their sum try_sum
+ID_TYPE = "decimal(19,0)"
 KAFKA_COLUMNS = ("topic", "partition", "offset", "key", "value")  # a dead letter's coordinates and bytes
 
 TRADE_WINDOW_MS, SPREAD_WINDOW_MS = 60_000, 30_000
@@ -225,7 +227,8 @@ def batch_sums(frame):
     window ('trade') its count, distinct ids, exact sums and lowest and highest id (what decides whether the
     job has counted any of them: trade_ids.py); per spread window ('book') count, sum, max, min; for every
     group the first and last offsets of its records and the records the metrics cannot use (kind NULL: those, and
-    aggTrades). The driver adds the groups up (merge.py)."""
+    aggTrades). The driver adds the groups up (merge.py). With the sums of the ids and of their squares, a
+    window whose ids have one hole needs no second pass to know its runs (merge.one_hole)."""
     from pyspark.sql import functions as F
 
     trade, book = F.col("is_trade"), F.col("is_book")
@@ -245,6 +248,9 @@ def batch_sums(frame):
         F.try_sum(F.col("p") * F.col("p")).alias("sum_pp"),
         F.min("trade_id").alias("first_id"),
         F.max("trade_id").alias("last_id"),
+        # power sums of the ids: with count and bounds they prove a window's missing ids one run (merge.one_hole)
+        F.try_sum("trade_id").alias("sum_id"),
+        F.try_sum(F.col("trade_id").cast(ID_TYPE) * F.col("trade_id").cast(ID_TYPE)).alias("sum_id2"),
         F.sum("spread").alias("sum_spread"),
         F.max("spread").alias("max_spread"),
         F.min("spread").alias("min_spread"),

@@ -4,6 +4,7 @@ when it is down."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -23,6 +24,8 @@ from cryptomon.spark.pacing import Pacer
 from cryptomon.spark.queries import POISON_QUERY
 
 log = logging.getLogger(__name__)
+
+PASSES = ("sums", "runs of ids", "trades on the driver", "merge")  # a micro-batch's passes, timed in its log lines
 
 
 class HorizonMoved(Exception):
@@ -118,6 +121,7 @@ class MetricsWriter:
 
     def _write_batch(self, batch_df, batch_id: int) -> None:
         start, cuts = self.offsets()
+        took = [time.monotonic()]  # when each pass ended: sums, runs, driver's rows, merge
         groups, frame = queries.batch_groups(batch_df, self.settings, start, cuts)
         if not groups:  # Spark runs no batch without records: these were all counted before
             log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh from "
@@ -128,18 +132,31 @@ class MetricsWriter:
         # the rare passes read the batch again: the poison's bytes, the trades of windows Spark cannot sum
         bad = queries.rejects(frame).collect() if any(e.bad for e in ends) else []
         counted = self._counted_ids(windows)
-        gaps = sorted({w.symbol for w in windows if merge.needs_runs(w, counted)})
-        runs = merge.runs_by_window(queries.trade_runs(frame, gaps).collect()) if gaps else {}
+        took.append(time.monotonic())
+        known, gaps = merge.runs_from_sums(windows, counted)
+        runs = known
+        if gaps:  # more than one hole in some window: its runs from a second pass
+            runs = {**merge.runs_by_window(queries.trade_runs(frame, gaps).collect()), **known}
+        took.append(time.monotonic())
         slow = sorted({w.symbol for w in windows if merge.needs_rows(w, counted, runs)})
         rows = queries.trade_rows(frame, slow).collect() if slow else []
         sums = merge.plan(windows, rows, counted, runs)
+        took.append(time.monotonic())
         self.in_transaction(lambda conn: self._merge(conn, batch_id, start, cuts, ends, bad, sums, spreads))
-        if gaps:
-            log.info("batch %d: %d symbols' windows with gaps in their ids, or filling some: their runs of ids "
-                     "found by Spark", batch_id, len(gaps))  # fmt: skip
+        took.append(time.monotonic())
+        parts = ", ".join(
+            f"{name} {b - a:.1f} s" for name, (a, b) in zip(PASSES, itertools.pairwise(took), strict=True)
+        )
+        if known or gaps:
+            log.info("batch %d: windows with gaps in their ids, or filling some, take Spark's sums: %d with runs of "
+                     "ids from their sums, %d symbols' by a second pass (%s)", batch_id, len(known), len(gaps),
+                     parts)  # fmt: skip
         if slow:
             log.info("batch %d: %d symbols' windows summed on the driver (trades counted before, an id twice, or "
-                     "Spark's sums overflowed)", batch_id, len(slow))  # fmt: skip
+                     "Spark's sums overflowed; %s)", batch_id, len(slow), parts)  # fmt: skip
+        if took[-1] - took[0] > self.settings.spark_trigger_seconds:
+            log.warning("batch %d took %.1f s, longer than the %g s trigger: %s", batch_id, took[-1] - took[0],
+                        self.settings.spark_trigger_seconds, parts)  # fmt: skip
         if bad:
             self.dead_letters += len(bad)
             for r in bad[:5]:
