@@ -355,6 +355,12 @@ class Settings(BaseSettings):
         description="Where a job without a checkpoint starts reading Kafka: earliest (everything retained), "
         'latest (what arrives from now on), or Spark\'s JSON of offsets per topic and partition, {"topic": {"0": 42}}.',
     )
+    spark_warmup_records: int = Field(
+        200_000,
+        ge=0,
+        description="Made-up records the job sums before its query starts, so that its first micro-batch finds "
+        "its code compiled (0: none; spark/warmup.py).",
+    )
     spark_ui_port: int = Field(4040, ge=0, le=65535, description="Spark UI port (0 disables the UI).")
     spark_driver_host: str = Field(
         "127.0.0.1",

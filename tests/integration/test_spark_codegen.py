@@ -14,7 +14,7 @@ from cryptomon.db.horizons import BEFORE_HORIZON
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
-from cryptomon.spark import queries
+from cryptomon.spark import queries, warmup
 from cryptomon.spark.streaming_job import build_session
 
 pytestmark = pytest.mark.integration
@@ -100,3 +100,17 @@ def test_new_archive_horizons_compile_nothing_until_a_batch_holds_a_record_older
         [(TRADES_TOPIC, o) for o in range(900, 1200)] + [(BOOK_TOPIC, o) for o in range(900, 1500)]
     )
     assert all(r.reason.startswith(BEFORE_HORIZON) for r in aside)
+
+
+def test_the_warm_up_sums_good_records_of_both_kinds_and_writes_nothing(spark):
+    """What the job sums before its query starts (spark/warmup.py) goes down the paths of the market's
+    records, not the poison's: every record a trade (2 in 3, ids distinct) or a bookTicker (1 in 3)."""
+    session, settings = spark
+    groups = queries.batch_sums(queries.batch_frame(warmup.records(session, 3_000, int(time.time() * 1000)),
+                                                    settings)).collect()  # fmt: skip
+    assert sum(g.bad for g in groups) == 0
+    trades = [g for g in groups if g.kind == "trade"]
+    assert sum(g.n for g in trades) == sum(g.n_ids for g in trades) == 2_000
+    assert sum(g.n for g in groups if g.kind == "book") == 1_000
+    assert warmup.warm_up(session, settings.model_copy(update={"spark_warmup_records": 300})) > 0
+    assert warmup.warm_up(session, settings.model_copy(update={"spark_warmup_records": 0})) == 0

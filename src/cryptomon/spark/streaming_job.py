@@ -15,6 +15,7 @@ from cryptomon.errors import ConfigError
 from cryptomon.settings import Settings
 from cryptomon.spark.pacing import Pacer
 from cryptomon.spark.queries import METRICS_QUERY, source
+from cryptomon.spark.warmup import warm_up
 from cryptomon.spark.writer import MetricsWriter
 from cryptomon.stopping import stop_on_signals
 
@@ -122,6 +123,7 @@ def main(settings: Settings, trigger: dict | None = None) -> None:
     spark = build_session(settings)
     writer = MetricsWriter(settings)
     install_progress_listener(spark, writer)
+    warm_up(spark, settings)
     query = start_query(spark, settings, writer, trigger)
     log.info("streaming: %s; checkpoint in %s; Spark UI on :%s", query.name, settings.spark_checkpoints,
              settings.spark_ui_port or "off")  # fmt: skip

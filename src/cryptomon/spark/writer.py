@@ -123,7 +123,10 @@ class MetricsWriter:
         start, cuts = self.offsets()
         took = [time.monotonic()]  # when each pass ended: sums, runs, driver's rows, merge
         groups, frame = queries.batch_groups(batch_df, self.settings, start, cuts)
-        if not groups:  # Spark runs no batch without records: these were all counted before
+        if not groups:  # no records at all (Spark's first batch may have none), or all counted before
+            if batch_df.isEmpty():
+                log.debug("batch %d: no records", batch_id)
+                return
             log.warning("batch %d: every record was counted before (a replayed batch, or a job started afresh from "
                         "older offsets), skipped; if Kafka was replaced and its offsets started again, clear "
                         "metric_offsets", batch_id)  # fmt: skip
