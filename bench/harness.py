@@ -179,6 +179,19 @@ SPARK_FINDINGS = [
     "peak RSS for the job (one run each, the machine varies by 20-30 %).",
 ]
 
+# what made the 20,000 events/s run late and inexact, and what changed (2026-12-06, the runs of bench/e2e.py)
+E2E_FINDINGS = [
+    "What changed at 20,000 events/s (2026-12-06, single-rate runs, then this one): the simulator kept 100,000 "
+    "trades a symbol (~20 s at this rate) while the backfill of the stall (~440,000 trades at the ingestion's "
+    "half of the REST weight, 2,000 trades/s) reaches its last ids ~4 minutes later, so 365,137 were "
+    "unfillable; it keeps 10 minutes of each symbol at its rate now, and none is. A trade window with a hole "
+    "in its ids had its symbols' trades summed on the driver: 23 s batches after the stall, metric rows p99 "
+    "40.6 s; its runs of ids from a second Spark pass: 12-16 s batches, p99 26.4 s; proven from the sums of "
+    "the ids and their squares in the batch's one pass (docs/design.md): 6-7.6 s batches. The job's first "
+    "batch compiled its code under the market: 20-28 s; summing 200,000 made-up records before the query "
+    "starts (9.4 s while nothing waits): 12.9 s. Metric rows p99 then 6.9 and 9.5 s in single-rate runs.",
+]
+
 WORKER_FINDINGS = [
     "What the profiles showed, and what changed: psycopg's list dumper, walking every element of the batch's "
     "nine column arrays in Python, was the largest single entry (16% of the samples, 2026-11-25). The arrays now "
@@ -565,6 +578,7 @@ def render(report: dict) -> str:
         ]
         if repairs:
             lines += [*repairs, ""]
+        lines += [*E2E_FINDINGS, ""]
         for x in e["runs"]:
             if "rss_growth_mb" in x:
                 lines.append(

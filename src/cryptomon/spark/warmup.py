@@ -21,7 +21,7 @@ SYMBOL = "WARMUPUSDT"
 
 def records(spark, n: int, now_ms: int):
     """n Kafka-like records (the source's columns), two trades for each bookTicker, of one made-up symbol,
-    with consecutive trade ids and times spread over a few windows."""
+    ids and times from the row number, 10 ms apart (a few windows per 20,000 records)."""
     from pyspark.sql import functions as F
 
     i = F.col("id")
