@@ -374,7 +374,7 @@ def feed_sim(
     whole_size: int = typer.Option(400, help="TRADING symbols of --market whole."),
     wait_for_client: bool = typer.Option(True, help="Start the market when the first WebSocket client connects."),
     book_updates: float = typer.Option(0.0, help="Extra bookTicker-only updates per market step."),
-    history: int = typer.Option(0, help="Trades and aggTrades kept per symbol for REST (0: 10 min of the market, >= 2M in all)."),
+    history: int = typer.Option(0, help="Trades and aggTrades kept per symbol for REST (0: 10 min, >= 2M in all)."),
     max_age: float = typer.Option(86400.0, help="Seconds after which a WebSocket connection is cut (Binance: 24 h)."),
     max_streams: int = typer.Option(1024, help="Streams per connection (Binance: 1,024)."),
     max_messages: int = typer.Option(5, help="Incoming messages per second per connection (Binance: 5)."),
