@@ -107,6 +107,15 @@ def replay_args(captures: list, port: int, *options: str) -> list[str]:
     return ["feed", "replay", *map(str, captures), "--port", str(port), *options]
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step (a file beside it, then os.replace): a reader of up.json
+    (`cryptomon status`, a test) sees the old pids or the new ones, never a file cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 class Pipeline:
     """`cryptomon up`: the services and every process started in order, restarted when they die, stopped in order."""
 
@@ -275,10 +284,8 @@ class Pipeline:
         self.pid_file.unlink(missing_ok=True)
 
     def _write_pids(self) -> None:
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(
-            json.dumps({c.name: c.popen.pid for c in self.children if c.popen} | {"up": os.getpid()})
-        )
+        pids = {c.name: c.popen.pid for c in self.children if c.popen} | {"up": os.getpid()}
+        write_atomically(self.pid_file, json.dumps(pids))
 
     # ---------------------------------------------------------------- live view
 
