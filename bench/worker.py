@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import orjson
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import copy_ceiling
@@ -201,8 +201,9 @@ def _function(frame: str) -> str:
 
 def per_row_costs(n: int = 20_000) -> dict:
     """Microseconds per trade row of each step of the worker's path, in this process (same interpreter)."""
+    from cryptomon.worker.batch import Batch
     from cryptomon.worker.copytext import copy_text
-    from cryptomon.worker.rows import Batch, trade_row
+    from cryptomon.worker.rows import trade_row
     from cryptomon.worker.sink import row_arrays
 
     market = Market(("BTCUSDT",), seed=3)
@@ -221,16 +222,21 @@ def per_row_costs(n: int = 20_000) -> dict:
             best = min(best, time.perf_counter() - t0)
         return round(best / len(values) * 1e6, 2)
 
-    batch, grown, chunks = Batch(TRADES), Batch(TRADES), range(0, len(values), 500)
-    for i, v in enumerate(values):
-        batch.add("t", 0, i, b"k", v, 0.0)
+    # the consumer's messages, in batches of 500 as the worker buffers them
+    chunks = [[message(i + j, v) for j, v in enumerate(values[i : i + 500])] for i in range(0, len(values), 500)]
+    rows = [Batch(TRADES, messages=chunk).rows for chunk in chunks]
+    assert all(Batch(TRADES, messages=chunk).copy_text is not None for chunk in chunks), "not decoded whole"
     return {
         "orjson_loads_us": timed(lambda: [orjson.loads(v) for v in values]),
         "parse_and_validate_us": timed(lambda: [trade_row(v) for v in values]),
-        "batch_add_us": timed(lambda: [grown.add("t", 0, i, b"k", v, 0.0) for i, v in enumerate(values)]),
-        "copy_text_us": timed(lambda: [copy_text(TRADES, batch.rows[i : i + 500]) for i in chunks]),
-        "array_literals_us": timed(lambda: [row_arrays(TRADES, batch.rows[i : i + 500]) for i in chunks]),
+        "whole_batch_us": timed(lambda: [Batch(TRADES, messages=chunk).parsed() for chunk in chunks]),
+        "copy_text_us": timed(lambda: [copy_text(TRADES, r) for r in rows]),
+        "array_literals_us": timed(lambda: [row_arrays(TRADES, r) for r in rows]),
     }
+
+
+def message(offset: int, value: bytes) -> Message:
+    return Message(topic="t", partition=0, offset=offset, key=b"k", value=value, timestamp=(1, 1_800_000_000_000))
 
 
 def latency(settings, seconds: float, logs: Path) -> dict:

@@ -32,3 +32,15 @@ values = (
     st.sampled_from(EDGES) | st.integers() | st.text(max_size=12) | st.floats(allow_nan=False, allow_infinity=False)
 )
 names = st.sampled_from(NAMES)
+
+
+def record(kind: str, change: dict, drop: list[str], duplicate: tuple[str, object] | None) -> bytes:
+    """A payload of `kind` as the ingestion writes it, with fields changed, dropped or given twice."""
+    data = {**PAYLOADS[kind], "ingestion_timestamp": NOW, **change}
+    for name in drop:
+        data.pop(name, None)
+    text = json.dumps(data)
+    if duplicate is not None:  # a key twice: orjson and msgspec must agree on which one counts
+        name, value = duplicate
+        text = f"{text[:-1]}, {json.dumps(name)}: {json.dumps(value)}}}" if data else text
+    return text.encode("utf-8", "surrogatepass")

@@ -4,7 +4,6 @@ reason; and the typed path is the one real records take (else the speed-up would
 
 from __future__ import annotations
 
-import json
 import re
 
 from hypothesis import given, settings
@@ -18,7 +17,7 @@ from cryptomon.ingestion.frames import encode
 from cryptomon.simulator.replay import read_timed
 from cryptomon.worker.rows import book_row, contract_book_row, contract_trade_row, trade_row
 from tests.helpers import real_capture
-from tests.hostile import EDGES, LATEST, NAMES, NOW, PAYLOADS, names, values
+from tests.hostile import EDGES, LATEST, NAMES, NOW, names, record, values
 
 
 def outcome(parse, raw: bytes | None, latest: int | None):
@@ -26,17 +25,6 @@ def outcome(parse, raw: bytes | None, latest: int | None):
         return parse(raw, latest)
     except BadData as bad:
         return ("bad", bad.reason)
-
-
-def record(kind: str, change: dict, drop: list[str], duplicate: tuple[str, object] | None) -> bytes:
-    data = {**PAYLOADS[kind], "ingestion_timestamp": NOW, **change}
-    for name in drop:
-        data.pop(name, None)
-    text = json.dumps(data)
-    if duplicate is not None:  # a key twice: orjson and msgspec must agree on which one counts
-        name, value = duplicate
-        text = f"{text[:-1]}, {json.dumps(name)}: {json.dumps(value)}}}" if data else text
-    return text.encode("utf-8", "surrogatepass")
 
 
 def parsers(kind: str):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 import orjson
+from confluent_kafka import Message
 
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import TRADES
+from cryptomon.worker.batch import Batch
 from cryptomon.worker.ordering import CommitOrder
-from cryptomon.worker.rows import Batch
 
 TOPIC = topic_name(TRADES)
 P0, P1 = (TOPIC, 0), (TOPIC, 1)
@@ -23,7 +24,7 @@ def trade(i: int) -> bytes:
 def batch(partition: int, *offsets: int) -> Batch:
     b = Batch(TRADES)
     for o in offsets:
-        b.add(TOPIC, partition, o, b"BTCUSDT", trade(o), now=0.0)
+        b.append(Message(topic=TOPIC, partition=partition, offset=o, key=b"BTCUSDT", value=trade(o)), 0.0)
     return b
 
 

@@ -2,11 +2,13 @@
 
 import orjson
 import pytest
+from confluent_kafka import Message
 
 from cryptomon.errors import BadData
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import TRADES
-from cryptomon.worker.rows import Batch, DeadLetter, book_row, trade_row
+from cryptomon.worker.batch import Batch
+from cryptomon.worker.rows import DeadLetter, book_row, trade_row
 
 TOPIC = topic_name(TRADES)
 TRADE = {
@@ -21,6 +23,10 @@ TRADE = {
     "M": True,
     "ingestion_timestamp": 1700000000005,
 }
+
+
+def message(partition: int, offset: int, value: bytes) -> Message:
+    return Message(topic=TOPIC, partition=partition, offset=offset, key=b"k", value=value)
 
 
 def test_trade_and_book_rows_keep_decimals_as_text_and_times_in_ms():
@@ -69,9 +75,9 @@ def test_poison_values(value):
 def test_batch_flush_triggers_and_offsets():
     b = Batch("trades")
     assert not b.due(0, 3, 2.0, drained=True)  # empty: never due
-    b.add(TOPIC, 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
-    b.add(TOPIC, 1, 4, b"k", b"garbage", now=100.5)
-    b.add(TOPIC, 0, 11, b"k", orjson.dumps(dict(TRADE, t=6)), now=101.0)
+    b.append(message(0, 10, orjson.dumps(TRADE)), 100.0)
+    b.append(message(1, 4, b"garbage"), 100.5)
+    b.append(message(0, 11, orjson.dumps(dict(TRADE, t=6))), 101.0)
     assert len(b) == 3 and len(b.rows) == 2 and len(b.poison) == 1
     assert not b.due(101.0, 5, 2.0, drained=False)
     assert b.due(101.0, 3, 2.0, drained=False)  # size
@@ -84,9 +90,9 @@ def test_batch_flush_triggers_and_offsets():
 
 def test_a_failed_batch_takes_the_newer_messages_back_behind_its_own():
     older, newer = Batch("trades"), Batch("trades")
-    older.add(TOPIC, 0, 10, b"k", orjson.dumps(TRADE), now=100.0)
-    newer.add(TOPIC, 0, 11, b"k", b"garbage", now=101.0)
-    newer.add(TOPIC, 0, 12, b"k", orjson.dumps(dict(TRADE, t=7)), now=101.5)
+    older.append(message(0, 10, orjson.dumps(TRADE)), 100.0)
+    newer.append(message(0, 11, b"garbage"), 101.0)
+    newer.append(message(0, 12, orjson.dumps(dict(TRADE, t=7))), 101.5)
     older.absorb(newer)
     assert [p[2] for p in older.positions] == [10, 12] and older.poison_positions == [(TOPIC, 0, 11)]
     assert [r.trade_id for r in older.rows] == [TRADE["t"], 7] and older.started == 100.0

@@ -7,7 +7,8 @@ A record this accepts, the contract accepts with the same values (property-teste
 tests/unit/test_binance_records.py); for anything else (an unknown field, a value out of bounds, not JSON)
 `decode_*` returns None and the caller asks the contract, which accepts it or says why not. The checks that
 depend on the record's own times (an event time past the ingestion time plus the skew) stay in the caller,
-in Python, after the decode.
+in Python, after the decode. The records hold only strings, ints and bools, so they stay out of the cyclic
+garbage collector (`gc=False`: a tenth less time a decode).
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ from cryptomon.binance.payloads import NONZERO, BookTickerPayload, Id, Millis, T
 from cryptomon.binance.schema import AGG_TRADE, PRICE, QUANTITY, SYMBOL, TRADE
 
 
-class _Trades(TradeFields, frozen=True, kw_only=True):
+class _Trades(TradeFields, frozen=True, kw_only=True, gc=False):
     """What a trade and an aggTrade of the trades topic both have: the payload's fields and the ingestion's."""
 
     ingestion_timestamp: Millis
     backfilled: bool = False
 
 
-class TradeRecord(_Trades, tag_field="e", tag=TRADE, frozen=True):
+class TradeRecord(_Trades, tag_field="e", tag=TRADE, frozen=True, gc=False):
     """A trade as the ingestion writes it to the trades topic."""
 
     t: Id
 
 
-class AggTradeRecord(_Trades, tag_field="e", tag=AGG_TRADE, frozen=True):
+class AggTradeRecord(_Trades, tag_field="e", tag=AGG_TRADE, frozen=True, gc=False):
     """An aggTrade as the ingestion writes it to the trades topic."""
 
     a: Id
@@ -41,7 +42,7 @@ class AggTradeRecord(_Trades, tag_field="e", tag=AGG_TRADE, frozen=True):
     l: Id  # noqa: E741 (Binance's name)
 
 
-class BookTickerRecord(BookTickerPayload, frozen=True):
+class BookTickerRecord(BookTickerPayload, frozen=True, gc=False):
     """A bookTicker as the ingestion writes it to the book_ticker topic."""
 
     ingestion_timestamp: Millis
@@ -53,14 +54,15 @@ _TRADE_STRINGS = re.compile(rf"(?:{SYMBOL.pattern})\|{NONZERO}(?:{PRICE.pattern}
 _BOOK_STRINGS = re.compile(
     rf"(?:{SYMBOL.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})\|(?:{PRICE.pattern})\|(?:{QUANTITY.pattern})"
 )
-_TRADES = msgspec.json.Decoder(TradeRecord | AggTradeRecord)
-_BOOK_TICKERS = msgspec.json.Decoder(BookTickerRecord)
+# the decoders alone (cryptomon.worker.bulk checks a whole batch's strings at once)
+TRADE_DECODER = msgspec.json.Decoder(TradeRecord | AggTradeRecord)
+BOOK_TICKER_DECODER = msgspec.json.Decoder(BookTickerRecord)
 
 
 def decode_trade(value: bytes) -> TradeRecord | AggTradeRecord | None:
     """A trades-topic value as its typed record, or None when only the contract can say (see the module)."""
     try:
-        r = _TRADES.decode(value)
+        r = TRADE_DECODER.decode(value)
     except msgspec.DecodeError:  # ValidationError is one
         return None
     return r if _TRADE_STRINGS.fullmatch(f"{r.s}|{r.p}|{r.q}") else None
@@ -69,7 +71,7 @@ def decode_trade(value: bytes) -> TradeRecord | AggTradeRecord | None:
 def decode_book_ticker(value: bytes) -> BookTickerRecord | None:
     """A book_ticker-topic value as its typed record, or None when only the contract can say."""
     try:
-        r = _BOOK_TICKERS.decode(value)
+        r = BOOK_TICKER_DECODER.decode(value)
     except msgspec.DecodeError:  # ValidationError is one
         return None
     return r if _BOOK_STRINGS.fullmatch(f"{r.s}|{r.b}|{r.B}|{r.a}|{r.A}") else None

@@ -15,9 +15,8 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from cryptomon.worker.rows import Batch
+from cryptomon.worker.batch import Batch, Partition
 
-Partition = tuple[str, int]  # (topic, partition)
 W = TypeVar("W")  # whatever wrote the batch (the worker's writer: a thread and its connection)
 
 

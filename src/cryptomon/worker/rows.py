@@ -1,4 +1,4 @@
-"""Pure logic of the worker: Kafka message values -> table rows or dead letters, and when to flush.
+"""Pure logic of the worker: a Kafka message value -> its table row, or why it is a dead letter.
 
 A row keeps Binance's decimal strings as they are (PostgreSQL parses them into NUMERIC exactly) and
 epoch-millisecond times (converted in SQL), so nothing is rounded on the way.
@@ -6,7 +6,6 @@ epoch-millisecond times (converted in SQL), so nothing is rounded on the way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import orjson
@@ -140,75 +139,3 @@ def _check(kind: str, d: dict, latest_ms: int | None, skew_ms: int) -> None:
 
 
 PARSERS = {TRADES: trade_row, BOOK_TICKER: book_row}
-
-
-@dataclass
-class Batch:
-    """Rows waiting for one bulk insert, with the Kafka positions they came from."""
-
-    table: str
-    skew_ms: int = SKEW_MS  # how far an event time may pass its ingestion time (CRYPTOMON_MAX_CLOCK_SKEW_SECONDS)
-    rows: list[tuple] = field(default_factory=list)  # TradeRow or BookRow
-    positions: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset) per row
-    raw: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)  # (key, value) per row
-    poison: list[DeadLetter] = field(default_factory=list)
-    poison_positions: list[tuple[str, int, int]] = field(default_factory=list)
-    started: float | None = None  # monotonic time of the oldest buffered message
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.poison)
-
-    def add(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        now: float,
-        latest_ms: int | None = None,
-    ) -> None:
-        if self.started is None:
-            self.started = now
-        try:
-            row = PARSERS[self.table](value, latest_ms, self.skew_ms)
-        except BadData as exc:
-            self.poison.append(DeadLetter(topic, partition, offset, key, value, str(exc)))
-            self.poison_positions.append((topic, partition, offset))
-            return
-        self.rows.append(row)
-        self.positions.append((topic, partition, offset))
-        self.raw.append((key, value))
-
-    def dead_letter_for(self, index: int, error: str) -> DeadLetter:
-        """A dead_letters row for buffered row `index` (rejected by the database)."""
-        topic, partition, offset = self.positions[index]
-        key, value = self.raw[index]
-        return DeadLetter(topic, partition, offset, key, value, error)
-
-    def due(self, now: float, max_rows: int, max_age: float, drained: bool) -> bool:
-        if not len(self) or self.started is None:
-            return False
-        return len(self) >= max_rows or now - self.started >= max_age or drained
-
-    def commit_offsets(self) -> dict[tuple[str, int], int]:
-        """Next offset to commit per (topic, partition): the highest buffered offset + 1."""
-        out: dict[tuple[str, int], int] = {}
-        for positions in (self.positions, self.poison_positions):
-            # a partition's positions are appended in Kafka's order (absorb() appends newer ones): the last wins
-            last = {(topic, partition): offset + 1 for topic, partition, offset in positions}
-            for tp, offset in last.items():
-                if offset > out.get(tp, -1):
-                    out[tp] = offset
-        return out
-
-    def absorb(self, newer: Batch) -> None:
-        """Append the messages of a batch buffered after this one (a failed write takes its newer
-        messages back behind its own, so that the retry keeps Kafka's order)."""
-        self.rows += newer.rows
-        self.positions += newer.positions
-        self.raw += newer.raw
-        self.poison += newer.poison
-        self.poison_positions += newer.poison_positions
-        if self.started is None:
-            self.started = newer.started

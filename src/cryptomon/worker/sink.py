@@ -107,9 +107,15 @@ class TimescaleSink:
                 self.conn = None
 
     def write(
-        self, table: str, rows: list[tuple], dead: list[DeadLetter], describe: Callable[[int, str], DeadLetter]
+        self,
+        table: str,
+        rows: list[tuple],
+        dead: list[DeadLetter],
+        describe: Callable[[int, str], DeadLetter],
+        text: bytes | None = None,
     ) -> tuple[int, list[DeadLetter]]:
         """Insert rows and dead letters atomically; returns (rows inserted, rejected rows as dead letters).
+        `text`: the rows' COPY text when the caller has it (cryptomon.worker.bulk), else it is rendered here.
 
         When PostgreSQL rejects the batch because of the data in some row, those rows are isolated by
         bisection (in transactions that are rolled back), `describe(index, error)` turns each into a dead
@@ -121,7 +127,8 @@ class TimescaleSink:
                 rows = [rows[i] for i in keep]
                 dead = dead + aside
                 describe = _reindexed(describe, keep)
-            return self._write(table, rows, dead, describe, aside)
+                text = None  # it was the text of all the rows
+            return self._write(table, rows, dead, describe, aside, text)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._reset()
             raise DatabaseUnavailable(str(exc).strip()) from None
@@ -133,9 +140,10 @@ class TimescaleSink:
         dead: list[DeadLetter],
         describe: Callable[[int, str], DeadLetter],
         aside: list[DeadLetter],
+        text: bytes | None = None,
     ) -> tuple[int, list[DeadLetter]]:
         try:
-            return self._insert(table, rows, dead), aside
+            return self._insert(table, rows, dead, text), aside
         except ROW_ERRORS as exc:
             log.warning("batch of %d %s rows rejected (%s): isolating the bad rows", len(rows), table, exc)
         bad = self._bisect(table, rows)
@@ -160,10 +168,10 @@ class TimescaleSink:
                 keep.append(i)
         return aside, keep
 
-    def _insert(self, table: str, rows: list[tuple], dead: list[DeadLetter]) -> int:
-        """Rows and dead letters, atomically: by COPY when it may be, else (or when a row is already
-        there) by INSERT … ON CONFLICT DO NOTHING. Returns the rows inserted."""
-        if rows and self._no_copy[table] == 0 and (text := copy_text(table, rows)) is not None:
+    def _insert(self, table: str, rows: list[tuple], dead: list[DeadLetter], text: bytes | None = None) -> int:
+        """Rows and dead letters, atomically: by COPY when it may be (`text`: the rows' COPY text, if known),
+        else (or when a row is already there) by INSERT … ON CONFLICT DO NOTHING. Returns the rows inserted."""
+        if rows and self._no_copy[table] == 0 and (text := text or copy_text(table, rows)) is not None:
             try:
                 return self._copy(table, text, dead)
             except errors.UniqueViolation:
