@@ -125,3 +125,21 @@ def test_a_hostile_record_changes_nothing():
         with pytest.raises(BadData):
             k.on_depth(bad, 0, 0)
     assert k.books == {} and k.next_offsets == {(TOPIC, 0): 1}
+
+
+def test_buffered_counts_the_diffs_of_books_waiting_and_none_once_synced():
+    """What the stage watches to give memory back after a resync (book/service.py, cryptomon.runtime)."""
+    k = BookKeeper(TOPIC)
+    waiting = {}
+    for offset, v in enumerate(records()):
+        if v["e"] == DEPTH_SNAPSHOT:
+            if v["s"] in waiting and k.buffered() > 0:
+                break
+            continue
+        k.on_depth(v, 0, offset)
+        waiting[v["s"]] = waiting.get(v["s"], 0) + 1
+        assert k.buffered() == sum(waiting.values())  # nothing synced before the first snapshot
+    assert k.buffered() > 0
+    for offset, v in enumerate(records()):
+        k.on_depth(v, 0, offset)
+    assert not k.waiting() and k.buffered() == 0

@@ -220,6 +220,10 @@ class BookKeeper:
         """The books waiting for a snapshot."""
         return [sym for sym, b in self.books.items() if not b.sync.synced]
 
+    def buffered(self) -> int:
+        """Diffs held by the books waiting for a snapshot."""
+        return sum(len(b.sync.buffer) for b in self.books.values())
+
     def _row(self, book: SymbolBook) -> BookRow:
         ob = book.sync.book
         assert ob is not None and ob.last_event_ms is not None

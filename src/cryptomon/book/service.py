@@ -29,6 +29,7 @@ from cryptomon.kafka.security import librdkafka_security
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_DEPTH, BOOK_TICKER, DEPTH_REQUESTS, SESSION_HEADER
 from cryptomon.observability import health_server
+from cryptomon.runtime import FreedMemory
 from cryptomon.settings import Settings
 from cryptomon.stopping import stop_on_signals
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.5  # rows written at least this often
 ASK_SECONDS = 1.0  # how often the books waiting for a snapshot are looked at (book/snapshot_asks.py)
 MAX_PENDING_ROWS = 50_000  # rows held while the database is away; beyond it consumption pauses
+# freed heap given back to the OS once this many buffered diffs (~1.2 kB each, packed) went since their peak:
+# a resync of every book buffers minutes of diffs, freed as the snapshots come (cryptomon.runtime)
+RELEASE_AFTER_DIFFS = 20_000
 
 
 class BookService:
@@ -77,6 +81,7 @@ class BookService:
         )
         self.asker = SnapshotAsker(settings.kafka_bootstrap, topic_name(DEPTH_REQUESTS), librdkafka_security(settings))
         self.last_ask = time.monotonic()
+        self.freed = FreedMemory(RELEASE_AFTER_DIFFS)
         self.registry = CollectorRegistry()
         self.registry.register(self)
         port = settings.book_health_port if health_port is None else health_port
@@ -154,6 +159,8 @@ class BookService:
                     self.last_ask = now
                     mismatched, self.keeper.mismatched = self.keeper.mismatched, []
                     self.asker.tick(self.keeper.waiting(), mismatched, self.keeper.queue_news.drain())
+                    if self.freed.observe(self.keeper.buffered()):
+                        log.info("buffered diffs went to their snapshots: freed memory given back to the OS")
                 if now - self.last_flush >= FLUSH_SECONDS:
                     self._write(checkpoint=now - self.last_checkpoint >= self.settings.book_checkpoint_seconds)
         finally:
@@ -254,6 +261,8 @@ class BookService:
             "seconds_since_checkpoint": round(time.monotonic() - self.last_checkpoint, 1),
             "mismatches": sum(b["mismatches"] for b in books.values()),
             "snapshots_asked": self.asker.sent,
+            "buffered_diffs": self.keeper.buffered(),
+            "memory_releases": self.freed.releases,
         }
         return self.db_ok and not self.paused, body
 
@@ -275,8 +284,12 @@ class BookService:
             ("dead_letters", "Records set aside into dead_letters", self.dead_letters),
             ("checkpoints", "Checkpoints written", self.checkpoints),
             ("db_failures", "Writes the database refused (kept, tried again)", self.db_failures),
+            ("memory_releases", "Freed heap given back to the OS after buffered diffs went", self.freed.releases),
         ):
             yield CounterMetricFamily(f"cryptomon_book_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "cryptomon_book_buffered_diffs", "Diffs held by books waiting for a snapshot", value=self.keeper.buffered()
+        )
 
 
 def main(settings: Settings) -> None:
