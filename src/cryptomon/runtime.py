@@ -20,11 +20,8 @@ when what a stage holds has dropped by a threshold since its peak.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
-import logging
-
-log = logging.getLogger(__name__)
 
 YOUNG_OBJECTS = 50_000  # CPython's default is 700; at ~100 bytes an object, a few MiB at most in waiting
 
@@ -37,23 +34,22 @@ def tune_gc(young: int = YOUNG_OBJECTS) -> None:
     gc.set_threshold(young, older, oldest)
 
 
+@functools.cache
 def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    name = ctypes.util.find_library("c")
+    """glibc's malloc_trim from the symbols the process has loaded, or None where the C library has none
+    (musl, macOS). A ctypes call releases the GIL while it runs."""
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return None
 
 
-_TRIM = _malloc_trim()
-
-
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the OS (glibc's `malloc_trim(0)`); False where it cannot."""
-    if _TRIM is None:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _TRIM(0)
+    trim(0)
     return True
 
 
