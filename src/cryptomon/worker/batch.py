@@ -23,7 +23,7 @@ class Parsed:
     """What a batch's first `count` messages became."""
 
     count: int
-    rows: list[tuple]  # TradeRow or BookRow
+    rows: list[tuple]  # fields as TradeRow or BookRow (named only from the record-by-record path)
     sources: list[Message]  # the message of each row
     poison: list[DeadLetter]
     text: bytes | None  # the rows' COPY text, when the whole batch went at once
