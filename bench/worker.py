@@ -224,8 +224,9 @@ def per_row_costs(n: int = 20_000) -> dict:
 
     # the consumer's messages, in batches of 500 as the worker buffers them
     chunks = [[message(i + j, v) for j, v in enumerate(values[i : i + 500])] for i in range(0, len(values), 500)]
-    rows = [Batch(TRADES, messages=chunk).rows for chunk in chunks]
-    assert all(Batch(TRADES, messages=chunk).copy_text is not None for chunk in chunks), "not decoded whole"
+    decoded = [Batch(TRADES, messages=chunk) for chunk in chunks]
+    assert all(b.copy_text is not None for b in decoded), "not decoded whole"
+    rows = [b.rows for b in decoded]
     return {
         "orjson_loads_us": timed(lambda: [orjson.loads(v) for v in values]),
         "parse_and_validate_us": timed(lambda: [trade_row(v) for v in values]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+from collections.abc import Callable
 
 YOUNG_OBJECTS = 50_000  # CPython's default is 700; at ~100 bytes an object, a few MiB at most in waiting
 
@@ -57,7 +58,7 @@ class FreedMemory:
     """Calls `release_free_memory()` once what a structure holds (in any unit: diffs, rows) has dropped by
     `threshold` from its peak since the last call."""
 
-    def __init__(self, threshold: int, release=release_free_memory):
+    def __init__(self, threshold: int, release: Callable[[], bool] = release_free_memory):
         self.threshold = threshold
         self.release = release
         self.peak = 0

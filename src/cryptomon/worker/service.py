@@ -234,7 +234,7 @@ class Worker:
                 topic, partition = t, p
                 batch = self.batches.get((t, p))  # type: ignore[arg-type]
                 if batch is None:
-                    batch = self.batches[(t, p)] = Batch(self.table_of[t], skew, (t, p), started=now)  # type: ignore
+                    batch = self.batches[(t, p)] = Batch(self.table_of[t], skew, (t, p), started=now)  # type: ignore[index, arg-type]
             batch.messages.append(m)  # type: ignore[union-attr]
         drained = len(msgs) < self.settings.flush_max_rows
         self._reap()
