@@ -7,7 +7,10 @@
    (both commit only after their insert; progress is read from Kafka so that polling count(*) does not
    slow the inserts it measures), then the row count is checked.
    The ceiling, in the same run: PostgreSQL's own COPY of the same rows into the same tables, ready-made
-   batches over as many connections as the worker has writers (bench/baselines/copy_ceiling.py).
+   batches over as many connections as the worker has writers (bench/baselines/copy_ceiling.py). And
+   with Kafka in: the same messages consumed from the broker (on the same cores), the same rows COPYed
+   ready-made and their offsets committed after them, nothing parsed (bench/baselines/kafka_copy_ceiling.py):
+   what any worker must do here, drained and timed as the worker is.
    Goal (issue #27): >= 70 % of the ceiling's rows/s and <= 0.35 CPU-seconds of the worker per 100k rows.
    A last drain runs under py-spy (samples holding the GIL: where the worker's Python time goes); its
    top entries are reported, its rate is not.
@@ -336,6 +339,23 @@ def main() -> None:
             total,
             logs,
         )
+        kafka_copy = drain(
+            s,
+            "kafka-copy",
+            [
+                sys.executable,
+                str(ROOT / "bench/baselines/kafka_copy_ceiling.py"),
+                s.kafka_bootstrap,
+                s.pg_dsn,
+                "bench-kafka-copy",
+                str(s.flush_max_rows),
+                str(s.worker_writers),
+            ],
+            base_env,
+            "bench-kafka-copy",
+            total,
+            logs,
+        )
         spec = drain(
             s,
             "spec-psycopg2",
@@ -369,6 +389,8 @@ def main() -> None:
             "ceiling_copy": copy,
             "share_of_ceiling": round(of_ceiling, 3),
             "share_of_ceiling_flush_5000": round(ours_big["rows_per_second"] / copy["rows_per_second"], 3),
+            "ceiling_kafka_copy": kafka_copy,
+            "share_of_kafka_copy_ceiling": round(ours["rows_per_second"] / kafka_copy["rows_per_second"], 3),
             "profile": prof,
             "per_row_us": per_row_costs(),
             "ratio_rows_per_second": round(ratio, 2),

@@ -27,18 +27,27 @@ def render(table: str, rows: list[tuple]) -> bytes:
     return text
 
 
+def per_partition(bootstrap: str, batch_rows: int) -> dict[tuple[str, int], list[tuple[str, bytes, int]]]:
+    """(table, COPY text, rows) of every message on the two topics, batch_rows per batch, in each
+    partition's order: batch i of a partition holds its messages i * batch_rows onwards."""
+    out: dict[tuple[str, int], list[tuple[str, bytes, int]]] = {}
+    for table in (TRADES, BOOK_TICKER):
+        topic = topic_name(table)
+        messages, _ = read_to_end(bootstrap, topic, "bench-copy-ceiling", timeout=120)
+        rows_of: dict[int, list[tuple]] = {}
+        for m in messages:
+            rows_of.setdefault(m.partition(), []).append(PARSERS[table](m.value()))
+        for partition, rows in rows_of.items():
+            out[(topic, partition)] = [
+                (table, render(table, rows[i : i + batch_rows]), len(rows[i : i + batch_rows]))
+                for i in range(0, len(rows), batch_rows)
+            ]
+    return out
+
+
 def batches(bootstrap: str, batch_rows: int) -> list[tuple[str, bytes, int]]:
     """(table, COPY text, rows) of every message on the two topics, batch_rows per partition's batch."""
-    out = []
-    for table in (TRADES, BOOK_TICKER):
-        messages, _ = read_to_end(bootstrap, topic_name(table), "bench-copy-ceiling", timeout=120)
-        per_partition: dict[int, list[tuple]] = {}
-        for m in messages:
-            per_partition.setdefault(m.partition(), []).append(PARSERS[table](m.value()))
-        for rows in per_partition.values():
-            for i in range(0, len(rows), batch_rows):
-                chunk = rows[i : i + batch_rows]
-                out.append((table, render(table, chunk), len(chunk)))
+    out = [b for chunks in per_partition(bootstrap, batch_rows).values() for b in chunks]
     # interleave the tables as the worker's partitions do
     return sorted(out, key=lambda b: hash(b[1]))
 
