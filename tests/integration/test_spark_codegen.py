@@ -16,6 +16,7 @@ from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.settings import Settings
 from cryptomon.spark import queries, warmup
 from cryptomon.spark.streaming_job import build_session
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 TRADES_TOPIC, BOOK_TOPIC = topic_name(TRADES), topic_name(BOOK_TICKER)
@@ -24,7 +25,7 @@ MINUTE = 60_000
 
 @pytest.fixture(scope="module")
 def spark():
-    settings = Settings(spark_master="local[1]", spark_ui_port=0, spark_shuffle_partitions=1)
+    settings = Settings(spark_master="local[1]", spark_ui_port=0, spark_shuffle_partitions=1, spark_status_retained=5)
     session = build_session(settings, "cryptomon-test-codegen")
     yield session, settings
     session.stop()
@@ -114,3 +115,17 @@ def test_the_warm_up_sums_good_records_of_both_kinds_and_writes_nothing(spark):
     assert sum(g.n for g in groups if g.kind == "book") == 1_000
     assert warmup.warm_up(session, settings.model_copy(update={"spark_warmup_records": 300})) > 0
     assert warmup.warm_up(session, settings.model_copy(update={"spark_warmup_records": 0})) == 0
+
+
+def test_the_driver_forgets_jobs_beyond_those_it_is_told_to_keep(spark):
+    """Spark keeps 1,000 past jobs, stages and SQL executions in the driver's heap (UI or not); the job's
+    session keeps CRYPTOMON_SPARK_STATUS_RETAINED of each, so weeks of micro-batches do not pile up there."""
+    session, settings = spark
+    keep = settings.spark_status_retained
+    for _ in range(4 * keep):
+        assert session.range(10).selectExpr("sum(id) AS s").collect()[0].s == 45
+    jobs = session.sparkContext.statusTracker().getJobIdsForGroup
+    assert len(jobs()) > 0
+    wait_for(lambda: len(jobs()) <= keep, 30, what=f"the driver down to {keep} jobs")  # trimmed asynchronously
+    assert session.sparkContext.getConf().get("spark.ui.retainedStages") == str(keep)
+    assert session.sparkContext.getConf().get("spark.sql.ui.retainedExecutions") == str(keep)

@@ -42,6 +42,10 @@ def build_session(settings: Settings, app_name: str = "cryptomon-metrics"):
         .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.driver.extraJavaOptions", settings.spark_driver_java_options)
         .config("spark.ui.showConsoleProgress", "false")
+        # what the driver remembers of past jobs for the UI and status API (kept even with the UI off)
+        .config("spark.ui.retainedJobs", str(settings.spark_status_retained))
+        .config("spark.ui.retainedStages", str(settings.spark_status_retained))
+        .config("spark.sql.ui.retainedExecutions", str(settings.spark_status_retained))
         # the driver's RPC and block manager listen on this address only (loopback unless a cluster's
         # executors must reach it); Spark's UI binds to SPARK_LOCAL_IP, else to every interface
         .config("spark.driver.bindAddress", settings.spark_driver_bind_address or settings.spark_driver_host)
