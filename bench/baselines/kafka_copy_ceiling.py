@@ -26,8 +26,8 @@ from cryptomon.kafka.clients import STAGE_CONSUMER, consumer_config
 from cryptomon.kafka.topics import topic_name
 from cryptomon.names import BOOK_TICKER, TRADES
 from cryptomon.worker.copytext import COPY_SQL
+from cryptomon.worker.service import COMMIT_INTERVAL_S  # committed as often as the worker does
 
-COMMIT_INTERVAL_S = 0.2  # as cryptomon.worker.service
 QUEUE_DEPTH = 2  # batches waiting per writer
 # fetches as large as the broker will serve, so that the consumer is not what limits the ceiling: with the
 # worker's settings (librdkafka's defaults, 1 MiB per partition a fetch) it reached 159-164k rows/s here,

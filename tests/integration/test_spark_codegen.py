@@ -1,7 +1,7 @@
 """The job's micro-batch plan in a Spark session of the test's own (no Kafka: the batches are DataFrames of
 Kafka's columns): a batch that starts where the last one ended is summed by the code Spark generated for the
 first, not compiled again (nor for new archive horizons), and a replayed batch counts only the records
-not counted before."""
+not counted before; the session keeps only as many past jobs as it is told to."""
 
 from __future__ import annotations
 
